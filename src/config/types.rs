@@ -1,0 +1,329 @@
+//! The validated configuration: what the rest of Rampart sees.
+//!
+//! Built only by `config::validate` from the raw YAML shape. Invalid values cannot be represented:
+//! hosts are [`HostName`], addresses are [`SocketAddr`], paths are absolute [`PathBuf`]s resolved
+//! against the config file's directory, durations are [`Duration`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{StatusCode, Uri};
+
+/// A whole, valid configuration snapshot.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this snapshot was loaded from (absolute).
+    pub source: PathBuf,
+    /// Listener addresses; a change needs a restart.
+    pub listen: Listen,
+    /// Directory for certificates, keys, the ACME account and the internal CA.
+    pub storage: PathBuf,
+    /// Log output.
+    pub log: Log,
+    /// ACME settings (used by `tls: acme` sites).
+    pub acme: Acme,
+    /// Client-side connection limits and timeouts.
+    pub downstream: Downstream,
+    /// Origin-side connection pool and timeouts.
+    pub upstream: UpstreamDefaults,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Sites in file order; host names are unique across them, at most one is `default`.
+    pub sites: Vec<Site>,
+}
+
+/// Listener addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    /// TLS listener.
+    pub https: SocketAddr,
+    /// ACME HTTP-01 answers and redirects to https.
+    pub http: SocketAddr,
+    /// Health and metrics listener, if any.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Log output settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// Line format.
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive such as `info` or `rampart=debug,info`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// ACME client settings.
+#[derive(Clone, Debug)]
+pub struct Acme {
+    /// Contact address given to the CA.
+    pub email: Option<String>,
+    /// Directory URL (the `letsencrypt` shorthands are expanded).
+    pub directory: Uri,
+    /// Extra PEM roots trusted when talking to the ACME server.
+    pub ca_bundle: Option<PathBuf>,
+    /// Key type of the certificates ordered.
+    pub key_type: KeyType,
+    /// ACME profile to request (draft-aaron-acme-profiles), if any.
+    pub profile: Option<String>,
+    /// External account binding, for CAs that require one.
+    pub eab: Option<Eab>,
+}
+
+/// Private key algorithm for ordered certificates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA over P-256 with SHA-256 (the default).
+    #[default]
+    EcdsaP256,
+    /// ECDSA over P-384 with SHA-384.
+    EcdsaP384,
+    /// RSA 2048 with SHA-256.
+    Rsa2048,
+}
+
+/// External account binding credentials (RFC 8555 §7.3.4).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    /// Key identifier given by the CA.
+    pub key_id: String,
+    /// HMAC key, already base64url-decoded.
+    pub hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for Eab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The HMAC key is a credential: never print it.
+        f.debug_struct("Eab").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// Client-side (downstream) limits and timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Downstream {
+    /// A TLS handshake that takes longer is dropped.
+    pub handshake_timeout: Duration,
+    /// A request head that takes longer to arrive closes the connection (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request head.
+    pub max_headers: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub h2_max_streams: u32,
+}
+
+/// Origin-side defaults for every upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamDefaults {
+    /// TCP connect timeout; on expiry the request gets 502.
+    pub connect_timeout: Duration,
+    /// Time to wait for the response head once the request is sent; on expiry 504.
+    pub response_header_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream.
+    pub pool_max_idle: usize,
+}
+
+/// One site: a set of host names sharing a certificate and a route table.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// Stable identifier: the first host as written (used in logs, storage paths and metrics).
+    pub name: String,
+    /// Names this site answers for, exact or `*.parent` wildcards; at least one.
+    pub hosts: Vec<HostName>,
+    /// Where the certificate comes from.
+    pub tls: SiteTls,
+    /// Serves handshakes with an unknown or absent SNI.
+    pub default: bool,
+    /// Routes in file order; at least one.
+    pub routes: Vec<Route>,
+}
+
+/// Certificate source of a site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SiteTls {
+    /// Obtained and renewed through ACME.
+    Acme,
+    /// Issued by the local CA under `storage`.
+    Internal,
+    /// PEM files given by the operator (already checked: readable, parsable, key matches).
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+}
+
+/// A path prefix and what to do with requests under it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Path prefix, starting with `/`.
+    pub path: String,
+    /// Remove `path` from the request path before forwarding (the result always starts with `/`).
+    pub strip_prefix: bool,
+    /// Forward or answer.
+    pub action: RouteAction,
+}
+
+/// What a route does.
+#[derive(Clone, Debug)]
+pub enum RouteAction {
+    /// Forward to these origins, round robin; at least one, no duplicates.
+    Proxy(Vec<UpstreamUrl>),
+    /// Answer directly.
+    Respond {
+        /// Status code.
+        status: StatusCode,
+        /// Body, sent as `text/plain; charset=utf-8`.
+        body: Bytes,
+    },
+}
+
+/// An origin base URL: `http://host:port` with no path beyond `/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamUrl(Uri);
+
+impl UpstreamUrl {
+    /// Parses `http://host[:port][/]`; anything else is an error message.
+    ///
+    /// # Errors
+    /// Returns the reason, for the validator to attach a file position to.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| "expected a URL such as http://127.0.0.1:8080".to_string())?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => return Err(format!("scheme `{other}` is not supported (use http://)")),
+            None => return Err("expected a URL such as http://127.0.0.1:8080".into()),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err("URL has no host".into());
+        }
+        if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+            return Err("upstream URL must not carry a path or query".into());
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("upstream URL must not carry credentials".into());
+        }
+        Ok(Self(uri))
+    }
+
+    /// The URL as a `Uri`.
+    pub fn as_uri(&self) -> &Uri {
+        &self.0
+    }
+
+    /// `host:port` as sent in the request line's authority.
+    pub fn authority(&self) -> &http::uri::Authority {
+        self.0.authority().expect("checked by parse")
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+/// A lower-case DNS name, optionally with `*.` as its whole first label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostName(String);
+
+impl HostName {
+    /// Checks and lower-cases a host name: LDH labels of 1–63 bytes, 253 bytes at most,
+    /// a wildcard only as the whole first label, no trailing dot, no IP address.
+    ///
+    /// # Errors
+    /// Returns the reason, for the validator to attach a file position to.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let name = text.to_ascii_lowercase();
+        if name.is_empty() {
+            return Err("host name is empty".into());
+        }
+        if name.len() > 253 {
+            return Err("host name is longer than 253 bytes".into());
+        }
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return Err("an IP address is not a host name".into());
+        }
+        let rest = name.strip_prefix("*.").unwrap_or(&name);
+        if rest.is_empty() || rest.split('.').count() < usize::from(name.starts_with("*.")) + 1 {
+            return Err("a wildcard needs a parent domain, as in *.example.com".into());
+        }
+        for label in rest.split('.') {
+            if label.is_empty() {
+                return Err("host name has an empty label".into());
+            }
+            if label.len() > 63 {
+                return Err(format!("label `{label}` is longer than 63 bytes"));
+            }
+            if label == "*" || label.contains('*') {
+                return Err("`*` is only allowed as the whole first label".into());
+            }
+            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!("label `{label}` has characters other than a-z, 0-9 and -"));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(format!("label `{label}` starts or ends with -"));
+            }
+        }
+        Ok(Self(name))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is a `*.parent` wildcard.
+    pub fn is_wildcard(&self) -> bool {
+        self.0.starts_with("*.")
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_lowercased_and_checked() {
+        assert_eq!(HostName::parse("WWW.Example.com").unwrap().as_str(), "www.example.com");
+        assert!(HostName::parse("*.example.com").unwrap().is_wildcard());
+        assert!(HostName::parse("localhost").is_ok());
+        for bad in ["", "*.", "*", "a.*.b", "a..b", "-a.b", "a_b.c", "127.0.0.1", "a.b."] {
+            assert!(HostName::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn upstream_urls_are_plain_http_origins() {
+        assert_eq!(UpstreamUrl::parse("http://127.0.0.1:8080").unwrap().to_string(), "http://127.0.0.1:8080");
+        assert!(UpstreamUrl::parse("http://[::1]:80/").is_ok());
+        for bad in ["127.0.0.1:8080", "ftp://x", "http://x/path", "http://u@x", "http://"] {
+            assert!(UpstreamUrl::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Rampart: an edge TLS terminator with automatic certificates and one shared reverse-proxy core.
+//!
+//! Data flows one way: `server` accepts, `tls` terminates, `proxy` routes and forwards;
+//! `config` describes it all, `acme` keeps certificates fresh, `observe` records what happens.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod acme {
+    //! TEMP until the acme module lands.
+    #[path = "challenge.rs"]
+    mod challenge;
+    pub use challenge::ChallengeStore;
+}
+pub mod config {
+    //! TEMP until the config module lands.
+    #[path = "types.rs"]
+    mod types;
+    pub use types::*;
+    /// TEMP
+    #[derive(Debug, thiserror::Error)]
+    #[error("temp")]
+    pub struct ConfigError;
+}
+pub mod observe;
+pub mod proxy;
+pub mod server;
+pub mod tls;
+
+pub use server::{Listeners, Server};
+
+/// Everything that can stop Rampart from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Listeners or certificates could not be set up.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}

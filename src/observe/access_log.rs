@@ -1,0 +1,59 @@
+//! One access-log event per request, written when the response body ends or is dropped.
+//!
+//! Events go to the `rampart::access` target so operators can route or filter them apart.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::Method;
+use tokio::time::Instant;
+use tracing::info;
+
+/// What the proxy learned about a request while serving it.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// When the request head was received.
+    pub started: Instant,
+    /// Client IP.
+    pub peer: IpAddr,
+    /// TLS server name.
+    pub sni: Option<Arc<str>>,
+    /// Request host.
+    pub host: Option<String>,
+    /// Request method.
+    pub method: Method,
+    /// Request path (no query: queries often carry secrets).
+    pub path: String,
+    /// The site that served it.
+    pub site: Option<Arc<str>>,
+    /// The origin it went to.
+    pub upstream: Option<String>,
+    /// Response status.
+    pub status: u16,
+    /// Request body bytes read so far.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl AccessRecord {
+    /// Writes the event; `complete` is false when the client left before the body ended.
+    pub fn emit(&self, bytes_out: u64, complete: bool) {
+        let latency = self.started.elapsed();
+        info!(
+            target: "rampart::access",
+            peer = %self.peer,
+            sni = self.sni.as_deref().unwrap_or("-"),
+            host = self.host.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            site = self.site.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            complete,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! Body wrappers that count bytes as they stream, so the access log can report sizes without
+//! ever buffering a body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use pin_project_lite::pin_project;
+
+use crate::observe::access_log::AccessRecord;
+
+/// Every response body the proxy produces, origin-streamed or generated.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+pin_project! {
+    /// A response body that writes the access-log line when it ends or is dropped
+    /// (a client that disconnects mid-response still gets a line, marked incomplete).
+    pub struct Metered<B> {
+        #[pin]
+        inner: B,
+        record: Option<AccessRecord>,
+        bytes: u64,
+    }
+
+    impl<B> PinnedDrop for Metered<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                record.emit(*this.bytes, false);
+            }
+        }
+    }
+}
+
+impl<B> Metered<B> {
+    /// Wraps `inner`; `record` is emitted once, when the body ends.
+    pub fn new(inner: B, record: AccessRecord) -> Self {
+        Self { inner, record: Some(record), bytes: 0 }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.take() {
+                    record.emit(*this.bytes, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body that adds the bytes it passes on to a shared counter.
+    pub(crate) struct Counted<B> {
+        #[pin]
+        inner: B,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub(crate) fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

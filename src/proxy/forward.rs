@@ -1,0 +1,151 @@
+//! Header rewriting for one proxy hop (RFC 9110 §7.6): hop-by-hop fields out, forwarding
+//! fields in, and the request target rewritten for the origin.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+
+use crate::config::UpstreamUrl;
+
+/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
+/// de-facto `Proxy-Connection` and `Keep-Alive`).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Whether a request asks to switch protocols (HTTP/1.1 Upgrade, e.g. WebSocket).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop fields, including every field the `Connection` header names.
+/// `keep_upgrade` keeps `Upgrade` and re-adds `Connection: upgrade` for a tunnelled request.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Adds the client to `X-Forwarded-For` (after any existing chain) and sets
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
+    let client_text = client.to_string();
+    let chain: Vec<&str> =
+        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+    let xff = if chain.is_empty() { client_text.clone() } else { format!("{}, {client_text}", chain.join(", ")) };
+    if let Ok(value) = HeaderValue::try_from(xff) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    match host.and_then(|h| HeaderValue::try_from(h).ok()) {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    if let Ok(value) = HeaderValue::try_from(client_text) {
+        headers.insert(&X_REAL_IP, value);
+    }
+}
+
+/// The origin-form target for `upstream`: the path with `strip` removed from its front.
+pub(crate) fn upstream_uri(upstream: &UpstreamUrl, original: &Uri, strip: Option<&str>) -> Uri {
+    let path = original.path();
+    let path = match strip.and_then(|prefix| path.strip_prefix(prefix)) {
+        Some(rest) if rest.starts_with('/') => rest.to_owned(),
+        Some(rest) => format!("/{rest}"),
+        None => path.to_owned(),
+    };
+    let target = match original.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = upstream.as_uri().clone().into_parts();
+    // Built from a valid path and query, so it stays valid.
+    parts.path_and_query = PathAndQuery::try_from(target).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| upstream.as_uri().clone())
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_connection_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_appends_to_existing_chain() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        add_forwarding(&mut h, "127.0.0.9".parse().unwrap(), Some("a.test"));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["x-real-ip"], "127.0.0.9");
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_the_query() {
+        let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
+        let uri: Uri = "/v1/users?id=3".parse().unwrap();
+        assert_eq!(upstream_uri(&up, &uri, Some("/v1/")).to_string(), "http://127.0.0.1:9000/users?id=3");
+        assert_eq!(upstream_uri(&up, &uri, Some("/v1")).to_string(), "http://127.0.0.1:9000/users?id=3");
+        assert_eq!(upstream_uri(&up, &"/v1".parse().unwrap(), Some("/v1")).to_string(), "http://127.0.0.1:9000/");
+        assert_eq!(upstream_uri(&up, &uri, None).to_string(), "http://127.0.0.1:9000/v1/users?id=3");
+    }
+}

@@ -1,0 +1,19 @@
+//! The shared reverse-proxy core: decrypted requests in, origin responses out.
+//!
+//! `service` is the entry point called per request by the HTTP server; `router` maps the host and
+//! path to a route; `upstream` owns the pooled origin clients; `forward` rewrites headers for the
+//! hop; `body` meters bodies for the access log; `error` turns failures into responses. This
+//! module never imports `tls`, `acme` or `server`: it sees a [`ConnInfo`].
+
+mod body;
+mod error;
+mod forward;
+mod router;
+mod service;
+mod upstream;
+
+pub use body::{Metered, ProxyBody};
+pub use error::{ProxyError, Side};
+pub use router::{Action, Route, RouteTable, SiteRoutes};
+pub use service::{ConnInfo, Proxy};
+pub use upstream::{Upstream, UpstreamPool};

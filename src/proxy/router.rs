@@ -1,0 +1,106 @@
+//! The route table: request host → site, then longest path prefix → route.
+//!
+//! Built from a [`Config`] snapshot by the server at start (and on reload); read per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use crate::config::{Config, HostName, RouteAction, UpstreamDefaults};
+use crate::proxy::UpstreamPool;
+
+/// Sites and their routes, immutable once built.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    sites: Vec<SiteRoutes>,
+    by_host: HashMap<HostName, usize>,
+    default: Option<usize>,
+}
+
+/// One site's routes, longest prefix first.
+#[derive(Debug)]
+pub struct SiteRoutes {
+    /// The site's name (its first host).
+    pub name: Arc<str>,
+    routes: Vec<Route>,
+}
+
+/// One route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// Path prefix it matches.
+    pub path: String,
+    /// Whether `path` is removed before forwarding.
+    pub strip_prefix: bool,
+    /// What it does.
+    pub action: Action,
+}
+
+/// A route's action, with its live upstream pool.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward to the pool.
+    Proxy(Arc<UpstreamPool>),
+    /// Answer directly.
+    Respond {
+        /// Status.
+        status: StatusCode,
+        /// Body.
+        body: Bytes,
+    },
+}
+
+impl RouteTable {
+    /// Builds the table and one pooled client per upstream.
+    pub fn from_config(config: &Config) -> Self {
+        let mut table = Self::default();
+        for (index, site) in config.sites.iter().enumerate() {
+            for host in &site.hosts {
+                table.by_host.insert(host.clone(), index);
+            }
+            if site.default {
+                table.default = Some(index);
+            }
+            let mut routes: Vec<Route> =
+                site.routes.iter().map(|r| Route::from_config(r, &config.upstream)).collect();
+            // Longest prefix wins; a stable sort keeps file order among equal lengths.
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+            table.sites.push(SiteRoutes { name: Arc::from(site.name.as_str()), routes });
+        }
+        table
+    }
+
+    /// The site serving `name` (an SNI or a request host, lower-case, no port): exact, then the
+    /// `*.parent` wildcard, then the default site. `None` means "absent", which is the default.
+    pub fn site_for(&self, name: Option<&str>) -> Option<usize> {
+        let Some(name) = name else { return self.default };
+        let lookup = |n: &str| HostName::parse(n).ok().and_then(|h| self.by_host.get(&h).copied());
+        lookup(name)
+            .or_else(|| name.split_once('.').and_then(|(_, parent)| lookup(&format!("*.{parent}"))))
+            .or(self.default)
+    }
+
+    /// The site at `index`.
+    pub fn site(&self, index: usize) -> Option<&SiteRoutes> {
+        self.sites.get(index)
+    }
+}
+
+impl SiteRoutes {
+    /// The route with the longest prefix of `path`.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| path.starts_with(&r.path))
+    }
+}
+
+impl Route {
+    fn from_config(route: &crate::config::Route, defaults: &UpstreamDefaults) -> Self {
+        let action = match &route.action {
+            RouteAction::Proxy(urls) => Action::Proxy(Arc::new(UpstreamPool::new(urls, defaults))),
+            RouteAction::Respond { status, body } => Action::Respond { status: *status, body: body.clone() },
+        };
+        Self { path: route.path.clone(), strip_prefix: route.strip_prefix, action }
+    }
+}

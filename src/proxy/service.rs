@@ -1,0 +1,180 @@
+//! The per-request entry point: host check, route, respond or forward, tunnel upgrades.
+//!
+//! Called by the HTTP server on the connection's task for every decrypted request. Reads the
+//! route table snapshot once per request; upgrade tunnels run on the server's task tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::observe::Chain;
+use crate::observe::access_log::AccessRecord;
+use crate::proxy::body::Counted;
+use crate::proxy::{Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward};
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS server name it asked for, lower-case.
+    pub sni: Option<Arc<str>>,
+    /// Whether the connection speaks HTTP/2.
+    pub is_h2: bool,
+}
+
+/// The reverse proxy: a swappable route table and the tasks of its open tunnels.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    tunnels: TaskTracker,
+}
+
+impl Proxy {
+    /// A proxy serving `table`; upgrade tunnels are spawned on `tunnels` so shutdown sees them.
+    pub fn new(table: RouteTable, tunnels: TaskTracker) -> Self {
+        Self { table: Arc::new(ArcSwap::from_pointee(table)), tunnels }
+    }
+
+    /// Serves later requests from `table`; requests already routed finish on the old one.
+    pub fn replace(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+    }
+
+    /// Answers one request: never fails, errors become their status response.
+    pub async fn serve(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Metered<ProxyBody>> {
+        let table = self.table.load_full();
+        let host = request_host(&request);
+        let mut record = AccessRecord {
+            started: Instant::now(),
+            peer: conn.peer.ip(),
+            sni: conn.sni.clone(),
+            host: host.clone(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            site: None,
+            upstream: None,
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+        };
+        let response = match self.route(&table, request, conn, host.as_deref(), &mut record).await {
+            Ok(response) => response,
+            Err(err) => {
+                let site = record.site.as_deref().unwrap_or("-");
+                match err.side() {
+                    Side::Upstream => warn!(site, host = host.as_deref(), error = %Chain(&err), "upstream failed"),
+                    Side::Downstream => debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused"),
+                }
+                text_response(err.status(), Bytes::from_static(err.body().as_bytes()))
+            }
+        };
+        record.status = response.status().as_u16();
+        response.map(|body| Metered::new(body, record))
+    }
+
+    async fn route(
+        &self,
+        table: &RouteTable,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+        host: Option<&str>,
+        record: &mut AccessRecord,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The connection's site is the one whose certificate the handshake got; a request for a
+        // host of another site must not ride on it (RFC 9110 §15.5.20).
+        let conn_site = table.site_for(conn.sni.as_deref());
+        let request_site = if host.is_some() { table.site_for(host) } else { conn_site };
+        let Some(site) = conn_site.filter(|s| Some(*s) == request_site).and_then(|s| table.site(s)) else {
+            return Err(ProxyError::NoSite { host: host.unwrap_or_default().to_owned() });
+        };
+        record.site = Some(site.name.clone());
+        let route = site.route(request.uri().path()).ok_or(ProxyError::NoRoute)?;
+        match &route.action {
+            Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
+            Action::Proxy(pool) => self.forward(pool, route, request, conn, host, record).await,
+        }
+    }
+
+    async fn forward(
+        &self,
+        pool: &UpstreamPool,
+        route: &Route,
+        mut request: Request<Incoming>,
+        conn: &ConnInfo,
+        host: Option<&str>,
+        record: &mut AccessRecord,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream = pool.pick();
+        record.upstream = Some(upstream.url.to_string());
+        let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                parts.headers.insert(header::HOST, value);
+            }
+        }
+        parts.uri = forward::upstream_uri(&upstream.url, &parts.uri, route.strip_prefix.then_some(route.path.as_str()));
+        parts.version = Version::HTTP_11;
+        forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+        forward::add_forwarding(&mut parts.headers, conn.peer.ip(), host);
+        let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
+
+        let mut response = upstream.send(request, pool.response_header_timeout()).await?;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match downstream_upgrade {
+            Some(downstream) if switching => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                self.tunnels.spawn(tunnel(downstream, upstream_side));
+                forward::strip_hop_by_hop(response.headers_mut(), true);
+            }
+            _ => forward::strip_hop_by_hop(response.headers_mut(), false),
+        }
+        Ok(response.map(BodyExt::boxed))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and origin until either side closes.
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(err) => return debug!(error = %Chain(&err), "upgrade did not complete"),
+    };
+    let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
+    if let Err(err) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        debug!(error = %Chain(&err), "tunnel closed with an error");
+    }
+}
+
+/// The request's host, lower-case and without port: `:authority`/absolute-form first
+/// (RFC 9112 §3.2.2), then the Host header.
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let from_header = || {
+        let value = request.headers().get(header::HOST)?.to_str().ok()?;
+        value.parse::<http::uri::Authority>().ok()
+    };
+    let authority = request.uri().authority().cloned().or_else(from_header)?;
+    Some(authority.host().to_ascii_lowercase())
+}
+
+fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,0 +1,90 @@
+//! Origin servers: one pooled HTTP/1.1 client per upstream, and round-robin choice among them.
+//!
+//! Pools are created with the route table and live as long as it does; requests borrow
+//! connections from them on the request's own task.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{UpstreamDefaults, UpstreamUrl};
+use crate::proxy::ProxyError;
+use crate::proxy::body::Counted;
+
+/// The request body type sent to origins: the client's body, streamed and counted.
+pub(crate) type UpstreamBody = Counted<Incoming>;
+
+/// The origins of one route.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    upstreams: Vec<Upstream>,
+    next: AtomicUsize,
+    response_header_timeout: Duration,
+}
+
+/// One origin and its connection pool.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it is.
+    pub url: UpstreamUrl,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl UpstreamPool {
+    /// One pooled client per URL, configured from `defaults`.
+    pub fn new(urls: &[UpstreamUrl], defaults: &UpstreamDefaults) -> Self {
+        let upstreams = urls.iter().map(|url| Upstream::new(url.clone(), defaults)).collect();
+        Self { upstreams, next: AtomicUsize::new(0), response_header_timeout: defaults.response_header_timeout }
+    }
+
+    /// The next origin in round-robin order.
+    pub fn pick(&self) -> &Upstream {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.upstreams[n % self.upstreams.len()]
+    }
+
+    /// How long an origin may take to send its response head.
+    pub fn response_header_timeout(&self) -> Duration {
+        self.response_header_timeout
+    }
+}
+
+impl Upstream {
+    fn new(url: UpstreamUrl, defaults: &UpstreamDefaults) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(defaults.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(defaults.pool_idle_timeout)
+            .pool_max_idle_per_host(defaults.pool_max_idle)
+            .build(connector);
+        Self { url, client }
+    }
+
+    /// Sends `request` and waits up to `timeout` for the response head.
+    ///
+    /// # Errors
+    /// `Upstream` when the origin cannot be reached or breaks the exchange (502),
+    /// `UpstreamTimeout` when no head arrives in time (504).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the request and its pooled connection; nothing leaks.
+    pub(crate) async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<hyper::Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(source)) => Err(ProxyError::Upstream { upstream: self.url.clone(), source }),
+            Err(_) => Err(ProxyError::UpstreamTimeout { upstream: self.url.clone(), timeout }),
+        }
+    }
+}

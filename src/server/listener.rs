@@ -1,0 +1,239 @@
+//! Binding the listeners and the accept loops of `:443` and `:80`.
+//!
+//! One task per accept loop and one per connection, all on the server's [`TaskTracker`]; each
+//! stops taking connections when the stop token fires and lets open ones finish.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::{Downstream, Listen};
+use crate::observe::Chain;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::server::ServerError;
+use crate::server::idle::IdleIo;
+use crate::tls::TlsAcceptor;
+
+/// Pending connections the kernel may queue per listener.
+const BACKLOG: i32 = 4096;
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The bound sockets, handed to the server (tests bind `127.0.0.1:0`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// TLS listener.
+    pub https: TcpListener,
+    /// Plain HTTP listener (ACME HTTP-01 and redirects).
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses. `[::]` also accepts IPv4.
+    ///
+    /// # Errors
+    /// `Bind` naming the address that failed.
+    pub fn bind(listen: &Listen) -> Result<Self, ServerError> {
+        Ok(Self { https: bind(listen.https)?, http: bind(listen.http)? })
+    }
+
+    /// Both on ephemeral loopback ports: for tests and benchmarks.
+    ///
+    /// # Errors
+    /// `Bind` when loopback is unavailable.
+    pub fn loopback() -> Result<Self, ServerError> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Ok(Self { https: bind(any)?, http: bind(any)? })
+    }
+
+    /// The TLS listener's address.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The plain HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    // A restart must not wait for old connections in TIME_WAIT.
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(BACKLOG).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+/// HTTP server settings per protocol, built once.
+#[derive(Clone)]
+pub(crate) struct HttpServers {
+    h1: Arc<auto::Builder<TokioExecutor>>,
+    h2: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+}
+
+impl HttpServers {
+    pub(crate) fn new(limits: &Downstream) -> Self {
+        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        h1.http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_headers(limits.max_headers);
+        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        h2.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Detects dead peers; idleness itself is handled by the idle timer.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Self { h1: Arc::new(h1), h2: Arc::new(h2), idle_timeout: limits.idle_timeout }
+    }
+}
+
+/// Accepts TLS connections until `stop`, serving each on its own task.
+pub(crate) async fn accept_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    proxy: Proxy,
+    servers: HttpServers,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    while let Some((tcp, peer)) = accept(&listener, &stop).await {
+        let (acceptor, proxy, servers, stop) = (acceptor.clone(), proxy.clone(), servers.clone(), stop.clone());
+        tasks.spawn(
+            async move { serve_tls(tcp, peer, acceptor, proxy, servers, stop).await }
+                .instrument(info_span!("conn", %peer)),
+        );
+    }
+}
+
+/// Accepts plain HTTP connections until `stop`; `answer` is the `:80` role.
+pub(crate) async fn accept_http(
+    listener: TcpListener,
+    answer: crate::server::http01::Http01,
+    servers: HttpServers,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    while let Some((tcp, peer)) = accept(&listener, &stop).await {
+        let (answer, servers, stop) = (answer.clone(), servers.clone(), stop.clone());
+        tasks.spawn(
+            async move {
+                let service = service_fn(move |request| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer.respond(&request)) }
+                });
+                let io = IdleIo::new(tcp);
+                serve_connection(io, &servers.h1, service, servers.idle_timeout, stop).await;
+            }
+            .instrument(info_span!("http", %peer)),
+        );
+    }
+}
+
+/// Waits for the next connection; `None` once `stop` fires (dropping the listener refuses new ones).
+async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    // Small responses must not wait for Nagle; failure only costs latency.
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    proxy: Proxy,
+    servers: HttpServers,
+    stop: CancellationToken,
+) {
+    let (tls, handshake) = tokio::select! {
+        () = stop.cancelled() => return,
+        accepted = acceptor.accept(tcp) => match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => return debug!(error = %Chain(&err), "handshake failed"),
+        },
+    };
+    let conn = Arc::new(ConnInfo { peer, sni: handshake.sni, is_h2: handshake.is_h2 });
+    let service = service_fn(move |request| {
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
+    });
+    let builder = if handshake.is_h2 { &servers.h2 } else { &servers.h1 };
+    serve_connection(IdleIo::new(tls), builder, service, servers.idle_timeout, stop).await;
+}
+
+/// Serves HTTP on one connection until it closes, going idle or `stop` ending it gracefully:
+/// requests in flight finish, no new ones start.
+async fn serve_connection<T, S, B>(
+    io: IdleIo<T>,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = io.timer();
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.expired(idle_timeout), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}

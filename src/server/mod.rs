@@ -1,0 +1,13 @@
+//! Sockets and tasks: binds the listeners, runs the accept loops and connection tasks, and
+//! drains them on shutdown. The only module that spawns long-lived tasks.
+
+mod error;
+mod http01;
+mod idle;
+mod listener;
+mod serve;
+pub mod shutdown;
+
+pub use error::ServerError;
+pub use listener::Listeners;
+pub use serve::Server;

@@ -1,0 +1,195 @@
+//! The certificates being served, as one immutable snapshot replaced as a whole.
+//!
+//! Written by start-up (stored and static certificates), the internal issuer and the ACME task,
+//! always through [`CertStore::publish`]; read on every handshake by the SNI resolver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{HostName, Site};
+use crate::tls::TlsError;
+
+/// Certificates by host name, replaced as a whole map. Readers never wait.
+#[derive(Clone, Debug, Default)]
+pub struct CertStore(Arc<ArcSwap<CertMap>>);
+
+/// One snapshot of what is served.
+#[derive(Clone, Debug, Default)]
+struct CertMap {
+    /// Exact names and `*.parent` wildcards, as configured.
+    hosts: HashMap<HostName, Arc<CertifiedKey>>,
+    /// The `default: true` site's certificate, for unknown or absent SNI.
+    default: Option<Arc<CertifiedKey>>,
+}
+
+/// What [`CertStore::publish`] checked about a certificate, for logs and self-checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Leaf serial number, lower-case hex.
+    pub serial: String,
+    /// Leaf notAfter.
+    pub not_after: SystemTime,
+}
+
+impl CertStore {
+    /// Installs `cert` for every host of `site` (and as the default when the site is) once it
+    /// names every host, matches its key and is in date at `now`.
+    ///
+    /// # Errors
+    /// On any failed check nothing changes: the previous certificate keeps serving.
+    pub fn publish(
+        &self,
+        site: &Site,
+        cert: CertifiedKey,
+        now: SystemTime,
+    ) -> Result<Published, TlsError> {
+        let published = check(site, &cert, now)?;
+        let cert = Arc::new(cert);
+        self.0.rcu(|map| {
+            let mut next = CertMap::clone(map);
+            for host in &site.hosts {
+                next.hosts.insert(host.clone(), cert.clone());
+            }
+            if site.default {
+                next.default = Some(cert.clone());
+            }
+            next
+        });
+        Ok(published)
+    }
+
+    /// Stops serving the names of `site` (for sites removed from the configuration).
+    pub fn withdraw(&self, site: &Site) {
+        self.0.rcu(|map| {
+            let mut next = CertMap::clone(map);
+            for host in &site.hosts {
+                next.hosts.remove(host);
+            }
+            if site.default {
+                next.default = None;
+            }
+            next
+        });
+    }
+
+    /// The certificate for a handshake: exact name, then the `*.parent` wildcard, then the
+    /// default site. No I/O, no lock.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let map = self.0.load();
+        let Some(sni) = sni else {
+            return map.default.clone();
+        };
+        // Clients send SNI in any case; names are stored lower-case (RFC 6066 §3: ASCII, case-insensitive).
+        let sni = sni.to_ascii_lowercase();
+        let exact = HostName::parse(&sni).ok().and_then(|h| map.hosts.get(&h).cloned());
+        exact
+            .or_else(|| {
+                let (_, parent) = sni.split_once('.')?;
+                let wildcard = HostName::parse(&format!("*.{parent}")).ok()?;
+                map.hosts.get(&wildcard).cloned()
+            })
+            .or_else(|| map.default.clone())
+    }
+
+    /// Whether every host of `site` has a certificate.
+    pub fn covers(&self, site: &Site) -> bool {
+        let map = self.0.load();
+        site.hosts.iter().all(|h| map.hosts.contains_key(h))
+    }
+}
+
+/// Builds a servable key from a PEM chain (leaf first) and a PEM private key.
+///
+/// # Errors
+/// `Pem` when either is unparsable or empty, `KeyMismatch` when the key is not the leaf's.
+pub fn certified_key_from_pem(
+    provider: &CryptoProvider,
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what: "certificate chain", source })?;
+    if chain.is_empty() {
+        return Err(TlsError::EmptyChain);
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|source| TlsError::Pem { what: "private key", source })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(TlsError::KeyMismatch)
+}
+
+/// Names, key pair and dates of a certificate about to be served for `site`.
+fn check(site: &Site, cert: &CertifiedKey, now: SystemTime) -> Result<Published, TlsError> {
+    cert.keys_match().map_err(TlsError::KeyMismatch)?;
+    let leaf = cert.end_entity_cert().map_err(TlsError::KeyMismatch)?;
+    let facts = LeafFacts::parse(leaf)?;
+    if let Some(missing) = site.hosts.iter().find(|h| !facts.names.iter().any(|n| n == h.as_str())) {
+        return Err(TlsError::NameMissing { site: site.name.clone(), host: missing.clone() });
+    }
+    if now < facts.not_before || now >= facts.not_after {
+        return Err(TlsError::OutOfDate { site: site.name.clone() });
+    }
+    Ok(Published { serial: facts.serial, not_after: facts.not_after })
+}
+
+/// What Rampart needs to know about a leaf certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafFacts {
+    /// DNS subjectAltNames, lower-case.
+    pub names: Vec<String>,
+    /// Serial number, lower-case hex without separators.
+    pub serial: String,
+    /// Issuer distinguished name, as text.
+    pub issuer: String,
+    /// notBefore.
+    pub not_before: SystemTime,
+    /// notAfter.
+    pub not_after: SystemTime,
+}
+
+impl LeafFacts {
+    /// Reads names, serial, issuer and dates from a DER certificate.
+    ///
+    /// # Errors
+    /// `X509` when the DER does not parse.
+    pub fn parse(der: &CertificateDer<'_>) -> Result<Self, TlsError> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|_| TlsError::X509)?;
+        let names = cert
+            .subject_alternative_name()
+            .map_err(|_| TlsError::X509)?
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let to_system = |t: x509_parser::time::ASN1Time| {
+            let secs = t.timestamp();
+            if secs >= 0 {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.unsigned_abs())
+            } else {
+                SystemTime::UNIX_EPOCH
+            }
+        };
+        Ok(Self {
+            names,
+            serial: cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+            issuer: cert.issuer().to_string(),
+            not_before: to_system(cert.validity().not_before),
+            not_after: to_system(cert.validity().not_after),
+        })
+    }
+}
