@@ -15,7 +15,8 @@ pub struct ChallengeStore(Arc<Mutex<HashMap<String, String>>>);
 impl ChallengeStore {
     /// Serves `key_authorization` for `token` until [`ChallengeStore::remove`].
     pub fn insert(&self, token: &str, key_authorization: &str) {
-        self.map().insert(token.to_owned(), key_authorization.to_owned());
+        self.map()
+            .insert(token.to_owned(), key_authorization.to_owned());
     }
 
     /// Stops serving `token`.

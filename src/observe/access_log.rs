@@ -49,7 +49,7 @@ impl AccessRecord {
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            latency_ms = latency.as_secs_f64() * 1000.0,
+            latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3,
             site = self.site.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             complete,

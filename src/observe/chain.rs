@@ -29,6 +29,9 @@ mod tests {
     #[test]
     fn prints_every_cause_once() {
         let err = Outer(std::io::Error::other("disk on fire"));
-        assert_eq!(Chain(&err).to_string(), "cannot load site a.test: disk on fire");
+        assert_eq!(
+            Chain(&err).to_string(),
+            "cannot load site a.test: disk on fire"
+        );
     }
 }

@@ -24,22 +24,30 @@ pin_project! {
         inner: B,
         record: Option<AccessRecord>,
         bytes: u64,
+        // A body with no frames is never polled: dropping it is its normal end.
+        empty: bool,
     }
 
     impl<B> PinnedDrop for Metered<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(record) = this.record.take() {
-                record.emit(*this.bytes, false);
+                record.emit(*this.bytes, *this.empty);
             }
         }
     }
 }
 
-impl<B> Metered<B> {
+impl<B: Body> Metered<B> {
     /// Wraps `inner`; `record` is emitted once, when the body ends.
     pub fn new(inner: B, record: AccessRecord) -> Self {
-        Self { inner, record: Some(record), bytes: 0 }
+        let empty = inner.is_end_stream();
+        Self {
+            inner,
+            record: Some(record),
+            bytes: 0,
+            empty,
+        }
     }
 }
 
@@ -51,12 +59,18 @@ impl<B: Body<Data = Bytes>> Body for Metered<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
+                }
+                // hyper stops polling once a body reports its end, so this may be the last call.
+                if this.inner.is_end_stream() {
+                    if let Some(record) = this.record.take() {
+                        record.emit(*this.bytes, true);
+                    }
                 }
             }
             Poll::Ready(None) => {

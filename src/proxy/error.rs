@@ -66,10 +66,14 @@ impl ProxyError {
     /// The short text body: says what failed, never internal detail.
     pub fn body(&self) -> &'static str {
         match self {
-            Self::NoSite { .. } => "421 misdirected request: this host is not served on this connection\n",
+            Self::NoSite { .. } => {
+                "421 misdirected request: this host is not served on this connection\n"
+            }
             Self::NoRoute => "404 not found\n",
             Self::Upstream { .. } => "502 bad gateway: the upstream server could not be reached\n",
-            Self::UpstreamTimeout { .. } => "504 gateway timeout: the upstream server did not answer in time\n",
+            Self::UpstreamTimeout { .. } => {
+                "504 gateway timeout: the upstream server did not answer in time\n"
+            }
         }
     }
 }

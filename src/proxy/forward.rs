@@ -28,7 +28,8 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Whether a request asks to switch protocols (HTTP/1.1 Upgrade, e.g. WebSocket).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Removes hop-by-hop fields, including every field the `Connection` header names.
@@ -54,9 +55,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
     let client_text = client.to_string();
-    let chain: Vec<&str> =
-        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-    let xff = if chain.is_empty() { client_text.clone() } else { format!("{}, {client_text}", chain.join(", ")) };
+    let chain: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if chain.is_empty() {
+        client_text.clone()
+    } else {
+        format!("{}, {client_text}", chain.join(", "))
+    };
     if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
@@ -105,7 +113,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_fields() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -119,7 +130,10 @@ mod tests {
     #[test]
     fn upgrade_keeps_upgrade_and_connection_upgrade() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
@@ -131,7 +145,10 @@ mod tests {
     fn forwarding_appends_to_existing_chain() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
         add_forwarding(&mut h, "127.0.0.9".parse().unwrap(), Some("a.test"));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -143,9 +160,21 @@ mod tests {
     fn strip_prefix_keeps_a_leading_slash_and_the_query() {
         let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         let uri: Uri = "/v1/users?id=3".parse().unwrap();
-        assert_eq!(upstream_uri(&up, &uri, Some("/v1/")).to_string(), "http://127.0.0.1:9000/users?id=3");
-        assert_eq!(upstream_uri(&up, &uri, Some("/v1")).to_string(), "http://127.0.0.1:9000/users?id=3");
-        assert_eq!(upstream_uri(&up, &"/v1".parse().unwrap(), Some("/v1")).to_string(), "http://127.0.0.1:9000/");
-        assert_eq!(upstream_uri(&up, &uri, None).to_string(), "http://127.0.0.1:9000/v1/users?id=3");
+        assert_eq!(
+            upstream_uri(&up, &uri, Some("/v1/")).to_string(),
+            "http://127.0.0.1:9000/users?id=3"
+        );
+        assert_eq!(
+            upstream_uri(&up, &uri, Some("/v1")).to_string(),
+            "http://127.0.0.1:9000/users?id=3"
+        );
+        assert_eq!(
+            upstream_uri(&up, &"/v1".parse().unwrap(), Some("/v1")).to_string(),
+            "http://127.0.0.1:9000/"
+        );
+        assert_eq!(
+            upstream_uri(&up, &uri, None).to_string(),
+            "http://127.0.0.1:9000/v1/users?id=3"
+        );
     }
 }

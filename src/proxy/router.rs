@@ -63,11 +63,17 @@ impl RouteTable {
             if site.default {
                 table.default = Some(index);
             }
-            let mut routes: Vec<Route> =
-                site.routes.iter().map(|r| Route::from_config(r, &config.upstream)).collect();
+            let mut routes: Vec<Route> = site
+                .routes
+                .iter()
+                .map(|r| Route::from_config(r, &config.upstream))
+                .collect();
             // Longest prefix wins; a stable sort keeps file order among equal lengths.
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
-            table.sites.push(SiteRoutes { name: Arc::from(site.name.as_str()), routes });
+            table.sites.push(SiteRoutes {
+                name: Arc::from(site.name.as_str()),
+                routes,
+            });
         }
         table
     }
@@ -75,10 +81,19 @@ impl RouteTable {
     /// The site serving `name` (an SNI or a request host, lower-case, no port): exact, then the
     /// `*.parent` wildcard, then the default site. `None` means "absent", which is the default.
     pub fn site_for(&self, name: Option<&str>) -> Option<usize> {
-        let Some(name) = name else { return self.default };
-        let lookup = |n: &str| HostName::parse(n).ok().and_then(|h| self.by_host.get(&h).copied());
+        let Some(name) = name else {
+            return self.default;
+        };
+        let lookup = |n: &str| {
+            HostName::parse(n)
+                .ok()
+                .and_then(|h| self.by_host.get(&h).copied())
+        };
         lookup(name)
-            .or_else(|| name.split_once('.').and_then(|(_, parent)| lookup(&format!("*.{parent}"))))
+            .or_else(|| {
+                name.split_once('.')
+                    .and_then(|(_, parent)| lookup(&format!("*.{parent}")))
+            })
             .or(self.default)
     }
 
@@ -99,8 +114,15 @@ impl Route {
     fn from_config(route: &crate::config::Route, defaults: &UpstreamDefaults) -> Self {
         let action = match &route.action {
             RouteAction::Proxy(urls) => Action::Proxy(Arc::new(UpstreamPool::new(urls, defaults))),
-            RouteAction::Respond { status, body } => Action::Respond { status: *status, body: body.clone() },
+            RouteAction::Respond { status, body } => Action::Respond {
+                status: *status,
+                body: body.clone(),
+            },
         };
-        Self { path: route.path.clone(), strip_prefix: route.strip_prefix, action }
+        Self {
+            path: route.path.clone(),
+            strip_prefix: route.strip_prefix,
+            action,
+        }
     }
 }

@@ -22,7 +22,9 @@ use tracing::{debug, warn};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::proxy::body::Counted;
-use crate::proxy::{Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward};
+use crate::proxy::{
+    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward,
+};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Clone, Debug)]
@@ -45,7 +47,10 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy serving `table`; upgrade tunnels are spawned on `tunnels` so shutdown sees them.
     pub fn new(table: RouteTable, tunnels: TaskTracker) -> Self {
-        Self { table: Arc::new(ArcSwap::from_pointee(table)), tunnels }
+        Self {
+            table: Arc::new(ArcSwap::from_pointee(table)),
+            tunnels,
+        }
     }
 
     /// Serves later requests from `table`; requests already routed finish on the old one.
@@ -54,7 +59,11 @@ impl Proxy {
     }
 
     /// Answers one request: never fails, errors become their status response.
-    pub async fn serve(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<Metered<ProxyBody>> {
+    pub async fn serve(
+        &self,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<Metered<ProxyBody>> {
         let table = self.table.load_full();
         let host = request_host(&request);
         let mut record = AccessRecord {
@@ -69,13 +78,20 @@ impl Proxy {
             status: 0,
             bytes_in: Arc::new(AtomicU64::new(0)),
         };
-        let response = match self.route(&table, request, conn, host.as_deref(), &mut record).await {
+        let response = match self
+            .route(&table, request, conn, host.as_deref(), &mut record)
+            .await
+        {
             Ok(response) => response,
             Err(err) => {
                 let site = record.site.as_deref().unwrap_or("-");
                 match err.side() {
-                    Side::Upstream => warn!(site, host = host.as_deref(), error = %Chain(&err), "upstream failed"),
-                    Side::Downstream => debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused"),
+                    Side::Upstream => {
+                        warn!(site, host = host.as_deref(), error = %Chain(&err), "upstream failed")
+                    }
+                    Side::Downstream => {
+                        debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused")
+                    }
                 }
                 text_response(err.status(), Bytes::from_static(err.body().as_bytes()))
             }
@@ -95,12 +111,23 @@ impl Proxy {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
         let conn_site = table.site_for(conn.sni.as_deref());
-        let request_site = if host.is_some() { table.site_for(host) } else { conn_site };
-        let Some(site) = conn_site.filter(|s| Some(*s) == request_site).and_then(|s| table.site(s)) else {
-            return Err(ProxyError::NoSite { host: host.unwrap_or_default().to_owned() });
+        let request_site = if host.is_some() {
+            table.site_for(host)
+        } else {
+            conn_site
+        };
+        let Some(site) = conn_site
+            .filter(|s| Some(*s) == request_site)
+            .and_then(|s| table.site(s))
+        else {
+            return Err(ProxyError::NoSite {
+                host: host.unwrap_or_default().to_owned(),
+            });
         };
         record.site = Some(site.name.clone());
-        let route = site.route(request.uri().path()).ok_or(ProxyError::NoRoute)?;
+        let route = site
+            .route(request.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
             Action::Proxy(pool) => self.forward(pool, route, request, conn, host, record).await,
@@ -123,17 +150,27 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
         if !parts.headers.contains_key(header::HOST) {
-            if let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(value) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 parts.headers.insert(header::HOST, value);
             }
         }
-        parts.uri = forward::upstream_uri(&upstream.url, &parts.uri, route.strip_prefix.then_some(route.path.as_str()));
+        parts.uri = forward::upstream_uri(
+            &upstream.url,
+            &parts.uri,
+            route.strip_prefix.then_some(route.path.as_str()),
+        );
         parts.version = Version::HTTP_11;
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         forward::add_forwarding(&mut parts.headers, conn.peer.ip(), host);
         let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
 
-        let mut response = upstream.send(request, pool.response_header_timeout()).await?;
+        let mut response = upstream
+            .send(request, pool.response_header_timeout())
+            .await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {
@@ -173,8 +210,9 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
 fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -38,8 +38,15 @@ pub struct Upstream {
 impl UpstreamPool {
     /// One pooled client per URL, configured from `defaults`.
     pub fn new(urls: &[UpstreamUrl], defaults: &UpstreamDefaults) -> Self {
-        let upstreams = urls.iter().map(|url| Upstream::new(url.clone(), defaults)).collect();
-        Self { upstreams, next: AtomicUsize::new(0), response_header_timeout: defaults.response_header_timeout }
+        let upstreams = urls
+            .iter()
+            .map(|url| Upstream::new(url.clone(), defaults))
+            .collect();
+        Self {
+            upstreams,
+            next: AtomicUsize::new(0),
+            response_header_timeout: defaults.response_header_timeout,
+        }
     }
 
     /// The next origin in round-robin order.
@@ -83,8 +90,14 @@ impl Upstream {
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(source)) => Err(ProxyError::Upstream { upstream: self.url.clone(), source }),
-            Err(_) => Err(ProxyError::UpstreamTimeout { upstream: self.url.clone(), timeout }),
+            Ok(Err(source)) => Err(ProxyError::Upstream {
+                upstream: self.url.clone(),
+                source,
+            }),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                upstream: self.url.clone(),
+                timeout,
+            }),
         }
     }
 }

@@ -22,7 +22,10 @@ pub(crate) struct Http01 {
 
 impl Http01 {
     pub(crate) fn new(challenges: ChallengeStore, https_port: u16) -> Self {
-        Self { challenges, https_port }
+        Self {
+            challenges,
+            https_port,
+        }
     }
 
     pub(crate) fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -31,7 +34,10 @@ impl Http01 {
                 // RFC 8555 §8.3: the body is the key authorization, nothing else.
                 Some(key_authorization) => {
                     let mut response = Response::new(Full::new(Bytes::from(key_authorization)));
-                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
                     response
                 }
                 None => text(StatusCode::NOT_FOUND, "no such challenge token\n"),
@@ -40,7 +46,11 @@ impl Http01 {
         let Some(host) = request_host(request) else {
             return text(StatusCode::BAD_REQUEST, "a Host header is required\n");
         };
-        let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
         let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = format!("https://{host}{port}{target}");
         match HeaderValue::try_from(location) {
@@ -63,7 +73,10 @@ fn request_host<B>(request: &Request<B>) -> Option<String> {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -84,8 +97,12 @@ mod tests {
         let http01 = Http01::new(ChallengeStore::default(), 8443);
         let response = http01.respond(&get("/a/b?c=d", Some("Example.COM:8080")));
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(response.headers()[header::LOCATION], "https://example.com:8443/a/b?c=d");
-        let on_443 = Http01::new(ChallengeStore::default(), 443).respond(&get("/", Some("example.com")));
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://example.com:8443/a/b?c=d"
+        );
+        let on_443 =
+            Http01::new(ChallengeStore::default(), 443).respond(&get("/", Some("example.com")));
         assert_eq!(on_443.headers()[header::LOCATION], "https://example.com/");
     }
 
@@ -94,8 +111,21 @@ mod tests {
         let store = ChallengeStore::default();
         store.insert("tok", "tok.thumbprint");
         let http01 = Http01::new(store, 443);
-        assert_eq!(http01.respond(&get("/.well-known/acme-challenge/tok", None)).status(), StatusCode::OK);
-        assert_eq!(http01.respond(&get("/.well-known/acme-challenge/nope", None)).status(), StatusCode::NOT_FOUND);
-        assert_eq!(http01.respond(&get("/", None)).status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            http01
+                .respond(&get("/.well-known/acme-challenge/tok", None))
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            http01
+                .respond(&get("/.well-known/acme-challenge/nope", None))
+                .status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            http01.respond(&get("/", None)).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

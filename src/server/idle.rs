@@ -57,7 +57,10 @@ impl Activity {
 impl<T> IdleIo<T> {
     /// Wraps `inner`, starting the clock now.
     pub(crate) fn new(inner: T) -> Self {
-        let clock = Arc::new(Activity { base: Instant::now(), last_ms: AtomicU64::new(0) });
+        let clock = Arc::new(Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        });
         Self { inner, clock }
     }
 
@@ -68,7 +71,11 @@ impl<T> IdleIo<T> {
 }
 
 impl<T: AsyncRead> AsyncRead for IdleIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
@@ -80,7 +87,11 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {

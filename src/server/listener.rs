@@ -44,7 +44,10 @@ impl Listeners {
     /// # Errors
     /// `Bind` naming the address that failed.
     pub fn bind(listen: &Listen) -> Result<Self, ServerError> {
-        Ok(Self { https: bind(listen.https)?, http: bind(listen.http)? })
+        Ok(Self {
+            https: bind(listen.https)?,
+            http: bind(listen.http)?,
+        })
     }
 
     /// Both on ephemeral loopback ports: for tests and benchmarks.
@@ -53,17 +56,24 @@ impl Listeners {
     /// `Bind` when loopback is unavailable.
     pub fn loopback() -> Result<Self, ServerError> {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Ok(Self { https: bind(any)?, http: bind(any)? })
+        Ok(Self {
+            https: bind(any)?,
+            http: bind(any)?,
+        })
     }
 
     /// The TLS listener's address.
     pub fn https_addr(&self) -> SocketAddr {
-        self.https.local_addr().expect("a bound listener has an address")
+        self.https
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The plain HTTP listener's address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 }
 
@@ -106,7 +116,11 @@ impl HttpServers {
             // Detects dead peers; idleness itself is handled by the idle timer.
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        Self { h1: Arc::new(h1), h2: Arc::new(h2), idle_timeout: limits.idle_timeout }
+        Self {
+            h1: Arc::new(h1),
+            h2: Arc::new(h2),
+            idle_timeout: limits.idle_timeout,
+        }
     }
 }
 
@@ -120,7 +134,12 @@ pub(crate) async fn accept_https(
     stop: CancellationToken,
 ) {
     while let Some((tcp, peer)) = accept(&listener, &stop).await {
-        let (acceptor, proxy, servers, stop) = (acceptor.clone(), proxy.clone(), servers.clone(), stop.clone());
+        let (acceptor, proxy, servers, stop) = (
+            acceptor.clone(),
+            proxy.clone(),
+            servers.clone(),
+            stop.clone(),
+        );
         tasks.spawn(
             async move { serve_tls(tcp, peer, acceptor, proxy, servers, stop).await }
                 .instrument(info_span!("conn", %peer)),
@@ -153,7 +172,10 @@ pub(crate) async fn accept_http(
 }
 
 /// Waits for the next connection; `None` once `stop` fires (dropping the listener refuses new ones).
-async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
             () = stop.cancelled() => return None,
@@ -187,13 +209,28 @@ async fn serve_tls(
             Err(err) => return debug!(error = %Chain(&err), "handshake failed"),
         },
     };
-    let conn = Arc::new(ConnInfo { peer, sni: handshake.sni, is_h2: handshake.is_h2 });
+    let conn = Arc::new(ConnInfo {
+        peer,
+        sni: handshake.sni,
+        is_h2: handshake.is_h2,
+    });
     let service = service_fn(move |request| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
     });
-    let builder = if handshake.is_h2 { &servers.h2 } else { &servers.h1 };
-    serve_connection(IdleIo::new(tls), builder, service, servers.idle_timeout, stop).await;
+    let builder = if handshake.is_h2 {
+        &servers.h2
+    } else {
+        &servers.h1
+    };
+    serve_connection(
+        IdleIo::new(tls),
+        builder,
+        service,
+        servers.idle_timeout,
+        stop,
+    )
+    .await;
 }
 
 /// Serves HTTP on one connection until it closes, going idle or `stop` ending it gracefully:
@@ -206,8 +243,11 @@ async fn serve_connection<T, S, B>(
     stop: CancellationToken,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>, Error = Infallible>
-        + Send
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+            Error = Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body + Send + 'static,

@@ -48,8 +48,12 @@ impl Server {
         for site in &config.sites {
             match &site.tls {
                 SiteTls::Files { cert, key } => {
-                    let certified = load_files(&provider, cert, key)
-                        .map_err(|source| ServerError::Certificate { site: site.name.clone(), source })?;
+                    let certified = load_files(&provider, cert, key).map_err(|source| {
+                        ServerError::Certificate {
+                            site: site.name.clone(),
+                            source,
+                        }
+                    })?;
                     publish(&certs, site, certified)?;
                 }
                 SiteTls::Internal => internal_sites.push(site.clone()),
@@ -59,12 +63,19 @@ impl Server {
             }
         }
         if !internal_sites.is_empty() {
-            let ca = InternalCa::load_or_create(&config.storage, provider.clone())
-                .map_err(|source| ServerError::Certificate { site: "internal CA".into(), source })?;
+            let ca = InternalCa::load_or_create(&config.storage, provider.clone()).map_err(
+                |source| ServerError::Certificate {
+                    site: "internal CA".into(),
+                    source,
+                },
+            )?;
             for site in &internal_sites {
-                let issued = ca
-                    .issue(site, SystemTime::now())
-                    .map_err(|source| ServerError::Certificate { site: site.name.clone(), source })?;
+                let issued = ca.issue(site, SystemTime::now()).map_err(|source| {
+                    ServerError::Certificate {
+                        site: site.name.clone(),
+                        source,
+                    }
+                })?;
                 publish(&certs, site, issued)?;
             }
             tasks.spawn(ca.run(certs.clone(), internal_sites, stop.clone()));
@@ -83,9 +94,23 @@ impl Server {
             tasks.clone(),
             stop.clone(),
         ));
-        tasks.spawn(listener::accept_http(listeners.http, http01, servers, tasks.clone(), stop.clone()));
+        tasks.spawn(listener::accept_http(
+            listeners.http,
+            http01,
+            servers,
+            tasks.clone(),
+            stop.clone(),
+        ));
         info!(https = %https_addr, http = %http_addr, sites = config.sites.len(), "serving");
-        Ok(Self { stop, tasks, grace: config.shutdown_grace, https_addr, http_addr, certs, challenges })
+        Ok(Self {
+            stop,
+            tasks,
+            grace: config.shutdown_grace,
+            https_addr,
+            http_addr,
+            certs,
+            challenges,
+        })
     }
 
     /// The TLS listener's address.
@@ -114,15 +139,31 @@ impl Server {
     }
 }
 
-fn load_files(provider: &rustls::crypto::CryptoProvider, cert: &Path, key: &Path) -> Result<rustls::sign::CertifiedKey, TlsError> {
-    let read = |path: &Path| std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source });
+fn load_files(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
     tls::certified_key_from_pem(provider, &read(cert)?, &read(key)?)
 }
 
-fn publish(certs: &CertStore, site: &Site, cert: rustls::sign::CertifiedKey) -> Result<(), ServerError> {
+fn publish(
+    certs: &CertStore,
+    site: &Site,
+    cert: rustls::sign::CertifiedKey,
+) -> Result<(), ServerError> {
     let published = certs
         .publish(site, cert, SystemTime::now())
-        .map_err(|source| ServerError::Certificate { site: site.name.clone(), source })?;
+        .map_err(|source| ServerError::Certificate {
+            site: site.name.clone(),
+            source,
+        })?;
     info!(site = %site.name, serial = %published.serial, "certificate published");
     Ok(())
 }

@@ -26,7 +26,11 @@ pub async fn drain(stop: &CancellationToken, tasks: &TaskTracker, grace: Duratio
     stop.cancel(); // each connection calls hyper's graceful_shutdown() and finishes in-flight requests
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        warn!(open = tasks.len(), ?grace, "grace period over; dropping remaining connections");
+        warn!(
+            open = tasks.len(),
+            ?grace,
+            "grace period over; dropping remaining connections"
+        );
         return false;
     }
     info!("all connections closed");

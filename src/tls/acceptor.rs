@@ -26,7 +26,11 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 /// aws-lc-rs with the key exchanges we offer, post-quantum hybrid first.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     let mut provider = aws_lc_rs::default_provider();
-    provider.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519, kx_group::SECP256R1];
+    provider.kx_groups = vec![
+        kx_group::X25519MLKEM768,
+        kx_group::X25519,
+        kx_group::SECP256R1,
+    ];
     Arc::new(provider)
 }
 
@@ -71,10 +75,7 @@ impl TlsAcceptor {
     ///
     /// # Errors
     /// When the provider lacks the protocol versions (a build problem) or the ticketer cannot start.
-    pub fn new(
-        store: CertStore,
-        handshake_timeout: Duration,
-    ) -> Result<Self, rustls::Error> {
+    pub fn new(store: CertStore, handshake_timeout: Duration) -> Result<Self, rustls::Error> {
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
@@ -83,7 +84,11 @@ impl TlsAcceptor {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         // Ticket keys rotate every 6 hours; old tickets stay valid for one more period.
         config.ticketer = aws_lc_rs::Ticketer::new()?;
-        Ok(Self { config: Arc::new(config), store, handshake_timeout })
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            handshake_timeout,
+        })
     }
 
     /// Runs the handshake on `io`, refusing names with no certificate.
@@ -106,14 +111,20 @@ impl TlsAcceptor {
         let mut start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(HandshakeError::Io)?;
-        let sni = start.client_hello().server_name().map(str::to_ascii_lowercase);
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
         if self.store.lookup(sni.as_deref()).is_none() {
             // rustls would answer access_denied; RFC 6066 names the right alert.
             // Best effort: the connection is closed either way.
             let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
             return Err(HandshakeError::UnknownName { sni });
         }
-        let stream = start.into_stream(self.config.clone()).await.map_err(HandshakeError::Io)?;
+        let stream = start
+            .into_stream(self.config.clone())
+            .await
+            .map_err(HandshakeError::Io)?;
         let (_, conn) = stream.get_ref();
         let handshake = Handshake {
             sni: sni.map(Arc::from),

@@ -60,15 +60,27 @@ impl InternalCa {
             let path = path.to_owned();
             move |source| TlsError::Io { path, source }
         };
-        let issue = |source| TlsError::Issue { site: "internal CA".into(), source };
+        let issue = |source| TlsError::Issue {
+            site: "internal CA".into(),
+            source,
+        };
         if key_path.exists() {
             let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
             let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
             let key = KeyPair::from_pem(&key_pem).map_err(issue)?;
-            let root_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-                .map_err(|source| TlsError::Pem { what: "internal CA certificate", source })?;
+            let root_der =
+                CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|source| {
+                    TlsError::Pem {
+                        what: "internal CA certificate",
+                        source,
+                    }
+                })?;
             let issuer = Issuer::from_ca_cert_der(&root_der, key).map_err(issue)?;
-            return Ok(Self { root_der, issuer, provider });
+            return Ok(Self {
+                root_der,
+                issuer,
+                provider,
+            });
         }
         disk::ensure_private_dir(&dir).map_err(io(&dir))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(issue)?;
@@ -88,7 +100,11 @@ impl InternalCa {
             .map_err(io(&cert_path))?;
         info!(path = %cert_path.display(), "created the internal CA");
         let root_der = root.der().clone();
-        Ok(Self { issuer: Issuer::new(params, key), root_der, provider })
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            root_der,
+            provider,
+        })
     }
 
     /// The CA certificate, for tests and clients.
@@ -101,7 +117,10 @@ impl InternalCa {
     /// # Errors
     /// `Issue` when rcgen refuses the names or key.
     pub fn issue(&self, site: &Site, now: SystemTime) -> Result<CertifiedKey, TlsError> {
-        let issue = |source| TlsError::Issue { site: site.name.clone(), source };
+        let issue = |source| TlsError::Issue {
+            site: site.name.clone(),
+            source,
+        };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(issue)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(&site.name);
@@ -129,7 +148,11 @@ impl InternalCa {
     /// The first failure: at start-up a CA that cannot issue must stop Rampart loudly.
     pub fn publish_all(&self, store: &CertStore, sites: &[Site]) -> Result<(), TlsError> {
         for site in sites {
-            store.publish(site, self.issue(site, SystemTime::now())?, SystemTime::now())?;
+            store.publish(
+                site,
+                self.issue(site, SystemTime::now())?,
+                SystemTime::now(),
+            )?;
         }
         Ok(())
     }
@@ -147,8 +170,13 @@ impl InternalCa {
             wait = every;
             for site in &sites {
                 let now = SystemTime::now();
-                match self.issue(site, now).and_then(|cert| store.publish(site, cert, now)) {
-                    Ok(published) => info!(site = %site.name, serial = %published.serial, "renewed internal certificate"),
+                match self
+                    .issue(site, now)
+                    .and_then(|cert| store.publish(site, cert, now))
+                {
+                    Ok(published) => {
+                        info!(site = %site.name, serial = %published.serial, "renewed internal certificate")
+                    }
                     Err(err) => {
                         error!(site = %site.name, error = %crate::observe::Chain(&err), "cannot renew internal certificate");
                         wait = retry;
@@ -172,7 +200,9 @@ fn random_serial(provider: &CryptoProvider) -> SerialNumber {
     let mut bytes = [0u8; 16];
     if provider.secure_random.fill(&mut bytes).is_err() {
         // The system RNG failing would already have failed key generation; time is unique enough.
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         bytes.copy_from_slice(&nanos.as_nanos().to_be_bytes());
     }
     bytes[0] &= 0x7f;

@@ -88,7 +88,9 @@ impl CertStore {
         };
         // Clients send SNI in any case; names are stored lower-case (RFC 6066 §3: ASCII, case-insensitive).
         let sni = sni.to_ascii_lowercase();
-        let exact = HostName::parse(&sni).ok().and_then(|h| map.hosts.get(&h).cloned());
+        let exact = HostName::parse(&sni)
+            .ok()
+            .and_then(|h| map.hosts.get(&h).cloned());
         exact
             .or_else(|| {
                 let (_, parent) = sni.split_once('.')?;
@@ -116,12 +118,17 @@ pub fn certified_key_from_pem(
 ) -> Result<CertifiedKey, TlsError> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem { what: "certificate chain", source })?;
+        .map_err(|source| TlsError::Pem {
+            what: "certificate chain",
+            source,
+        })?;
     if chain.is_empty() {
         return Err(TlsError::EmptyChain);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|source| TlsError::Pem { what: "private key", source })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
+        what: "private key",
+        source,
+    })?;
     CertifiedKey::from_der(chain, key, provider).map_err(TlsError::KeyMismatch)
 }
 
@@ -130,13 +137,25 @@ fn check(site: &Site, cert: &CertifiedKey, now: SystemTime) -> Result<Published,
     cert.keys_match().map_err(TlsError::KeyMismatch)?;
     let leaf = cert.end_entity_cert().map_err(TlsError::KeyMismatch)?;
     let facts = LeafFacts::parse(leaf)?;
-    if let Some(missing) = site.hosts.iter().find(|h| !facts.names.iter().any(|n| n == h.as_str())) {
-        return Err(TlsError::NameMissing { site: site.name.clone(), host: missing.clone() });
+    if let Some(missing) = site
+        .hosts
+        .iter()
+        .find(|h| !facts.names.iter().any(|n| n == h.as_str()))
+    {
+        return Err(TlsError::NameMissing {
+            site: site.name.clone(),
+            host: missing.clone(),
+        });
     }
     if now < facts.not_before || now >= facts.not_after {
-        return Err(TlsError::OutOfDate { site: site.name.clone() });
+        return Err(TlsError::OutOfDate {
+            site: site.name.clone(),
+        });
     }
-    Ok(Published { serial: facts.serial, not_after: facts.not_after })
+    Ok(Published {
+        serial: facts.serial,
+        not_after: facts.not_after,
+    })
 }
 
 /// What Rampart needs to know about a leaf certificate.
@@ -186,7 +205,11 @@ impl LeafFacts {
         };
         Ok(Self {
             names,
-            serial: cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+            serial: cert
+                .raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             issuer: cert.issuer().to_string(),
             not_before: to_system(cert.validity().not_before),
             not_after: to_system(cert.validity().not_after),

@@ -1,0 +1,117 @@
+//! The `rampart` command: run the server, check a configuration, print the version.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rampart::observe::{Chain, logging};
+use rampart::server::shutdown;
+use rampart::{Listeners, Server, config};
+
+/// Where packages install the configuration.
+const DEFAULT_CONFIG: &str = "/etc/rampart/rampart.yaml";
+/// EX_USAGE from sysexits.h: a restart will not fix it (systemd's RestartPreventExitStatus=64).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    about = "Edge TLS terminator with automatic certificates",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the sites of a configuration until SIGTERM or SIGINT.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print every problem as FILE:LINE:COL: key: reason.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Version => {
+            println!("rampart {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: valid ({} sites)",
+                config.source.display(),
+                config.sites.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}", Chain(&err));
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}", Chain(&err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rampart: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listeners = match Listeners::bind(&config.listen) {
+            Ok(listeners) => listeners,
+            Err(err) => return fatal(&err),
+        };
+        let server = match Server::start(config, listeners).await {
+            Ok(server) => server,
+            Err(err) => return fatal(&err),
+        };
+        match shutdown::signal_received().await {
+            Ok(signal) => tracing::info!(signal, "shutting down"),
+            Err(err) => {
+                tracing::error!(error = %Chain(&err), "cannot wait for signals; shutting down")
+            }
+        }
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// One clear line on stderr (and in the log) for a start-up failure.
+fn fatal(err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    eprintln!("rampart: {}", Chain(err));
+    tracing::error!(error = %Chain(err), "cannot start");
+    ExitCode::FAILURE
+}
