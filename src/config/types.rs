@@ -105,7 +105,9 @@ pub struct Eab {
 impl fmt::Debug for Eab {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The HMAC key is a credential: never print it.
-        f.debug_struct("Eab").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Eab")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -277,8 +279,13 @@ impl HostName {
             if label == "*" || label.contains('*') {
                 return Err("`*` is only allowed as the whole first label".into());
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("label `{label}` has characters other than a-z, 0-9 and -"));
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(format!(
+                    "label `{label}` has characters other than a-z, 0-9 and -"
+                ));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(format!("label `{label}` starts or ends with -"));
@@ -310,20 +317,47 @@ mod tests {
 
     #[test]
     fn host_names_are_lowercased_and_checked() {
-        assert_eq!(HostName::parse("WWW.Example.com").unwrap().as_str(), "www.example.com");
+        assert_eq!(
+            HostName::parse("WWW.Example.com").unwrap().as_str(),
+            "www.example.com"
+        );
         assert!(HostName::parse("*.example.com").unwrap().is_wildcard());
         assert!(HostName::parse("localhost").is_ok());
-        for bad in ["", "*.", "*", "a.*.b", "a..b", "-a.b", "a_b.c", "127.0.0.1", "a.b."] {
+        for bad in [
+            "",
+            "*.",
+            "*",
+            "a.*.b",
+            "a..b",
+            "-a.b",
+            "a_b.c",
+            "127.0.0.1",
+            "a.b.",
+        ] {
             assert!(HostName::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 
     #[test]
     fn upstream_urls_are_plain_http_origins() {
-        assert_eq!(UpstreamUrl::parse("http://127.0.0.1:8080").unwrap().to_string(), "http://127.0.0.1:8080");
+        assert_eq!(
+            UpstreamUrl::parse("http://127.0.0.1:8080")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:8080"
+        );
         assert!(UpstreamUrl::parse("http://[::1]:80/").is_ok());
-        for bad in ["127.0.0.1:8080", "ftp://x", "http://x/path", "http://u@x", "http://"] {
-            assert!(UpstreamUrl::parse(bad).is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "127.0.0.1:8080",
+            "ftp://x",
+            "http://x/path",
+            "http://u@x",
+            "http://",
+        ] {
+            assert!(
+                UpstreamUrl::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 }
