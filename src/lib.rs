@@ -12,20 +12,7 @@ pub mod acme {
     mod challenge;
     pub use challenge::ChallengeStore;
 }
-pub mod config {
-    //! TEMP until the config module lands.
-    #[path = "types.rs"]
-    mod types;
-    pub use types::*;
-    /// TEMP
-    #[derive(Debug, thiserror::Error)]
-    #[error("temp")]
-    pub struct ConfigError;
-    /// TEMP
-    pub fn load(_: &std::path::Path) -> Result<Config, ConfigError> {
-        Err(ConfigError)
-    }
-}
+pub mod config;
 pub mod observe;
 pub mod proxy;
 pub mod server;

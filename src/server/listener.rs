@@ -183,6 +183,9 @@ async fn accept(
                 Ok((tcp, peer)) => {
                     // Small responses must not wait for Nagle; failure only costs latency.
                     let _ = tcp.set_nodelay(true);
+                    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; logs and
+                    // X-Forwarded-For want a.b.c.d.
+                    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     return Some((tcp, peer));
                 }
                 Err(error) => {

@@ -1,0 +1,269 @@
+//! The shape of the configuration file, as serde reads it. Nothing outside `config/` sees these types.
+//!
+//! Read by `config::load` from YAML and turned into the typed [`Config`](super::Config) by
+//! `config::validate`. Every struct denies unknown keys, and each default is written here once,
+//! in an `impl Default`. Values that validation may have to point at are [`Spanned`], so a
+//! problem can name its line and column; everything is a string or plain integer here so that
+//! validation, not serde, reports bad values, all at once.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_saphyr::{Location, Spanned};
+
+/// A string value with its position in the file.
+pub(super) type Text = Spanned<String>;
+
+/// A list with its position, of elements with theirs.
+pub(super) type List<T> = Spanned<Vec<Spanned<T>>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawConfig {
+    pub(super) listen: RawListen,
+    pub(super) storage: Text,
+    pub(super) log: RawLog,
+    pub(super) acme: RawAcme,
+    pub(super) downstream: RawDownstream,
+    pub(super) upstream: RawUpstream,
+    pub(super) shutdown_grace: Text,
+    pub(super) sites: List<RawSite>,
+}
+
+/// `listen:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawListen {
+    pub(super) https: Text,
+    pub(super) http: Text,
+    pub(super) admin: Option<Text>,
+}
+
+/// `log:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub(super) format: Text,
+    pub(super) level: Text,
+}
+
+/// `acme:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAcme {
+    pub(super) email: Option<Text>,
+    pub(super) directory: Text,
+    pub(super) ca_bundle: Option<Text>,
+    pub(super) key_type: Text,
+    pub(super) profile: Option<Text>,
+    pub(super) eab: Option<RawEab>,
+}
+
+/// `acme.eab:` both keys are required when the section is present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEab {
+    pub(super) key_id: Text,
+    pub(super) hmac_key: Text,
+}
+
+/// `downstream:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDownstream {
+    pub(super) handshake_timeout: Text,
+    pub(super) header_timeout: Text,
+    pub(super) idle_timeout: Text,
+    pub(super) max_header_bytes: Text,
+    pub(super) max_headers: Spanned<i64>,
+    pub(super) h2_max_streams: Spanned<i64>,
+}
+
+/// `upstream:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawUpstream {
+    pub(super) connect_timeout: Text,
+    pub(super) response_header_timeout: Text,
+    pub(super) pool_idle_timeout: Text,
+    pub(super) pool_max_idle: Spanned<i64>,
+}
+
+/// One entry of `sites:`. `hosts` is optional here so that a missing list is reported with
+/// the other problems instead of stopping the parse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSite {
+    pub(super) hosts: Option<List<String>>,
+    pub(super) tls: Spanned<RawTls>,
+    pub(super) default: Spanned<bool>,
+    pub(super) upstreams: Option<List<String>>,
+    pub(super) routes: Option<List<RawRoute>>,
+}
+
+/// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
+#[derive(Debug)]
+pub(super) enum RawTls {
+    /// A word, checked by validation.
+    Mode(String),
+    /// Operator-supplied PEM files.
+    Files(RawTlsFiles),
+}
+
+/// `tls: {cert: FILE, key: FILE}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsFiles {
+    pub(super) cert: Text,
+    pub(super) key: Text,
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRoute {
+    pub(super) path: Option<Text>,
+    pub(super) strip_prefix: bool,
+    pub(super) upstreams: Option<List<String>>,
+    pub(super) respond: Option<Spanned<RawRespond>>,
+}
+
+/// `respond: {status, body}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRespond {
+    pub(super) status: Spanned<i64>,
+    pub(super) body: String,
+}
+
+/// A default value: it has no position in the file.
+fn unplaced<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// A default string value.
+fn text(value: &str) -> Text {
+    unplaced(value.to_string())
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: RawListen::default(),
+            storage: text("/var/lib/rampart"),
+            log: RawLog::default(),
+            acme: RawAcme::default(),
+            downstream: RawDownstream::default(),
+            upstream: RawUpstream::default(),
+            shutdown_grace: text("30s"),
+            // Validation insists on at least one site.
+            sites: unplaced(Vec::new()),
+        }
+    }
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            https: text("[::]:443"),
+            http: text("[::]:80"),
+            admin: None,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: text("json"),
+            level: text("info"),
+        }
+    }
+}
+
+impl Default for RawAcme {
+    fn default() -> Self {
+        Self {
+            email: None,
+            directory: text("letsencrypt"),
+            ca_bundle: None,
+            key_type: text("ecdsa-p256"),
+            profile: None,
+            eab: None,
+        }
+    }
+}
+
+impl Default for RawDownstream {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: text("10s"),
+            header_timeout: text("10s"),
+            idle_timeout: text("60s"),
+            max_header_bytes: text("64KiB"),
+            max_headers: unplaced(100),
+            h2_max_streams: unplaced(256),
+        }
+    }
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            connect_timeout: text("5s"),
+            response_header_timeout: text("30s"),
+            pool_idle_timeout: text("90s"),
+            pool_max_idle: unplaced(32),
+        }
+    }
+}
+
+impl Default for RawSite {
+    fn default() -> Self {
+        Self {
+            hosts: None,
+            tls: unplaced(RawTls::Mode("acme".to_string())),
+            default: unplaced(false),
+            upstreams: None,
+            routes: None,
+        }
+    }
+}
+
+impl Default for RawRespond {
+    fn default() -> Self {
+        Self {
+            status: unplaced(200),
+            body: String::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Hand-written rather than `#[serde(untagged)]`: untagged enums buffer their input,
+        // which loses both the positions inside `{cert, key}` and the unknown-key error.
+        struct TlsVisitor;
+
+        impl<'de> Visitor<'de> for TlsVisitor {
+            type Value = RawTls;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("acme, internal or {cert: FILE, key: FILE}")
+            }
+
+            fn visit_str<E: de::Error>(self, word: &str) -> Result<RawTls, E> {
+                Ok(RawTls::Mode(word.to_string()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
+                RawTlsFiles::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawTls::Files)
+            }
+        }
+
+        deserializer.deserialize_any(TlsVisitor)
+    }
+}

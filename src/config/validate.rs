@@ -1,0 +1,479 @@
+//! Raw configuration to typed [`Config`], collecting every problem with its position.
+//!
+//! Called by `config::load` once serde has produced the raw shape. It reads the certificate,
+//! key and CA bundle files the configuration names (to prove they are usable before anything
+//! is served) and writes nothing. A check that fails records a [`Problem`] and yields `None`;
+//! the checks of one section all run before their results are combined, so one run reports
+//! every problem in the file. The checks of `sites:` are in `validate/site.rs`.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use http::Uri;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_saphyr::{Location, Spanned};
+
+use crate::config::error::{Problem, closest};
+use crate::config::raw::{
+    RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
+};
+use crate::config::{
+    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, UpstreamDefaults, humane,
+};
+
+mod site;
+
+/// Let's Encrypt's production directory, for `directory: letsencrypt`.
+const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Let's Encrypt's staging directory, for `directory: letsencrypt-staging`.
+const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// Smallest `max_header_bytes`, in bytes: hyper's HTTP/1 read buffer holds the request head and
+/// hyper refuses (panics on) a buffer below 8 KiB.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+
+/// Directives `log.level` accepts, as in `tracing_subscriber::EnvFilter`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// base64url as CAs hand out EAB keys: RFC 8555 §7.3.4 says unpadded, some CAs pad anyway.
+const EAB_KEY_ENCODING: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Checks `raw` and builds the typed configuration; `source` is the absolute path of the file,
+/// whose directory anchors relative paths.
+///
+/// # Errors
+/// Every problem found, at least one.
+pub(super) fn validate(raw: &RawConfig, source: &Path) -> Result<Config, Vec<Problem>> {
+    let base = source.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mut checker = Checker {
+        base,
+        problems: Vec::new(),
+    };
+    match checker.config(raw, source) {
+        Some(config) if checker.problems.is_empty() => Ok(config),
+        _ => {
+            debug_assert!(
+                !checker.problems.is_empty(),
+                "every rejected value records a problem"
+            );
+            Err(checker.problems)
+        }
+    }
+}
+
+/// Whether a zero duration makes sense for a setting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// Zero is a meaningful choice (no grace period, no idle pooling).
+    Allowed,
+    /// A zero timeout would fail every connection.
+    Refused,
+}
+
+/// Problems found so far, and the directory relative paths resolve against.
+struct Checker {
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    /// The whole configuration; every section is checked before any result is combined.
+    fn config(&mut self, raw: &RawConfig, source: &Path) -> Option<Config> {
+        let listen = self.listen(&raw.listen);
+        let storage = self.path(&raw.storage, "storage");
+        let log = self.log(&raw.log);
+        let acme = self.acme(&raw.acme);
+        let downstream = self.downstream(&raw.downstream);
+        let upstream = self.upstream(&raw.upstream);
+        let shutdown_grace = self.duration(&raw.shutdown_grace, "shutdown_grace", Zero::Allowed);
+        let sites = self.sites(&raw.sites);
+        Some(Config {
+            source: source.to_path_buf(),
+            listen: listen?,
+            storage: storage?,
+            log: log?,
+            acme: acme?,
+            downstream: downstream?,
+            upstream: upstream?,
+            shutdown_grace: shutdown_grace?,
+            sites: sites?,
+        })
+    }
+
+    fn listen(&mut self, raw: &RawListen) -> Option<Listen> {
+        let https = self.socket_addr(&raw.https, "listen.https");
+        let http = self.socket_addr(&raw.http, "listen.http");
+        let admin = raw
+            .admin
+            .as_ref()
+            .map(|admin| self.socket_addr(admin, "listen.admin"));
+        // The same address twice would only fail at bind time, with a vaguer message. Point at
+        // the one written in the file (a default has no position).
+        if https.is_some() && https == http {
+            let (at, path, other) = if raw.http.referenced == Location::UNKNOWN {
+                (&raw.https.referenced, "listen.https", "listen.http")
+            } else {
+                (&raw.http.referenced, "listen.http", "listen.https")
+            };
+            self.report(at, path, format!("same address as {other}"));
+        }
+        if let (Some(Some(address)), Some(at)) = (admin, &raw.admin) {
+            for (other, name) in [(https, "listen.https"), (http, "listen.http")] {
+                if other == Some(address) {
+                    self.report(
+                        &at.referenced,
+                        "listen.admin",
+                        format!("same address as {name}"),
+                    );
+                }
+            }
+        }
+        Some(Listen {
+            https: https?,
+            http: http?,
+            admin: present(admin)?,
+        })
+    }
+
+    fn log(&mut self, raw: &RawLog) -> Option<Log> {
+        let format = self.choice(
+            &raw.format,
+            "log.format",
+            &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+        );
+        let level = self.check(
+            &raw.level.referenced,
+            "log.level",
+            check_log_level(&raw.level.value),
+        );
+        Some(Log {
+            format: format?,
+            level: level.map(|()| raw.level.value.trim().to_string())?,
+        })
+    }
+
+    fn acme(&mut self, raw: &RawAcme) -> Option<Acme> {
+        let email = raw.email.as_ref().map(|email| {
+            let checked = check_email(&email.value).map(|()| email.value.clone());
+            self.check(&email.referenced, "acme.email", checked)
+        });
+        let directory = self.check(
+            &raw.directory.referenced,
+            "acme.directory",
+            directory_url(&raw.directory.value),
+        );
+        let ca_bundle = raw.ca_bundle.as_ref().map(|bundle| self.ca_bundle(bundle));
+        let key_type = self.choice(
+            &raw.key_type,
+            "acme.key_type",
+            &[
+                ("ecdsa-p256", KeyType::EcdsaP256),
+                ("ecdsa-p384", KeyType::EcdsaP384),
+                ("rsa2048", KeyType::Rsa2048),
+            ],
+        );
+        let profile = raw
+            .profile
+            .as_ref()
+            .map(|profile| self.non_empty(profile, "acme.profile"));
+        let eab = raw.eab.as_ref().map(|eab| self.eab(eab));
+        Some(Acme {
+            email: present(email)?,
+            directory: directory?,
+            ca_bundle: present(ca_bundle)?,
+            key_type: key_type?,
+            profile: present(profile)?,
+            eab: present(eab)?,
+        })
+    }
+
+    /// A PEM bundle with at least one certificate.
+    fn ca_bundle(&mut self, raw: &Text) -> Option<PathBuf> {
+        let path = self.path(raw, "acme.ca_bundle")?;
+        let checked = match fs::read(&path) {
+            Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+            Ok(pem) => match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+                Err(error) => Err(format!(
+                    "{} is not a PEM certificate bundle: {error}",
+                    path.display()
+                )),
+                Ok(certs) if certs.is_empty() => {
+                    Err(format!("{} holds no certificate", path.display()))
+                }
+                Ok(_) => Ok(path),
+            },
+        };
+        self.check(&raw.referenced, "acme.ca_bundle", checked)
+    }
+
+    fn eab(&mut self, raw: &RawEab) -> Option<Eab> {
+        let key_id = self.non_empty(&raw.key_id, "acme.eab.key_id");
+        // The key is a credential: the messages never quote it.
+        let hmac_key = match EAB_KEY_ENCODING.decode(raw.hmac_key.value.trim()) {
+            Ok(key) if !key.is_empty() => Ok(key),
+            Ok(_) => Err("the HMAC key is empty".to_string()),
+            Err(_) => Err(
+                "expected the base64url HMAC key given by the CA (A-Z, a-z, 0-9, - and _)"
+                    .to_string(),
+            ),
+        };
+        let hmac_key = self.check(&raw.hmac_key.referenced, "acme.eab.hmac_key", hmac_key);
+        Some(Eab {
+            key_id: key_id?,
+            hmac_key: hmac_key?,
+        })
+    }
+
+    fn downstream(&mut self, raw: &RawDownstream) -> Option<Downstream> {
+        let handshake_timeout = self.duration(
+            &raw.handshake_timeout,
+            "downstream.handshake_timeout",
+            Zero::Refused,
+        );
+        let header_timeout = self.duration(
+            &raw.header_timeout,
+            "downstream.header_timeout",
+            Zero::Refused,
+        );
+        let idle_timeout =
+            self.duration(&raw.idle_timeout, "downstream.idle_timeout", Zero::Refused);
+        let max_header_bytes = self.size(
+            &raw.max_header_bytes,
+            "downstream.max_header_bytes",
+            MIN_HEADER_BYTES,
+        );
+        let max_headers = self.count(&raw.max_headers, "downstream.max_headers");
+        let h2_max_streams = self.count(&raw.h2_max_streams, "downstream.h2_max_streams");
+        Some(Downstream {
+            handshake_timeout: handshake_timeout?,
+            header_timeout: header_timeout?,
+            idle_timeout: idle_timeout?,
+            max_header_bytes: max_header_bytes?,
+            max_headers: max_headers?,
+            h2_max_streams: h2_max_streams?,
+        })
+    }
+
+    fn upstream(&mut self, raw: &RawUpstream) -> Option<UpstreamDefaults> {
+        let connect_timeout = self.duration(
+            &raw.connect_timeout,
+            "upstream.connect_timeout",
+            Zero::Refused,
+        );
+        let response_header_timeout = self.duration(
+            &raw.response_header_timeout,
+            "upstream.response_header_timeout",
+            Zero::Refused,
+        );
+        let pool_idle_timeout = self.duration(
+            &raw.pool_idle_timeout,
+            "upstream.pool_idle_timeout",
+            Zero::Allowed,
+        );
+        let pool_max_idle = self.count(&raw.pool_max_idle, "upstream.pool_max_idle");
+        Some(UpstreamDefaults {
+            connect_timeout: connect_timeout?,
+            response_header_timeout: response_header_timeout?,
+            pool_idle_timeout: pool_idle_timeout?,
+            pool_max_idle: pool_max_idle?,
+        })
+    }
+
+    fn socket_addr(&mut self, raw: &Text, at: &str) -> Option<SocketAddr> {
+        let parsed = raw.value.parse().map_err(|_| {
+            format!(
+                "`{}` is not an IP address and port such as [::]:443 or 127.0.0.1:9180",
+                raw.value
+            )
+        });
+        self.check(&raw.referenced, at, parsed)
+    }
+
+    /// A file or directory path, resolved against the configuration file's directory.
+    fn path(&mut self, raw: &Text, at: &str) -> Option<PathBuf> {
+        if raw.value.is_empty() {
+            self.report(
+                &raw.referenced,
+                at,
+                "expected a path, found an empty string",
+            );
+            return None;
+        }
+        // `join` keeps an absolute path as it is.
+        Some(self.base.join(&raw.value))
+    }
+
+    fn duration(&mut self, raw: &Text, at: &str, zero: Zero) -> Option<Duration> {
+        let parsed = humane::parse_duration(&raw.value).and_then(|duration| {
+            if duration.is_zero() && zero == Zero::Refused {
+                Err("must be longer than 0: a zero timeout fails every connection".to_string())
+            } else {
+                Ok(duration)
+            }
+        });
+        self.check(&raw.referenced, at, parsed)
+    }
+
+    /// A size of at least `min` bytes.
+    fn size(&mut self, raw: &Text, at: &str, min: u64) -> Option<usize> {
+        let parsed = humane::parse_size(&raw.value).and_then(|bytes| {
+            if bytes < min {
+                return Err(format!("must be at least {} KiB", min / 1024));
+            }
+            usize::try_from(bytes)
+                .map_err(|_| format!("`{}` is too large for this machine", raw.value))
+        });
+        self.check(&raw.referenced, at, parsed)
+    }
+
+    /// A count of at least one that fits `T`.
+    fn count<T: TryFrom<i64>>(&mut self, raw: &Spanned<i64>, at: &str) -> Option<T> {
+        let checked = match raw.value {
+            ..=0 => Err(format!("must be at least 1, not {}", raw.value)),
+            value => T::try_from(value).map_err(|_| format!("{value} is too large")),
+        };
+        self.check(&raw.referenced, at, checked)
+    }
+
+    /// One of the words in `choices`.
+    fn choice<T: Copy>(&mut self, raw: &Text, at: &str, choices: &[(&str, T)]) -> Option<T> {
+        let found = choices
+            .iter()
+            .find(|(word, _)| *word == raw.value)
+            .map(|(_, value)| *value);
+        if found.is_none() {
+            let words: Vec<_> = choices.iter().map(|(word, _)| *word).collect();
+            let hint = closest(&raw.value, words.iter().copied())
+                .map(|g| format!("; did you mean `{g}`?"));
+            let reason = format!(
+                "`{}` is not one of {}{}",
+                raw.value,
+                words.join(", "),
+                hint.unwrap_or_default()
+            );
+            self.report(&raw.referenced, at, reason);
+        }
+        found
+    }
+
+    fn non_empty(&mut self, raw: &Text, at: &str) -> Option<String> {
+        if raw.value.trim().is_empty() {
+            self.report(&raw.referenced, at, "must not be empty");
+            return None;
+        }
+        Some(raw.value.clone())
+    }
+
+    /// Records the reason of a failed check; passes the value of a successful one on.
+    fn check<T>(&mut self, location: &Location, at: &str, result: Result<T, String>) -> Option<T> {
+        result
+            .map_err(|reason| self.report(location, at, reason))
+            .ok()
+    }
+
+    fn report(&mut self, location: &Location, at: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(Problem::at(location, at, reason));
+    }
+}
+
+/// Turns "absent" into a valid `None` and "present but invalid" into a failure.
+fn present<T>(checked: Option<Option<T>>) -> Option<Option<T>> {
+    checked.map_or(Some(None), |value| value.map(Some))
+}
+
+/// A `tracing_subscriber::EnvFilter`-style directive list: `info`, or `rampart=debug,warn`.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const HINT: &str = "expected a level (trace, debug, info, warn, error, off) or a list such as rampart=debug,info";
+    if text.trim().is_empty() {
+        return Err(HINT.to_string());
+    }
+    for directive in text.split(',').map(str::trim) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (Some(target), level),
+            None => (None, directive),
+        };
+        if let Some(target) = target {
+            let is_module_path = !target.is_empty()
+                && target
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'));
+            if !is_module_path {
+                return Err(format!(
+                    "`{target}` is not a target such as rampart::proxy; {HINT}"
+                ));
+            }
+        }
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            let hint = closest(level, LOG_LEVELS).map(|g| format!(" (did you mean `{g}`?)"));
+            return Err(format!(
+                "`{level}` is not a level{}; {HINT}",
+                hint.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plausible email address, as ACME sends it in a `mailto:` contact URL.
+fn check_email(text: &str) -> Result<(), String> {
+    if text.starts_with("mailto:") {
+        return Err("write the address alone, without `mailto:`".to_string());
+    }
+    let bad = || {
+        Err(format!(
+            "`{text}` does not look like an email address such as ops@example.com"
+        ))
+    };
+    // Whitespace, commas and controls would break the contact URL or split it in two.
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
+        return bad();
+    }
+    match text.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.') =>
+        {
+            Ok(())
+        }
+        _ => bad(),
+    }
+}
+
+/// The ACME directory URL, expanding the Let's Encrypt shorthands; only https:// is accepted.
+fn directory_url(text: &str) -> Result<Uri, String> {
+    const HINT: &str =
+        "expected letsencrypt, letsencrypt-staging or the https:// URL of an ACME directory";
+    let url = match text {
+        "letsencrypt" => LETSENCRYPT,
+        "letsencrypt-staging" => LETSENCRYPT_STAGING,
+        other => other,
+    };
+    let uri: Uri = url.parse().map_err(|_| HINT.to_string())?;
+    match uri.scheme_str() {
+        Some("https") if uri.host().is_some_and(|host| !host.is_empty()) => Ok(uri),
+        Some("https") => Err(format!("the URL has no host; {HINT}")),
+        // RFC 8555 §6.1: ACME runs over HTTPS only; the account key and orders must not travel in clear.
+        Some(scheme) => Err(format!(
+            "the ACME directory must be an https:// URL, not {scheme}://"
+        )),
+        None => match closest(text, ["letsencrypt", "letsencrypt-staging"]) {
+            Some(guess) => Err(format!("`{text}` is not known; did you mean `{guess}`?")),
+            None => Err(HINT.to_string()),
+        },
+    }
+}
