@@ -1,18 +1,21 @@
 //! TLS termination: which certificate a handshake gets, and where certificates come from.
 //!
 //! `store` holds the served certificates as one swappable snapshot; `resolver` picks from it by
-//! SNI inside rustls; `acceptor` runs one handshake with a deadline; `internal` is the local CA for
-//! `tls: internal` sites; `disk` makes certificate and key writes crash-safe.
+//! SNI inside rustls; `acceptor` runs one handshake with a deadline; `internal` is the local CA
+//! for `tls: internal` sites; `selfcheck` asks our own listener what it serves; `disk` makes
+//! certificate and key writes crash-safe.
 
 mod acceptor;
 pub mod disk;
 mod error;
 mod internal;
 mod resolver;
+mod selfcheck;
 mod store;
 
 pub use acceptor::{Handshake, TlsAcceptor, crypto_provider};
 pub use error::TlsError;
 pub use internal::InternalCa;
 pub use resolver::SniResolver;
+pub use selfcheck::{SelfCheckError, served_serial};
 pub use store::{CertStore, LeafFacts, Published, certified_key_from_pem};
