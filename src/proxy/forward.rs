@@ -53,7 +53,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds the client to `X-Forwarded-For` (after any existing chain) and sets
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
-pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<HeaderValue>) {
     let client_text = client.to_string();
     let chain: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -69,7 +69,7 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Opti
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    match host.and_then(|h| HeaderValue::try_from(h).ok()) {
+    match host {
         Some(host) => headers.insert(&X_FORWARDED_HOST, host),
         None => headers.remove(&X_FORWARDED_HOST),
     };
@@ -149,10 +149,14 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
         );
-        add_forwarding(&mut h, "127.0.0.9".parse().unwrap(), Some("a.test"));
+        add_forwarding(
+            &mut h,
+            "127.0.0.9".parse().unwrap(),
+            Some(HeaderValue::from_static("a.test:8443")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["x-forwarded-host"], "a.test:8443");
         assert_eq!(h["x-real-ip"], "127.0.0.9");
     }
 

@@ -130,7 +130,7 @@ impl Proxy {
             .ok_or(ProxyError::NoRoute)?;
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
-            Action::Proxy(pool) => self.forward(pool, route, request, conn, host, record).await,
+            Action::Proxy(pool) => self.forward(pool, route, request, conn, record).await,
         }
     }
 
@@ -140,7 +140,6 @@ impl Proxy {
         route: &Route,
         mut request: Request<Incoming>,
         conn: &ConnInfo,
-        host: Option<&str>,
         record: &mut AccessRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = pool.pick();
@@ -165,7 +164,9 @@ impl Proxy {
         );
         parts.version = Version::HTTP_11;
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
-        forward::add_forwarding(&mut parts.headers, conn.peer.ip(), host);
+        // X-Forwarded-Host carries the host as the client wrote it, port included.
+        let original_host = parts.headers.get(header::HOST).cloned();
+        forward::add_forwarding(&mut parts.headers, conn.peer.ip(), original_host);
         let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
 
         let mut response = upstream

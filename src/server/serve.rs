@@ -85,7 +85,8 @@ impl Server {
             .map_err(ServerError::TlsConfig)?;
         let servers = HttpServers::new(&config.downstream);
         let proxy = Proxy::new(RouteTable::from_config(&config), tasks.clone());
-        let http01 = Http01::new(challenges.clone(), config.listen.https.port());
+        // The bound port, not the configured one: they differ when the config says port 0.
+        let http01 = Http01::new(challenges.clone(), https_addr.port());
         tasks.spawn(listener::accept_https(
             listeners.https,
             acceptor,

@@ -1,0 +1,312 @@
+//! Lifecycle: graceful drain on SIGTERM (the binary) and `Server::shutdown` (in process), the
+//! `:80` role (308 to https, ACME HTTP-01 tokens), and start-up failures.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use common::{Binary, Env, HttpClient, TlsClient, Upstream, WAIT, free_addr, plain_get, within};
+
+/// A full config for the binary: `a.test` proxied to `upstream`, on the given listeners.
+fn binary_config(
+    env: &Env,
+    https: SocketAddr,
+    http: SocketAddr,
+    upstream: &str,
+) -> std::path::PathBuf {
+    env.leaf("a", &["a.test"]);
+    env.write(
+        "rampart.yaml",
+        &format!(
+            "listen: {{ https: \"{https}\", http: \"{http}\" }}
+storage: storage
+log: {{ format: text, level: info }}
+shutdown_grace: 10s
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{upstream}]
+"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_in_flight_request_refuses_new_connections_and_exits_zero() {
+    let env = Env::new();
+    let slow = Upstream::slow(Duration::from_secs(3)).await;
+    let (https, http) = (free_addr(), free_addr());
+    let config = binary_config(&env, https, http, &slow.url());
+    let mut rampart = Binary::run(&config, https).await;
+
+    let tls = TlsClient::new(env.ca.roots())
+        .alpn(&["http/1.1"])
+        .connect(https, Some("a.test"))
+        .await;
+    let mut client = HttpClient::handshake(tls.expect("handshake with the binary")).await;
+    let in_flight = tokio::spawn(async move { client.get("a.test", "/slow").await });
+    slow.wait_requests(1).await;
+    rampart.sigterm();
+
+    // Once the signal is handled the listener is gone, while the slow request is still running.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut refused = false;
+    for _attempt in 0..150 {
+        match TcpStream::connect(https).await {
+            Err(error) if error.kind() == ErrorKind::ConnectionRefused => {
+                refused = true;
+                break;
+            }
+            Err(error) => panic!("unexpected connect error: {error}"),
+            Ok(_) if Instant::now() >= deadline => break,
+            // Polling another process: a short pause between attempts.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert!(refused, "still accepting connections 1.5 s after SIGTERM");
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request should still be in flight when accepting stops"
+    );
+
+    let reply = within(WAIT, "the in-flight request", in_flight)
+        .await
+        .expect("no panic");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "slow done\n");
+    let status = rampart.wait_exit(WAIT).await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        rampart.stderr()
+    );
+    assert!(
+        TcpStream::connect(http).await.is_err(),
+        "the :80 listener is closed too"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_and_reports_a_clean_drain() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let slow = Upstream::slow(Duration::from_millis(800)).await;
+    let rampart = env
+        .start(&format!(
+            "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{}]
+",
+            slow.url()
+        ))
+        .await;
+    let https = rampart.https_addr();
+    let mut client = rampart.client("a.test").await;
+    let in_flight = tokio::spawn(async move { client.get("a.test", "/").await });
+    slow.wait_requests(1).await;
+    let stopping = tokio::spawn(rampart.stop());
+    let reply = within(WAIT, "the in-flight request", in_flight)
+        .await
+        .expect("no panic");
+    assert_eq!(reply.status, 200);
+    within(WAIT, "the drain", stopping)
+        .await
+        .expect("drained within the grace period");
+    let error = TcpStream::connect(https)
+        .await
+        .expect_err("no listener after shutdown");
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn plain_http_redirects_with_308_to_https_keeping_path_and_query() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
+        .await;
+    let http = rampart.http_addr();
+    let https_port = rampart.https_addr().port();
+    for (host, path) in [
+        ("a.test", "/"),
+        (&*format!("a.test:{}", http.port()), "/some/path?x=1&y=%20z"),
+    ] {
+        let reply = plain_get(http, host, path).await;
+        assert_eq!(reply.status, 308, "{host}{path}");
+        // The port is that of the https listener actually serving, and the client's :80 port
+        // is dropped from the host.
+        let expected = format!("https://a.test:{https_port}{path}");
+        assert_eq!(
+            reply.header("location"),
+            Some(expected.as_str()),
+            "{host}{path}"
+        );
+    }
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_serves_acme_challenge_tokens_and_404s_unknown_ones() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
+        .await;
+    let http = rampart.http_addr();
+    let path = "/.well-known/acme-challenge/tok-123_ABC";
+    assert_eq!(
+        plain_get(http, "a.test", path).await.status,
+        404,
+        "no token yet"
+    );
+    rampart
+        .server()
+        .challenges()
+        .insert("tok-123_ABC", "tok-123_ABC.thumbprint");
+    let reply = plain_get(http, "a.test", path).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.text(),
+        "tok-123_ABC.thumbprint",
+        "the body is the key authorization, nothing else"
+    );
+    // Not redirected: the CA validates over plain HTTP, for any host.
+    assert_eq!(plain_get(http, "other.test", path).await.status, 200);
+    assert_eq!(
+        plain_get(http, "a.test", "/.well-known/acme-challenge/unknown")
+            .await
+            .status,
+        404
+    );
+    rampart.server().challenges().remove("tok-123_ABC");
+    assert_eq!(
+        plain_get(http, "a.test", path).await.status,
+        404,
+        "removed tokens are gone"
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn run_fails_with_a_clear_message_when_the_port_is_in_use() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback");
+    let https = taken.local_addr().expect("bound");
+    let config = binary_config(&env, https, free_addr(), "http://127.0.0.1:9");
+    let output = within(
+        WAIT,
+        "rampart to give up",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let code = output.status.code();
+    // Not 64: a port in use may free up, so systemd should retry.
+    assert!(
+        code.is_some_and(|c| c != 0 && c != 64),
+        "exit {:?}:\n{stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains(&https.to_string()),
+        "stderr should name {https}:\n{stderr}"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn run_exits_64_on_an_invalid_config_naming_the_file_and_line() {
+    let env = Env::new();
+    let config = env.write("bad.yaml", "listen: { https: \"127.0.0.1:8443\" }\nsites:\n  - hosts: [a.test]\n    tls: internal\n    upstreams: [ftp://x]\n");
+    let output = within(
+        WAIT,
+        "rampart to refuse the config",
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_rampart"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:5:", config.display())),
+        "stderr should point at line 5:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_handshake_timeout() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("downstream: { handshake_timeout: 300ms }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
+        .await;
+    let mut tcp = TcpStream::connect(rampart.https_addr())
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    // Say nothing: the server must hang up by itself.
+    let mut buf = [0u8; 64];
+    let read = within(
+        WAIT,
+        "the server to drop the silent client",
+        tcp.read(&mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected the connection closed, got {read:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "dropped before the timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "dropped long after the 300ms timeout: {elapsed:?}"
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("downstream: { idle_timeout: 300ms }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
+        .await;
+    for alpn in ["http/1.1", "h2"] {
+        let tls = rampart
+            .tls()
+            .alpn(&[alpn])
+            .connect(rampart.https_addr(), Some("a.test"))
+            .await;
+        let mut client = HttpClient::handshake(tls.expect("handshake")).await;
+        assert_eq!(client.get("a.test", "/").await.status, 200, "{alpn}");
+        let started = Instant::now();
+        within(WAIT, "the idle connection to close", client.closed()).await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(200),
+            "{alpn}: closed before the idle timeout: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "{alpn}: closed long after the 300ms timeout: {elapsed:?}"
+        );
+    }
+    rampart.stop().await;
+}
