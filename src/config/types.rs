@@ -305,6 +305,13 @@ impl HostName {
     }
 }
 
+/// Lets maps keyed by `HostName` be searched with a lower-case `&str` without allocating.
+impl std::borrow::Borrow<str> for HostName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for HostName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -84,16 +84,14 @@ impl RouteTable {
         let Some(name) = name else {
             return self.default;
         };
-        let lookup = |n: &str| {
-            HostName::parse(n)
-                .ok()
-                .and_then(|h| self.by_host.get(&h).copied())
-        };
-        lookup(name)
+        // Per request: the exact lookup allocates nothing; only a miss builds the wildcard key.
+        self.by_host
+            .get(name)
             .or_else(|| {
-                name.split_once('.')
-                    .and_then(|(_, parent)| lookup(&format!("*.{parent}")))
+                let (_, parent) = name.split_once('.')?;
+                self.by_host.get(format!("*.{parent}").as_str())
             })
+            .copied()
             .or(self.default)
     }
 

@@ -86,18 +86,22 @@ impl CertStore {
         let Some(sni) = sni else {
             return map.default.clone();
         };
-        // Clients send SNI in any case; names are stored lower-case (RFC 6066 §3: ASCII, case-insensitive).
-        let sni = sni.to_ascii_lowercase();
-        let exact = HostName::parse(&sni)
-            .ok()
-            .and_then(|h| map.hosts.get(&h).cloned());
-        exact
+        // Names are stored lower-case; clients may send any case (RFC 6066 §3).
+        let lower;
+        let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = sni.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            sni
+        };
+        map.hosts
+            .get(sni)
             .or_else(|| {
                 let (_, parent) = sni.split_once('.')?;
-                let wildcard = HostName::parse(&format!("*.{parent}")).ok()?;
-                map.hosts.get(&wildcard).cloned()
+                map.hosts.get(format!("*.{parent}").as_str())
             })
-            .or_else(|| map.default.clone())
+            .or(map.default.as_ref())
+            .cloned()
     }
 
     /// Whether every host of `site` has a certificate.
