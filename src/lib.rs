@@ -6,12 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod acme {
-    //! TEMP until the acme module lands.
-    #[path = "challenge.rs"]
-    mod challenge;
-    pub use challenge::ChallengeStore;
-}
+pub mod acme;
 pub mod config;
 pub mod observe;
 pub mod proxy;

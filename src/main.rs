@@ -43,6 +43,16 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print each site's certificate: names, issuer, serial, dates, renewal due and why, last
+    /// attempt and error. Reads the storage, so it works while Rampart runs.
+    Certs {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -51,6 +61,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Certs { config, json } => certs(&config, json),
         Command::Version => {
             println!("rampart {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -73,6 +84,86 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+fn certs(path: &Path, json: bool) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}", Chain(&err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let sites = rampart::acme::status(&config, &rampart::tls::crypto_provider());
+    if json {
+        match serde_json::to_string_pretty(&sites) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                eprintln!("rampart: cannot encode the report: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        for site in &sites {
+            print!("{}", render(site));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The text form of one site's status, one fact per line.
+fn render(site: &rampart::acme::SiteStatus) -> String {
+    use std::fmt::Write;
+    let time = |t: Option<std::time::SystemTime>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
+    };
+    let mut out = format!(
+        "{} ({})\n  names:        {}\n",
+        site.site,
+        site.source,
+        site.names.join(", ")
+    );
+    if let Some(cert) = &site.certificate {
+        let _ = write!(
+            out,
+            "  issuer:       {}\n  serial:       {}\n  not before:   {}\n  not after:    {}\n",
+            cert.issuer,
+            cert.serial,
+            time(Some(cert.not_before)),
+            time(Some(cert.not_after)),
+        );
+    }
+    if let Some(missing) = &site.missing {
+        let _ = writeln!(out, "  certificate:  none ({missing})");
+    }
+    if site.source == "acme" {
+        let reason = site
+            .renewal_reason
+            .map_or(String::new(), |r| format!(" ({})", r.as_str()));
+        let _ = write!(
+            out,
+            "  renewal due:  {}{reason}\n  last attempt: {}\n  next attempt: {}\n",
+            time(site.renewal_due),
+            time(site.last_attempt),
+            time(site.next_attempt),
+        );
+        if let Some(error) = &site.last_error {
+            let problem = error
+                .problem_type
+                .as_deref()
+                .map_or(String::new(), |p| format!(" [{p}]"));
+            let _ = writeln!(
+                out,
+                "  last error:   {}{problem}: {}",
+                time(Some(error.at)),
+                error.message
+            );
+        }
+    }
+    out
 }
 
 fn run(path: &Path) -> ExitCode {

@@ -1,23 +1,30 @@
 //! Start-up and shutdown of a whole Rampart instance on already-bound listeners.
 //!
-//! `Server::start` loads or issues every certificate it can without the network, builds the
-//! route table, and spawns the accept loops; it returns once the listeners are serving.
+//! `Server::start` loads or issues every certificate it can without the network (static files,
+//! the internal CA, stored ACME certificates), builds the route table, and spawns the accept
+//! loops and the ACME renewal task; it returns once the listeners are serving.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info};
 
-use crate::acme::ChallengeStore;
+use crate::acme::{ChallengeStore, RenewalScheduler, SelfCheck};
 use crate::config::{Config, Site, SiteTls};
+use crate::observe::Chain;
 use crate::proxy::{Proxy, RouteTable};
 use crate::server::http01::Http01;
 use crate::server::listener::{self, HttpServers};
 use crate::server::{Listeners, ServerError, shutdown};
-use crate::tls::{self, CertStore, InternalCa, TlsAcceptor, TlsError};
+use crate::tls::{self, CertStore, InternalCa, Published, TlsAcceptor, TlsError};
 
 /// A running instance: its tasks, its stop token and the shared stores.
 #[derive(Debug)]
@@ -57,9 +64,7 @@ impl Server {
                     publish(&certs, site, certified)?;
                 }
                 SiteTls::Internal => internal_sites.push(site.clone()),
-                SiteTls::Acme => {
-                    warn!(site = %site.name, "ACME issuance is not available in this build; the site's handshakes fail until it has a certificate");
-                }
+                SiteTls::Acme => {}
             }
         }
         if !internal_sites.is_empty() {
@@ -79,6 +84,25 @@ impl Server {
                 publish(&certs, site, issued)?;
             }
             tasks.spawn(ca.run(certs.clone(), internal_sites, stop.clone()));
+        }
+
+        if config.sites.iter().any(|s| s.tls == SiteTls::Acme) {
+            let self_check = Arc::new(ListenerCheck {
+                provider: provider.clone(),
+                addr: loopback_of(https_addr),
+            });
+            let scheduler = RenewalScheduler::new(
+                config.acme.clone(),
+                &config.storage,
+                &config.sites,
+                certs.clone(),
+                challenges.clone(),
+            )
+            .with_self_check(self_check);
+            // Stored certificates are served before the listeners answer and before any CA request.
+            let served = scheduler.publish_stored();
+            info!(stored = served, "published stored ACME certificates");
+            tasks.spawn(scheduler.run(stop.clone()));
         }
 
         let acceptor = TlsAcceptor::new(certs.clone(), config.downstream.handshake_timeout)
@@ -137,6 +161,57 @@ impl Server {
     /// Stops accepting, waits up to the grace period for open requests; `true` when all finished.
     pub async fn shutdown(self) -> bool {
         shutdown::drain(&self.stop, &self.tasks, self.grace).await
+    }
+}
+
+/// Confirms after each ACME publish that our own listener serves the new certificate.
+struct ListenerCheck {
+    provider: Arc<CryptoProvider>,
+    addr: SocketAddr,
+}
+
+/// How long the self-check handshake may take; it runs on our own loopback listener.
+const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SelfCheck for ListenerCheck {
+    fn verify<'a>(
+        &'a self,
+        site: &'a Site,
+        published: &'a Published,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            // A wildcard is not a name a client can ask for; its concrete names are covered by it.
+            for host in site.hosts.iter().filter(|h| !h.is_wildcard()) {
+                match tls::served_serial(
+                    self.provider.clone(),
+                    self.addr,
+                    host.as_str(),
+                    SELF_CHECK_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(serial) if serial == published.serial => {
+                        info!(site = %site.name, host = %host, serial = %serial, "listener serves the new certificate");
+                    }
+                    Ok(serial) => error!(
+                        site = %site.name, host = %host, served = %serial, expected = %published.serial,
+                        "listener serves another certificate than the one just published"
+                    ),
+                    Err(err) => {
+                        error!(site = %site.name, host = %host, error = %Chain(&err), "cannot confirm the served certificate")
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Where to reach our own listener: a wildcard bind address is reachable on loopback.
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
     }
 }
 

@@ -1,0 +1,27 @@
+//! Automatic certificates through ACME (RFC 8555) with HTTP-01 validation.
+//!
+//! [`RenewalScheduler`] is the entry point: the server builds it from the configuration with the
+//! shared [`crate::tls::CertStore`] and [`ChallengeStore`] and runs it until shutdown. It publishes
+//! stored certificates, then obtains or renews the rest, one short task per due site (`renewal`),
+//! each issuance going through [`order::issue`] with the account kept by [`AccountSlot`]. Time
+//! decisions are pure functions in [`timing`]; the on-disk layout lives in [`storage`].
+
+mod account;
+mod challenge;
+mod error;
+mod http;
+pub mod order;
+mod renewal;
+mod retry;
+mod scheduler;
+mod status;
+pub mod storage;
+pub mod timing;
+
+pub use account::{AccountSlot, account_path, ca_id};
+pub use challenge::ChallengeStore;
+pub use error::{AcmeError, HostProblem, Step};
+pub use order::{Issued, OrderRequest, issue};
+pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};
+pub use status::{CertificateStatus, SiteStatus, status};
+pub use storage::{CertFiles, Meta};

@@ -1,0 +1,427 @@
+//! One site's renewal work, run by the scheduler as a short task per due site.
+//!
+//! Holds what the scheduler knows about a site between tasks ([`SiteState`]), loads and publishes
+//! its stored certificate, fetches ARI windows, orders, stores and publishes new certificates, and
+//! records failures with their backoff in `meta.json`. Each task owns its site's state while it
+//! runs, so `meta.json` has a single writer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::CertificateIdentifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use tracing::{error, info, warn};
+
+use crate::acme::error::Step;
+use crate::acme::order::{Issued, OrderRequest, issue};
+use crate::acme::storage::{AriState, CertFiles, LastError, Meta, Renewal, RenewalReason};
+use crate::acme::timing::{self, Served};
+use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
+use crate::config::{KeyType, Site};
+use crate::observe::Chain;
+use crate::tls::{CertStore, LeafFacts, certified_key_from_pem};
+
+/// ARI support of the directory, learnt from the first renewal-info call.
+pub(super) const ARI_UNKNOWN: u8 = 0;
+const ARI_YES: u8 = 1;
+const ARI_NO: u8 = 2;
+/// Shortest re-check of renewal information: a CA answering `Retry-After: 0` must not make us spin.
+const ARI_RECHECK_MIN: Duration = Duration::from_secs(60);
+/// Longest re-check: a window the CA moves forward (an incident, a mass revocation) is noticed
+/// within half a day even if the CA asks for less frequent checks.
+const ARI_RECHECK_MAX: Duration = Duration::from_secs(12 * 3600);
+
+/// Handles every issuance task uses.
+pub(super) struct Shared {
+    pub(super) slot: AccountSlot,
+    pub(super) files: CertFiles,
+    pub(super) certs: CertStore,
+    pub(super) challenges: ChallengeStore,
+    pub(super) self_check: Arc<dyn SelfCheck>,
+    pub(super) tuning: Tuning,
+    pub(super) provider: Arc<CryptoProvider>,
+    pub(super) key_type: KeyType,
+    pub(super) profile: Option<String>,
+    pub(super) ari: AtomicU8,
+}
+
+/// What the scheduler holds for one site between tasks.
+pub(super) struct SiteState {
+    site: Arc<Site>,
+    pub(super) served: Option<ServedCert>,
+    meta: Meta,
+    /// When to fetch renewal information next (in memory: a restart checks again).
+    ari_check_at: SystemTime,
+    /// Issued but not yet on disk (the write failed); retried before any new order.
+    unsaved: Option<Issued>,
+}
+
+/// The certificate currently published for a site.
+pub(super) struct ServedCert {
+    facts: LeafFacts,
+    leaf: CertificateDer<'static>,
+}
+
+impl ServedCert {
+    pub(super) fn lifetime(&self) -> Duration {
+        self.facts
+            .not_after
+            .duration_since(self.facts.not_before)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl SiteState {
+    /// When this site next needs a task: an unsaved certificate, an ARI check, or an order.
+    pub(super) fn next_action(&self, now: SystemTime, ari: u8) -> SystemTime {
+        if self.unsaved.is_some() {
+            return self.meta.next_attempt.unwrap_or(now);
+        }
+        let order = self.order_due(now).0;
+        if ari != ARI_NO && self.served.is_some() {
+            order.min(self.ari_check_at)
+        } else {
+            order
+        }
+    }
+
+    fn order_due(&self, now: SystemTime) -> (SystemTime, Option<RenewalReason>) {
+        let served = self.served.as_ref().map(|cert| Served {
+            not_before: cert.facts.not_before,
+            not_after: cert.facts.not_after,
+            covers_hosts: self
+                .site
+                .hosts
+                .iter()
+                .all(|h| cert.facts.names.iter().any(|n| n == h.as_str())),
+        });
+        let ari = self.current_ari().map(|ari| ari.chosen);
+        timing::order_due(served, ari, self.meta.next_attempt, now)
+    }
+
+    /// The stored ARI window, if it belongs to the certificate being served.
+    fn current_ari(&self) -> Option<&AriState> {
+        let serial = &self.served.as_ref()?.facts.serial;
+        self.meta.ari.as_ref().filter(|ari| &ari.serial == serial)
+    }
+
+    fn record_renewal(&mut self, now: SystemTime) {
+        self.meta.renewal = match (self.served.is_some(), self.order_due(now)) {
+            (true, (at, Some(reason))) => Some(Renewal { at, reason }),
+            _ => None,
+        };
+    }
+}
+
+/// Reads a site's files and publishes its stored certificate if it is usable.
+pub(super) fn load_state(
+    files: &CertFiles,
+    site: &Arc<Site>,
+    certs: &CertStore,
+    provider: &CryptoProvider,
+) -> SiteState {
+    let now = SystemTime::now();
+    let meta = files.load_meta(&site.name).unwrap_or_else(|error| {
+        warn!(site = %site.name, error = %Chain(&error), "ignoring unreadable ACME state");
+        Meta::default()
+    });
+    let served = match files.load_cert(site, provider) {
+        Ok(Some(stored)) => {
+            let leaf = stored.key.end_entity_cert().map(|c| c.clone().into_owned());
+            match (certs.publish(site, stored.key, now), leaf) {
+                (Ok(published), Ok(leaf)) => {
+                    info!(site = %site.name, serial = %published.serial, not_after = %humantime::format_rfc3339_seconds(published.not_after), "serving stored certificate");
+                    Some(ServedCert {
+                        facts: stored.facts,
+                        leaf,
+                    })
+                }
+                (Err(error), _) => {
+                    warn!(site = %site.name, error = %Chain(&error), "stored certificate not served; ordering a new one");
+                    None
+                }
+                (_, Err(error)) => {
+                    warn!(site = %site.name, %error, "stored certificate not served; ordering a new one");
+                    None
+                }
+            }
+        }
+        Ok(None) => {
+            warn!(site = %site.name, "no certificate yet: handshakes for this site fail until one is obtained");
+            None
+        }
+        Err(error) => {
+            error!(site = %site.name, error = %Chain(&error), "stored certificate unusable and not served; ordering a new one");
+            None
+        }
+    };
+    let mut state = SiteState {
+        site: site.clone(),
+        served,
+        meta,
+        ari_check_at: now,
+        unsaved: None,
+    };
+    state.record_renewal(now);
+    state
+}
+
+/// One scheduler task for one site: retry an unsaved write, check ARI, order if due.
+pub(super) async fn attempt(shared: Arc<Shared>, mut state: SiteState) -> SiteState {
+    let now = SystemTime::now();
+    if let Some(issued) = state.unsaved.take() {
+        // Storing what was already issued comes before anything else: no new order for it.
+        install(&shared, &mut state, issued, now).await;
+    } else {
+        if shared.ari.load(Ordering::Relaxed) != ARI_NO
+            && state.served.is_some()
+            && state.ari_check_at <= now
+        {
+            check_ari(&shared, &mut state, now).await;
+        }
+        if state.order_due(now).0 <= now {
+            order(&shared, &mut state).await;
+        }
+    }
+    state.record_renewal(SystemTime::now());
+    save_meta(&shared, &state);
+    state
+}
+
+/// Orders a certificate and installs it, or records the failure with its backoff.
+async fn order(shared: &Shared, state: &mut SiteState) {
+    let started = SystemTime::now();
+    let site = state.site.name.clone();
+    // Persist the attempt before talking to the CA: if Rampart crashes mid-order, the restart
+    // still waits out one backoff step instead of ordering again at once.
+    let failures = state.meta.consecutive_failures;
+    state.meta.last_attempt = Some(started);
+    state.meta.next_attempt = Some(timing::next_attempt_after_failure(
+        started,
+        failures + 1,
+        None,
+        shared.tuning.backoff,
+        rand::random(),
+    ));
+    save_meta(shared, state);
+    let replaces = if shared.ari.load(Ordering::Relaxed) == ARI_YES {
+        state
+            .served
+            .as_ref()
+            .and_then(|cert| CertificateIdentifier::try_from(&cert.leaf).ok())
+            .map(|id| id.into_owned())
+    } else {
+        None
+    };
+    let renewing = state.served.is_some();
+    info!(site, renewing, "ordering certificate");
+    let request = OrderRequest {
+        site: &state.site,
+        key_type: shared.key_type,
+        profile: shared.profile.as_deref(),
+        replaces,
+    };
+    let clock = tokio::time::Instant::now();
+    match issue(&shared.slot, &request, &shared.challenges).await {
+        Ok(issued) => {
+            info!(
+                site,
+                requests = issued.requests,
+                latency_ms = clock.elapsed().as_millis() as u64,
+                "certificate obtained"
+            );
+            install(shared, state, issued, SystemTime::now()).await;
+        }
+        Err(error) => record_failure(shared, state, &error, SystemTime::now()),
+    }
+}
+
+/// Checks, stores and publishes a new certificate. A failed write keeps the previous certificate
+/// serving (when it is still valid) and is retried; with nothing valid served, the new one is
+/// published from memory anyway.
+async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: SystemTime) {
+    let site = state.site.clone();
+    let checked = certified_key_from_pem(
+        &shared.provider,
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    )
+    .and_then(|key| {
+        key.keys_match()
+            .map_err(crate::tls::TlsError::KeyMismatch)?;
+        let leaf = key
+            .end_entity_cert()
+            .map_err(crate::tls::TlsError::KeyMismatch)?
+            .clone()
+            .into_owned();
+        let facts = LeafFacts::parse(&leaf)?;
+        if let Some(missing) = site
+            .hosts
+            .iter()
+            .find(|h| !facts.names.iter().any(|n| n == h.as_str()))
+        {
+            return Err(crate::tls::TlsError::NameMissing {
+                site: site.name.clone(),
+                host: missing.clone(),
+            });
+        }
+        Ok((key, facts, leaf))
+    });
+    let (key, facts, leaf) = match checked {
+        Ok(checked) => checked,
+        Err(source) => {
+            let error = AcmeError::Issued {
+                site: site.name.clone(),
+                source,
+            };
+            return record_failure(shared, state, &error, now);
+        }
+    };
+    let saved = shared.files.save_cert(
+        &site.name,
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+    );
+    if let Err(error) = &saved {
+        let old_valid = state
+            .served
+            .as_ref()
+            .is_some_and(|cert| cert.facts.not_after > now);
+        error!(site = %site.name, error = %Chain(error), keep_serving_previous = old_valid, "cannot store the new certificate; retrying the write");
+        state.meta.next_attempt = Some(now + shared.tuning.backoff.first);
+        if old_valid {
+            state.unsaved = Some(issued);
+            return;
+        }
+    }
+    match shared.certs.publish(&site, key, now) {
+        Ok(published) => {
+            info!(site = %site.name, serial = %published.serial, not_after = %humantime::format_rfc3339_seconds(published.not_after), "certificate published");
+            state.served = Some(ServedCert { facts, leaf });
+            if saved.is_ok() {
+                state.meta = Meta {
+                    last_attempt: state.meta.last_attempt,
+                    last_success: Some(now),
+                    ..Meta::default()
+                };
+            } else {
+                state.unsaved = Some(issued);
+            }
+            // A new certificate gets its own renewal window.
+            state.ari_check_at = now;
+            state.record_renewal(now);
+            shared.self_check.verify(&site, &published).await;
+        }
+        Err(source) => {
+            let error = AcmeError::Issued {
+                site: site.name.clone(),
+                source,
+            };
+            record_failure(shared, state, &error, now);
+        }
+    }
+}
+
+/// Fetches the CA's renewal window (RFC 9773) and picks a time inside it.
+async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
+    let site = state.site.name.clone();
+    let Some(cert) = &state.served else { return };
+    let fetched = async {
+        let account = shared.slot.account().await?;
+        let id = CertificateIdentifier::try_from(&cert.leaf)
+            .map_err(|_| AcmeError::CertId { site: site.clone() })?;
+        let mut retry = crate::acme::retry::StepRetry::new();
+        loop {
+            match account.renewal_info(&id).await {
+                Ok(found) => return Ok::<_, AcmeError>(Some(found)),
+                Err(instant_acme::Error::Unsupported(_)) => return Ok(None),
+                Err(error) => retry
+                    .again(error)
+                    .await
+                    .map_err(|source| AcmeError::Protocol {
+                        site: site.clone(),
+                        step: Step::RenewalInfo,
+                        source,
+                    })?,
+            }
+        }
+    };
+    match fetched.await {
+        Ok(None) => {
+            shared.ari.store(ARI_NO, Ordering::Relaxed);
+            info!(
+                site,
+                "CA offers no renewal information; renewing by certificate lifetime"
+            );
+        }
+        Ok(Some((info, retry_after))) => {
+            shared.ari.store(ARI_YES, Ordering::Relaxed);
+            let (start, end) = (
+                SystemTime::from(info.suggested_window.start),
+                SystemTime::from(info.suggested_window.end),
+            );
+            let serial = cert.facts.serial.clone();
+            // Keep the earlier pick while the window is unchanged (see AriState::chosen).
+            let chosen = match state.current_ari() {
+                Some(old) if old.window_start == start && old.window_end == end => old.chosen,
+                _ => timing::ari_renewal_at(start, end, now, rand::random()),
+            };
+            let next_check = now + retry_after.clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX);
+            info!(site, window_start = %humantime::format_rfc3339_seconds(start), window_end = %humantime::format_rfc3339_seconds(end), renew_at = %humantime::format_rfc3339_seconds(chosen), "ACME renewal window");
+            state.meta.ari = Some(AriState {
+                serial,
+                window_start: start,
+                window_end: end,
+                chosen,
+                next_check,
+                explanation_url: info.explanation_url,
+            });
+            state.ari_check_at = next_check;
+        }
+        Err(error) => {
+            warn!(site, error = %Chain(&error), "cannot fetch ACME renewal information; renewing by lifetime meanwhile");
+            state.ari_check_at = now + shared.tuning.max_sleep.min(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Counts a failure, schedules the next attempt and records the error for operators.
+fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now: SystemTime) {
+    let meta = &mut state.meta;
+    meta.consecutive_failures = meta.consecutive_failures.saturating_add(1);
+    let next = timing::next_attempt_after_failure(
+        now,
+        meta.consecutive_failures,
+        error.retry_after(),
+        shared.tuning.backoff,
+        rand::random(),
+    );
+    meta.next_attempt = Some(next);
+    let hosts = match error {
+        AcmeError::Invalid { failures, .. } => failures.clone(),
+        _ => Vec::new(),
+    };
+    meta.last_error = Some(LastError {
+        at: now,
+        message: Chain(error).to_string(),
+        problem_type: error.problem_type().map(str::to_owned),
+        hosts,
+    });
+    error!(
+        site = %state.site.name,
+        error = %Chain(error),
+        problem_type = error.problem_type().unwrap_or("none"),
+        failures = meta.consecutive_failures,
+        next_attempt = %humantime::format_rfc3339_seconds(next),
+        "certificate order failed"
+    );
+}
+
+fn save_meta(shared: &Shared, state: &SiteState) {
+    if let Err(error) = shared.files.save_meta(&state.site.name, &state.meta) {
+        // The in-memory state still holds the backoff; only a restart would lose it.
+        error!(site = %state.site.name, error = %Chain(&error), "cannot store ACME state");
+    }
+}

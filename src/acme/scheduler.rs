@@ -1,0 +1,233 @@
+//! The renewal scheduler: keeps every `tls: acme` site served with a valid certificate.
+//!
+//! At start it publishes every valid stored certificate before talking to the CA, then orders the
+//! missing ones in the background, a bounded number at a time. Afterwards it wakes when something
+//! is due (and at least every tenth of the shortest lifetime served), fetches ARI windows when the
+//! CA offers them, renews, and backs off after failures. Reads and writes `storage/certs/*` and
+//! the account file; changes shared state only through [`CertStore::publish`] and the
+//! [`ChallengeStore`]. The server runs [`RenewalScheduler::run`] as one long-lived task.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::acme::renewal::{ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, load_state};
+use crate::acme::storage::CertFiles;
+use crate::acme::timing::{self, Backoff};
+use crate::acme::{AccountSlot, ChallengeStore};
+use crate::config::{Acme, Site, SiteTls};
+use crate::observe::Chain;
+use crate::tls::{CertStore, Published};
+
+/// Called after each publish, to confirm the listener now serves the new certificate.
+///
+/// The server implements it with a TLS handshake to its own listener per host, comparing the
+/// served serial with `published.serial`, and logs a mismatch as an error.
+pub trait SelfCheck: Send + Sync + 'static {
+    /// Checks that `site` is served with the certificate just published.
+    fn verify<'a>(
+        &'a self,
+        site: &'a Site,
+        published: &'a Published,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// A [`SelfCheck`] that checks nothing (tests of the ACME layer alone).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSelfCheck;
+
+impl SelfCheck for NoSelfCheck {
+    fn verify<'a>(
+        &'a self,
+        _: &'a Site,
+        _: &'a Published,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
+}
+
+/// Knobs of the scheduler; the defaults are the production values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Orders in flight at once (CA rate limits count concurrent orders too).
+    pub concurrency: usize,
+    /// Backoff after failed orders.
+    pub backoff: Backoff,
+    /// Longest sleep between checks.
+    pub max_sleep: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            backoff: Backoff::default(),
+            max_sleep: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Obtains and renews certificates for ACME sites; see the module docs.
+pub struct RenewalScheduler {
+    acme: Acme,
+    storage: std::path::PathBuf,
+    sites: Vec<Arc<Site>>,
+    certs: CertStore,
+    challenges: ChallengeStore,
+    self_check: Arc<dyn SelfCheck>,
+    tuning: Tuning,
+    provider: Arc<CryptoProvider>,
+}
+
+impl RenewalScheduler {
+    /// A scheduler for the `tls: acme` sites among `sites`, storing under `storage`.
+    pub fn new(
+        acme: Acme,
+        storage: &Path,
+        sites: &[Site],
+        certs: CertStore,
+        challenges: ChallengeStore,
+    ) -> Self {
+        let provider = CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        Self {
+            acme,
+            storage: storage.to_owned(),
+            sites: sites
+                .iter()
+                .filter(|s| s.tls == SiteTls::Acme)
+                .cloned()
+                .map(Arc::new)
+                .collect(),
+            certs,
+            challenges,
+            self_check: Arc::new(NoSelfCheck),
+            tuning: Tuning::default(),
+            provider,
+        }
+    }
+
+    /// Runs `check` after every publish.
+    #[must_use]
+    pub fn with_self_check(mut self, check: Arc<dyn SelfCheck>) -> Self {
+        self.self_check = check;
+        self
+    }
+
+    /// Replaces the production tuning (tests use short backoffs).
+    #[must_use]
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// Publishes every valid stored certificate now, without touching the network; returns how
+    /// many sites are served. [`RenewalScheduler::run`] does this first, so calling it is only
+    /// needed to serve stored certificates before `run` starts.
+    pub fn publish_stored(&self) -> usize {
+        let files = CertFiles::new(&self.storage);
+        self.sites
+            .iter()
+            .filter(|site| {
+                load_state(&files, site, &self.certs, &self.provider)
+                    .served
+                    .is_some()
+            })
+            .count()
+    }
+
+    /// Keeps certificates valid until `stop` is cancelled; orders in flight are abandoned then
+    /// (their challenge tokens are withdrawn).
+    ///
+    /// # Cancel safety
+    /// Meant to run as its own task and be stopped through `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let files = CertFiles::new(&self.storage);
+        let mut states: Vec<Option<SiteState>> = self
+            .sites
+            .iter()
+            .map(|site| Some(load_state(&files, site, &self.certs, &self.provider)))
+            .collect();
+        if self.sites.is_empty() {
+            return;
+        }
+        let slot = match AccountSlot::new(&self.acme, &self.storage) {
+            Ok(slot) => slot,
+            Err(error) => {
+                error!(error = %Chain(&error), "ACME disabled: no certificate can be obtained");
+                stop.cancelled().await;
+                return;
+            }
+        };
+        let shared = Arc::new(Shared {
+            slot,
+            files,
+            certs: self.certs,
+            challenges: self.challenges,
+            self_check: self.self_check,
+            tuning: self.tuning,
+            provider: self.provider,
+            key_type: self.acme.key_type,
+            profile: self.acme.profile,
+            ari: AtomicU8::new(ARI_UNKNOWN),
+        });
+        let mut tasks = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
+        loop {
+            let now = SystemTime::now();
+            let ari = shared.ari.load(Ordering::Relaxed);
+            let mut next_due: Option<SystemTime> = None;
+            for (index, slot) in states.iter_mut().enumerate() {
+                let Some(state) = slot else { continue };
+                let due = state.next_action(now, ari);
+                if due > now {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                } else if running.len() < shared.tuning.concurrency.max(1) {
+                    let state = slot.take().expect("checked Some above");
+                    let handle = tasks.spawn(attempt(shared.clone(), state));
+                    running.insert(handle.id(), index);
+                }
+                // Due but over the limit: a finishing task wakes the loop.
+            }
+            let shortest = states
+                .iter()
+                .flatten()
+                .filter_map(|s| s.served.as_ref())
+                .map(ServedCert::lifetime)
+                .min();
+            let pause = timing::wake_after(now, next_due, shortest, shared.tuning.max_sleep);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let (id, state) = match joined {
+                        Ok((id, state)) => (id, state),
+                        Err(failed) => {
+                            // A panic in one issuance must not stop the others: reload that site.
+                            let Some(index) = running.remove(&failed.id()) else { continue };
+                            let site = &self.sites[index];
+                            error!(site = %site.name, error = %failed, "ACME task failed; reloading its state");
+                            states[index] = Some(load_state(&shared.files, site, &shared.certs, &shared.provider));
+                            continue;
+                        }
+                    };
+                    if let Some(index) = running.remove(&id) {
+                        states[index] = Some(state);
+                    }
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        // Dropping the orders withdraws their tokens; nothing half-written is left (atomic files).
+        tasks.shutdown().await;
+    }
+}
