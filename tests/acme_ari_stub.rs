@@ -1,0 +1,247 @@
+//! ARI (RFC 9773) against a stub CA: Debian's Pebble 2.4 has no `renewalInfo`, so a tiny HTTPS
+//! server serves a directory that offers it and a fixed renewal window. Checks that the scheduler
+//! fetches the window for the stored certificate, picks a time inside it, persists it and orders
+//! nothing while the window is in the future.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use base64::prelude::BASE64_URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rampart::acme::storage::RenewalReason;
+use rampart::acme::{CertFiles, ChallengeStore, RenewalScheduler, account_path};
+use rampart::config::{Acme, HostName, KeyType, Site, SiteTls};
+use rampart::tls::CertStore;
+use tokio_util::sync::CancellationToken;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+/// An HTTPS stub CA recording every path it is asked for.
+struct StubCa {
+    base: String,
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    paths: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StubCa {
+    async fn start(window: (SystemTime, SystemTime)) -> Result<Self, Box<dyn Error>> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let tls_key = rcgen::KeyPair::generate()?;
+        let mut tls_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        tls_params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let tls_cert = tls_params.signed_by(&tls_key, &issuer)?;
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![tls_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(tls_key.serialize_der().into()),
+            )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (recorded, root) = (paths.clone(), base.clone());
+        let window_json = serde_json::json!({"suggestedWindow": {
+            "start": humantime::format_rfc3339_seconds(window.0).to_string(),
+            "end": humantime::format_rfc3339_seconds(window.1).to_string(),
+        }})
+        .to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, recorded, root, window_json) = (
+                    acceptor.clone(),
+                    recorded.clone(),
+                    root.clone(),
+                    window_json.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let path = request.uri().path().to_owned();
+                        recorded.lock().expect("path list").push(path.clone());
+                        let response = if path == "/dir" {
+                            let directory = serde_json::json!({
+                                "newNonce": format!("{root}/nonce"),
+                                "newAccount": format!("{root}/account"),
+                                "newOrder": format!("{root}/order"),
+                                "renewalInfo": format!("{root}/ari"),
+                            });
+                            Response::new(Full::new(Bytes::from(directory.to_string())))
+                        } else if path.starts_with("/ari/") {
+                            Response::builder()
+                                .header("retry-after", "3600")
+                                .body(Full::new(Bytes::from(window_json.clone())))
+                                .expect("valid response")
+                        } else {
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::new()))
+                                .expect("valid response")
+                        };
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    // A client hanging up early is not this test's concern.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            base,
+            ca_pem: ca_cert.pem(),
+            issuer,
+            paths,
+            task,
+        })
+    }
+
+    /// A 90-day leaf for `name` carrying the authority key identifier ARI needs.
+    fn leaf(&self, name: &str) -> Result<(String, String, String), Box<dyn Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(90);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0x1b, 0x2c]));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            cert.pem(),
+            key.serialize_pem(),
+            format!("{}\n{}", cert.pem(), self.ca_pem),
+        ))
+    }
+}
+
+impl Drop for StubCa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let window = (now + 10 * day, now + 11 * day);
+    let stub = StubCa::start(window).await?;
+    let storage = tempfile::tempdir()?;
+    let bundle = storage.path().join("stub-ca.pem");
+    std::fs::write(&bundle, &stub.ca_pem)?;
+    let acme = Acme {
+        email: None,
+        directory: format!("{}/dir", stub.base).parse()?,
+        ca_bundle: Some(bundle),
+        key_type: KeyType::EcdsaP256,
+        profile: None,
+        eab: None,
+    };
+    // A stored account: restoring it only fetches the directory (no registration at the stub).
+    let account_key = rcgen::KeyPair::generate()?;
+    let credentials = serde_json::json!({
+        "id": format!("{}/account/1", stub.base),
+        "key_pkcs8": BASE64_URL_SAFE_NO_PAD.encode(account_key.serialize_der()),
+        "directory": format!("{}/dir", stub.base),
+    });
+    let account_file = account_path(storage.path(), &acme.directory);
+    std::fs::create_dir_all(account_file.parent().ok_or("no parent")?)?;
+    std::fs::write(&account_file, credentials.to_string())?;
+
+    let site = Site {
+        name: "ari.rampart.test".into(),
+        hosts: vec![HostName::parse("ari.rampart.test")?],
+        tls: SiteTls::Acme,
+        default: false,
+        routes: Vec::new(),
+    };
+    let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
+    let files = CertFiles::new(storage.path());
+    files.save_cert(&site.name, chain.as_bytes(), key.as_bytes())?;
+
+    let certs = CertStore::default();
+    let stop = CancellationToken::new();
+    let scheduler = RenewalScheduler::new(
+        acme,
+        storage.path(),
+        std::slice::from_ref(&site),
+        certs.clone(),
+        ChallengeStore::default(),
+    );
+    let task = tokio::spawn(scheduler.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let meta = loop {
+        let meta = files.load_meta(&site.name)?;
+        if meta.ari.is_some() {
+            break meta;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal window stored; stub saw {:?}",
+            stub.paths.lock().map(|p| p.clone())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.cancel();
+    task.await?;
+
+    assert!(certs.covers(&site), "the stored certificate is served");
+    let ari = meta.ari.ok_or("no ARI state")?;
+    let whole_seconds = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+    };
+    assert_eq!(whole_seconds(ari.window_start)?, whole_seconds(window.0)?);
+    assert_eq!(whole_seconds(ari.window_end)?, whole_seconds(window.1)?);
+    assert!(
+        ari.chosen >= ari.window_start && ari.chosen < ari.window_end,
+        "chosen time outside the window"
+    );
+    assert_eq!(ari.serial, "0a1b2c");
+    let renewal = meta.renewal.ok_or("no renewal time")?;
+    assert_eq!(renewal.reason, RenewalReason::Ari);
+    assert_eq!(renewal.at, ari.chosen);
+    assert!(
+        ari.next_check >= now + Duration::from_secs(3500),
+        "Retry-After honoured"
+    );
+    let paths = stub.paths.lock().map_err(|_| "poisoned")?.clone();
+    // RFC 9773 §4.1: the certificate ID is base64url(AKI keyIdentifier) "." base64url(serial).
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/ari/") && p.ends_with(".Chss")),
+        "ARI path in {paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("/order") || p.starts_with("/nonce")),
+        "ordered too early: {paths:?}"
+    );
+    Ok(())
+}
