@@ -302,3 +302,61 @@ async fn accepts_tls12_and_tls13() {
     );
     sites.rampart.stop().await;
 }
+
+/// Handshakes twice with one client configuration (and so one session store); returns how the
+/// second handshake went.
+async fn second_handshake_kind(
+    addr: std::net::SocketAddr,
+    roots: rustls::RootCertStore,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::HandshakeKind {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("version supported")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("a.test").expect("valid name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        kinds.push(
+            tls.get_ref()
+                .1
+                .handshake_kind()
+                .expect("handshake finished"),
+        );
+        // TLS 1.3 tickets arrive after the handshake: read a response so the client stores them.
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write request");
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response).await.expect("read response");
+        assert!(
+            response.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&response)
+        );
+    }
+    assert_eq!(
+        kinds[0],
+        rustls::HandshakeKind::Full,
+        "the first handshake is full"
+    );
+    kinds[1]
+}
+
+#[tokio::test]
+async fn sessions_resume_with_tls13_tickets_and_tls12_session_ids() {
+    let sites = two_sites(false).await;
+    let addr = sites.rampart.https_addr();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let kind = second_handshake_kind(addr, sites.env.ca.roots(), version).await;
+        assert_eq!(kind, rustls::HandshakeKind::Resumed, "{version:?}");
+    }
+    sites.rampart.stop().await;
+}
