@@ -65,7 +65,7 @@ pub enum LogFormat {
 }
 
 /// ACME client settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acme {
     /// Contact address given to the CA.
     pub email: Option<String>,
@@ -142,7 +142,7 @@ pub struct UpstreamDefaults {
 }
 
 /// One site: a set of host names sharing a certificate and a route table.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
     /// Stable identifier: the first host as written (used in logs, storage paths and metrics).
     pub name: String,
@@ -173,7 +173,7 @@ pub enum SiteTls {
 }
 
 /// A path prefix and what to do with requests under it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// Path prefix, starting with `/`.
     pub path: String,
@@ -184,7 +184,7 @@ pub struct Route {
 }
 
 /// What a route does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteAction {
     /// Forward to these origins, round robin; at least one, no duplicates.
     Proxy(Vec<UpstreamUrl>),

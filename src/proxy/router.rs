@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::config::{Config, HostName, RouteAction, UpstreamDefaults};
+use crate::config::{Config, HostName, RouteAction, UpstreamDefaults, UpstreamUrl};
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -17,6 +17,8 @@ pub struct RouteTable {
     sites: Vec<SiteRoutes>,
     by_host: HashMap<HostName, usize>,
     default: Option<usize>,
+    /// The pool settings the table's pools were built with.
+    upstream: Option<UpstreamDefaults>,
 }
 
 /// One site's routes, longest prefix first.
@@ -53,9 +55,17 @@ pub enum Action {
 }
 
 impl RouteTable {
-    /// Builds the table and one pooled client per upstream.
-    pub fn from_config(config: &Config) -> Self {
-        let mut table = Self::default();
+    /// Builds the table. Routes whose upstream list (and pool settings) `previous` already had
+    /// keep that pool, so a reload does not drop idle origin connections.
+    pub fn from_config(config: &Config, previous: Option<&RouteTable>) -> Self {
+        let mut pools: HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>> = previous
+            .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
+            .map(RouteTable::pools)
+            .unwrap_or_default();
+        let mut table = Self {
+            upstream: Some(config.upstream.clone()),
+            ..Self::default()
+        };
         for (index, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
                 table.by_host.insert(host.clone(), index);
@@ -66,7 +76,7 @@ impl RouteTable {
             let mut routes: Vec<Route> = site
                 .routes
                 .iter()
-                .map(|r| Route::from_config(r, &config.upstream))
+                .map(|r| Route::from_config(r, &config.upstream, &mut pools))
                 .collect();
             // Longest prefix wins; a stable sort keeps file order among equal lengths.
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -95,6 +105,19 @@ impl RouteTable {
             .or(self.default)
     }
 
+    /// Every pool, by its upstream list.
+    fn pools(&self) -> HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>> {
+        let proxied = self
+            .sites
+            .iter()
+            .flat_map(|s| &s.routes)
+            .filter_map(|r| match &r.action {
+                Action::Proxy(pool) => Some((pool.urls(), pool.clone())),
+                Action::Respond { .. } => None,
+            });
+        proxied.collect()
+    }
+
     /// The site at `index`.
     pub fn site(&self, index: usize) -> Option<&SiteRoutes> {
         self.sites.get(index)
@@ -109,9 +132,18 @@ impl SiteRoutes {
 }
 
 impl Route {
-    fn from_config(route: &crate::config::Route, defaults: &UpstreamDefaults) -> Self {
+    fn from_config(
+        route: &crate::config::Route,
+        defaults: &UpstreamDefaults,
+        pools: &mut HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>>,
+    ) -> Self {
         let action = match &route.action {
-            RouteAction::Proxy(urls) => Action::Proxy(Arc::new(UpstreamPool::new(urls, defaults))),
+            RouteAction::Proxy(urls) => Action::Proxy(
+                pools
+                    .entry(urls.clone())
+                    .or_insert_with(|| Arc::new(UpstreamPool::new(urls, defaults)))
+                    .clone(),
+            ),
             RouteAction::Respond { status, body } => Action::Respond {
                 status: *status,
                 body: body.clone(),

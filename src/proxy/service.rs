@@ -53,6 +53,11 @@ impl Proxy {
         }
     }
 
+    /// The table requests are routed by now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
     /// Serves later requests from `table`; requests already routed finish on the old one.
     pub fn replace(&self, table: RouteTable) {
         self.table.store(Arc::new(table));
@@ -143,7 +148,7 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = pool.pick();
-        record.upstream = Some(upstream.url.to_string());
+        record.upstream = Some(upstream.label().to_owned());
         let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();

@@ -32,6 +32,8 @@ pub struct UpstreamPool {
 pub struct Upstream {
     /// Where it is.
     pub url: UpstreamUrl,
+    /// `url` as text, for the access log.
+    label: String,
     client: Client<HttpConnector, UpstreamBody>,
 }
 
@@ -55,6 +57,11 @@ impl UpstreamPool {
         &self.upstreams[n % self.upstreams.len()]
     }
 
+    /// The origins, in configured order.
+    pub fn urls(&self) -> Vec<UpstreamUrl> {
+        self.upstreams.iter().map(|u| u.url.clone()).collect()
+    }
+
     /// How long an origin may take to send its response head.
     pub fn response_header_timeout(&self) -> Duration {
         self.response_header_timeout
@@ -72,7 +79,13 @@ impl Upstream {
             .pool_idle_timeout(defaults.pool_idle_timeout)
             .pool_max_idle_per_host(defaults.pool_max_idle)
             .build(connector);
-        Self { url, client }
+        let label = url.to_string();
+        Self { url, label, client }
+    }
+
+    /// `url` as text, formatted once.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Sends `request` and waits up to `timeout` for the response head.

@@ -18,6 +18,12 @@ pub enum ServerError {
     /// The TLS configuration could not be built.
     #[error("cannot build the TLS configuration")]
     TlsConfig(#[source] rustls::Error),
+    /// The configuration file is unreadable or invalid (on reload: the old one stays).
+    #[error("cannot load the configuration")]
+    Config(#[source] crate::config::ConfigError),
+    /// A reload was asked for before the first configuration was applied.
+    #[error("no configuration has been applied yet")]
+    NotStarted,
     /// A site's certificate could not be loaded or issued.
     #[error("cannot prepare the certificate of site {site}")]
     Certificate {

@@ -1,41 +1,73 @@
-//! Closes connections on which no byte has moved for the idle timeout.
+//! The connection transport: closes connections on which no byte has moved for the idle
+//! timeout, and on HTTP/2 gathers the writes of one connection round into one TLS write.
 //!
 //! [`IdleIo`] stamps every successful read and write; the connection task waits on
 //! [`IdleIo::timer`] and shuts the connection down gracefully when it fires, so a request that is
 //! merely waiting on a slow origin still finishes.
+//!
+//! The h2 codec flushes after every DATA frame, so a round that answers 64 streams would cost 64
+//! TLS records and 64 `writev`s. [`IdleIo::coalescing`] instead buffers writes and defers the
+//! first flush of a round (one poll of the connection, counted by [`Activity::next_round`]) to
+//! the start of the next round, waking the task so that round comes: the bytes leave in one
+//! write once the streams that were ready have all answered.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Buffered bytes past which a coalescing transport writes through instead of gathering more.
+const COALESCE_LIMIT: usize = 32 * 1024;
+
 pin_project! {
-    /// A transport that records when bytes last moved.
+    /// A transport that records when bytes last moved and, when coalescing, gathers writes.
     pub(crate) struct IdleIo<T> {
         #[pin]
         inner: T,
         clock: Arc<Activity>,
+        gather: Option<Gather>,
     }
 }
 
-/// The last-activity stamp shared between the transport and its timer.
+/// The last-activity stamp and round counter shared between the transport and its task.
 #[derive(Debug)]
 pub(crate) struct Activity {
     base: Instant,
     /// Milliseconds since `base` of the last read or write.
     last_ms: AtomicU64,
+    /// Bumped by the connection task each time it polls the connection.
+    round: AtomicU32,
+}
+
+/// Writes accepted but not yet passed to the inner transport.
+#[derive(Debug, Default)]
+struct Gather {
+    buf: Vec<u8>,
+    /// How much of `buf` the inner transport has taken.
+    sent: usize,
+    /// The round whose flush was deferred, while one is owed.
+    owed: Option<u32>,
 }
 
 impl Activity {
     fn touch(&self) {
         let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Marks the start of a poll of the connection: a flush deferred earlier is now due.
+    pub(crate) fn next_round(&self) {
+        self.round.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn round(&self) -> u32 {
+        self.round.load(Ordering::Relaxed)
     }
 
     /// Resolves once nothing has moved for `timeout`.
@@ -55,13 +87,28 @@ impl Activity {
 }
 
 impl<T> IdleIo<T> {
-    /// Wraps `inner`, starting the clock now.
+    /// Wraps `inner`, starting the clock now; writes pass straight through.
     pub(crate) fn new(inner: T) -> Self {
+        Self::with(inner, None)
+    }
+
+    /// Like [`IdleIo::new`], but gathers the writes of a round (see the module doc). The task
+    /// must call [`Activity::next_round`] before each poll of the connection.
+    pub(crate) fn coalescing(inner: T) -> Self {
+        Self::with(inner, Some(Gather::default()))
+    }
+
+    fn with(inner: T, gather: Option<Gather>) -> Self {
         let clock = Arc::new(Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            round: AtomicU32::new(0),
         });
-        Self { inner, clock }
+        Self {
+            inner,
+            clock,
+            gather,
+        }
     }
 
     /// The activity stamp, to wait on.
@@ -70,13 +117,67 @@ impl<T> IdleIo<T> {
     }
 }
 
-impl<T: AsyncRead> AsyncRead for IdleIo<T> {
+impl Gather {
+    fn pending(&self) -> bool {
+        self.sent < self.buf.len()
+    }
+
+    /// Whether a flush was deferred in an earlier round than `round`.
+    fn overdue(&self, round: u32) -> bool {
+        self.owed.is_some_and(|owed| owed != round)
+    }
+
+    /// Passes every gathered byte to `inner`.
+    fn drain<T: AsyncWrite>(
+        &mut self,
+        mut inner: Pin<&mut T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending() {
+            let n = ready!(inner.as_mut().poll_write(cx, &self.buf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        self.owed = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `len` more bytes: drains when they would not fit or a flush is overdue.
+    /// `Ready(false)` means the write is too large to gather and should go straight through.
+    fn reserve<T: AsyncWrite>(
+        &mut self,
+        inner: Pin<&mut T>,
+        cx: &mut Context<'_>,
+        len: usize,
+        round: u32,
+    ) -> Poll<io::Result<bool>> {
+        if self.overdue(round) || self.buf.len() + len > COALESCE_LIMIT {
+            ready!(self.drain(inner, cx))?;
+        }
+        Poll::Ready(Ok(len <= COALESCE_LIMIT))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for IdleIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(gather) = this.gather.as_mut() {
+            // A flush owed from an earlier round goes out before the peer is read; if the socket
+            // is full, the flush that follows the read reports it.
+            if gather.overdue(this.clock.round()) {
+                if let Poll::Ready(Err(err)) = gather.drain(this.inner.as_mut(), cx) {
+                    return Poll::Ready(Err(err));
+                }
+            }
+        }
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -92,7 +193,15 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(gather) = this.gather.as_mut() {
+            let round = this.clock.round();
+            if ready!(gather.reserve(this.inner.as_mut(), cx, data.len(), round))? {
+                gather.buf.extend_from_slice(data);
+                this.clock.touch();
+                return Poll::Ready(Ok(data.len()));
+            }
+        }
         let polled = this.inner.poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             this.clock.touch();
@@ -105,7 +214,18 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(gather) = this.gather.as_mut() {
+            let round = this.clock.round();
+            let len = bufs.iter().map(|b| b.len()).sum();
+            if ready!(gather.reserve(this.inner.as_mut(), cx, len, round))? {
+                for b in bufs {
+                    gather.buf.extend_from_slice(b);
+                }
+                this.clock.touch();
+                return Poll::Ready(Ok(len));
+            }
+        }
         let polled = this.inner.poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             this.clock.touch();
@@ -114,15 +234,33 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.gather.is_some() || self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let mut this = self.project();
+        if let Some(gather) = this.gather.as_mut() {
+            if gather.pending() {
+                let round = this.clock.round();
+                if !gather.overdue(round) {
+                    // The first flush of this round: come back for it next round, after the
+                    // other streams that are ready have queued their frames behind these.
+                    gather.owed = Some(round);
+                    cx.waker().wake_by_ref();
+                    return Poll::Ready(Ok(()));
+                }
+                ready!(gather.drain(this.inner.as_mut(), cx))?;
+            }
+        }
+        this.inner.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let mut this = self.project();
+        if let Some(gather) = this.gather.as_mut() {
+            ready!(gather.drain(this.inner.as_mut(), cx))?;
+        }
+        this.inner.poll_shutdown(cx)
     }
 }
 
@@ -144,5 +282,38 @@ mod tests {
         timer.expired(Duration::from_secs(5)).await;
         // Activity at t=4s pushes expiry to t=9s, five seconds after the read.
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn coalescing_defers_the_first_flush_of_a_round_to_the_next() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut io = IdleIo::coalescing(a);
+        let activity = io.timer();
+        activity.next_round();
+        io.write_all(b"one").await.unwrap();
+        io.flush().await.unwrap();
+        io.write_all(b"two").await.unwrap();
+        io.flush().await.unwrap();
+        let mut got = [0u8; 6];
+        let early = tokio::time::timeout(Duration::from_millis(20), b.read(&mut got)).await;
+        assert!(early.is_err(), "nothing is written within the round");
+        activity.next_round();
+        io.flush().await.unwrap();
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"onetwo");
+    }
+
+    #[tokio::test]
+    async fn coalescing_writes_large_buffers_through_and_in_order() {
+        let (a, mut b) = tokio::io::duplex(4 * COALESCE_LIMIT);
+        let mut io = IdleIo::coalescing(a);
+        let big = vec![7u8; COALESCE_LIMIT + 1];
+        io.write_all(b"head").await.unwrap();
+        io.write_all(&big).await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(&got[4..], &big[..]);
     }
 }

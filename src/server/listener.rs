@@ -219,21 +219,16 @@ async fn serve_tls(
     });
     let service = service_fn(move |request| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) }
+        // Boxed: the request future is a few KiB, and hyper moves it into a task per h2 stream.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) })
     });
-    let builder = if handshake.is_h2 {
-        &servers.h2
+    // h2 multiplexes streams whose answers are best sent together; h1 answers one at a time.
+    let (io, builder) = if handshake.is_h2 {
+        (IdleIo::coalescing(tls), &servers.h2)
     } else {
-        &servers.h1
+        (IdleIo::new(tls), &servers.h1)
     };
-    serve_connection(
-        IdleIo::new(tls),
-        builder,
-        service,
-        servers.idle_timeout,
-        stop,
-    )
-    .await;
+    serve_connection(io, builder, service, servers.idle_timeout, stop).await;
 }
 
 /// Serves HTTP on one connection until it closes, going idle or `stop` ending it gracefully:
@@ -263,7 +258,10 @@ async fn serve_connection<T, S, B>(
     let mut closing = false;
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
+            result = std::future::poll_fn(|cx| {
+                activity.next_round();
+                conn.as_mut().poll(cx)
+            }) => {
                 if let Err(err) = result {
                     debug!(error = %err, "connection ended with an error");
                 }

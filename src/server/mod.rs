@@ -1,10 +1,13 @@
 //! Sockets and tasks: binds the listeners, runs the accept loops and connection tasks, and
-//! drains them on shutdown. The only module that spawns long-lived tasks.
+//! drains them on shutdown, and applies configuration reloads. The only module that spawns
+//! long-lived tasks.
 
 mod error;
 mod http01;
 mod idle;
 mod listener;
+mod reload;
+mod selfcheck;
 mod serve;
 pub mod shutdown;
 

@@ -1,33 +1,27 @@
 //! Start-up and shutdown of a whole Rampart instance on already-bound listeners.
 //!
-//! `Server::start` loads or issues every certificate it can without the network (static files,
-//! the internal CA, stored ACME certificates), builds the route table, and spawns the accept
-//! loops and the ACME renewal task; it returns once the listeners are serving.
+//! `Server::start` applies the first configuration snapshot (static files, the internal CA and
+//! stored ACME certificates are published without the network), spawns the accept loops, the
+//! ACME renewal task and the reload watcher, and returns once the listeners are serving.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use rustls::crypto::CryptoProvider;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::info;
 
-use crate::acme::{ChallengeStore, RenewalScheduler, SelfCheck};
-use crate::config::{Config, Site, SiteTls};
-use crate::observe::Chain;
+use crate::acme::ChallengeStore;
+use crate::config::Config;
 use crate::proxy::{Proxy, RouteTable};
 use crate::server::http01::Http01;
 use crate::server::listener::{self, HttpServers};
+use crate::server::reload::Reloader;
 use crate::server::{Listeners, ServerError, shutdown};
-use crate::tls::{self, CertStore, InternalCa, Published, TlsAcceptor, TlsError};
+use crate::tls::{self, CertStore, TlsAcceptor};
 
 /// A running instance: its tasks, its stop token and the shared stores.
-#[derive(Debug)]
 pub struct Server {
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -36,6 +30,16 @@ pub struct Server {
     http_addr: SocketAddr,
     certs: CertStore,
     challenges: ChallengeStore,
+    reloader: Arc<Reloader>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("https", &self.https_addr)
+            .field("http", &self.http_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -50,65 +54,28 @@ impl Server {
         let certs = CertStore::default();
         let challenges = ChallengeStore::default();
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let (grace, downstream) = (config.shutdown_grace, config.downstream.clone());
+        let sites = config.sites.len();
 
-        let mut internal_sites = Vec::new();
-        for site in &config.sites {
-            match &site.tls {
-                SiteTls::Files { cert, key } => {
-                    let certified = load_files(&provider, cert, key).map_err(|source| {
-                        ServerError::Certificate {
-                            site: site.name.clone(),
-                            source,
-                        }
-                    })?;
-                    publish(&certs, site, certified)?;
-                }
-                SiteTls::Internal => internal_sites.push(site.clone()),
-                SiteTls::Acme => {}
-            }
-        }
-        if !internal_sites.is_empty() {
-            let ca = InternalCa::load_or_create(&config.storage, provider.clone()).map_err(
-                |source| ServerError::Certificate {
-                    site: "internal CA".into(),
-                    source,
-                },
-            )?;
-            for site in &internal_sites {
-                let issued = ca.issue(site, SystemTime::now()).map_err(|source| {
-                    ServerError::Certificate {
-                        site: site.name.clone(),
-                        source,
-                    }
-                })?;
-                publish(&certs, site, issued)?;
-            }
-            tasks.spawn(ca.run(certs.clone(), internal_sites, stop.clone()));
+        let hangup = Reloader::hangup();
+        let proxy = Proxy::new(RouteTable::default(), tasks.clone());
+        let reloader = Arc::new(Reloader::new(
+            provider,
+            certs.clone(),
+            challenges.clone(),
+            proxy.clone(),
+            https_addr,
+            tasks.clone(),
+            stop.clone(),
+        ));
+        if let Err(err) = reloader.apply(config) {
+            stop.cancel(); // renewal tasks already started for part of the snapshot
+            return Err(err);
         }
 
-        if config.sites.iter().any(|s| s.tls == SiteTls::Acme) {
-            let self_check = Arc::new(ListenerCheck {
-                provider: provider.clone(),
-                addr: loopback_of(https_addr),
-            });
-            let scheduler = RenewalScheduler::new(
-                config.acme.clone(),
-                &config.storage,
-                &config.sites,
-                certs.clone(),
-                challenges.clone(),
-            )
-            .with_self_check(self_check);
-            // Stored certificates are served before the listeners answer and before any CA request.
-            let served = scheduler.publish_stored();
-            info!(stored = served, "published stored ACME certificates");
-            tasks.spawn(scheduler.run(stop.clone()));
-        }
-
-        let acceptor = TlsAcceptor::new(certs.clone(), config.downstream.handshake_timeout)
+        let acceptor = TlsAcceptor::new(certs.clone(), downstream.handshake_timeout)
             .map_err(ServerError::TlsConfig)?;
-        let servers = HttpServers::new(&config.downstream);
-        let proxy = Proxy::new(RouteTable::from_config(&config), tasks.clone());
+        let servers = HttpServers::new(&downstream);
         // The bound port, not the configured one: they differ when the config says port 0.
         let http01 = Http01::new(challenges.clone(), https_addr.port());
         tasks.spawn(listener::accept_https(
@@ -126,16 +93,26 @@ impl Server {
             tasks.clone(),
             stop.clone(),
         ));
-        info!(https = %https_addr, http = %http_addr, sites = config.sites.len(), "serving");
+        tasks.spawn(reloader.clone().watch(hangup));
+        info!(https = %https_addr, http = %http_addr, sites, "serving");
         Ok(Self {
             stop,
             tasks,
-            grace: config.shutdown_grace,
+            grace,
             https_addr,
             http_addr,
             certs,
             challenges,
+            reloader,
         })
+    }
+
+    /// Reloads the configuration file now, as SIGHUP does.
+    ///
+    /// # Errors
+    /// An invalid file or an unloadable certificate; the running configuration then stays.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        self.reloader.reload()
     }
 
     /// The TLS listener's address.
@@ -162,84 +139,4 @@ impl Server {
     pub async fn shutdown(self) -> bool {
         shutdown::drain(&self.stop, &self.tasks, self.grace).await
     }
-}
-
-/// Confirms after each ACME publish that our own listener serves the new certificate.
-struct ListenerCheck {
-    provider: Arc<CryptoProvider>,
-    addr: SocketAddr,
-}
-
-/// How long the self-check handshake may take; it runs on our own loopback listener.
-const SELF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl SelfCheck for ListenerCheck {
-    fn verify<'a>(
-        &'a self,
-        site: &'a Site,
-        published: &'a Published,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            // A wildcard is not a name a client can ask for; its concrete names are covered by it.
-            for host in site.hosts.iter().filter(|h| !h.is_wildcard()) {
-                match tls::served_serial(
-                    self.provider.clone(),
-                    self.addr,
-                    host.as_str(),
-                    SELF_CHECK_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(serial) if serial == published.serial => {
-                        info!(site = %site.name, host = %host, serial = %serial, "listener serves the new certificate");
-                    }
-                    Ok(serial) => error!(
-                        site = %site.name, host = %host, served = %serial, expected = %published.serial,
-                        "listener serves another certificate than the one just published"
-                    ),
-                    Err(err) => {
-                        error!(site = %site.name, host = %host, error = %Chain(&err), "cannot confirm the served certificate")
-                    }
-                }
-            }
-        })
-    }
-}
-
-/// Where to reach our own listener: a wildcard bind address is reachable on loopback.
-fn loopback_of(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    }
-}
-
-fn load_files(
-    provider: &rustls::crypto::CryptoProvider,
-    cert: &Path,
-    key: &Path,
-) -> Result<rustls::sign::CertifiedKey, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    tls::certified_key_from_pem(provider, &read(cert)?, &read(key)?)
-}
-
-fn publish(
-    certs: &CertStore,
-    site: &Site,
-    cert: rustls::sign::CertifiedKey,
-) -> Result<(), ServerError> {
-    let published = certs
-        .publish(site, cert, SystemTime::now())
-        .map_err(|source| ServerError::Certificate {
-            site: site.name.clone(),
-            source,
-        })?;
-    info!(site = %site.name, serial = %published.serial, "certificate published");
-    Ok(())
 }

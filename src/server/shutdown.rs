@@ -9,22 +9,15 @@ use tracing::{info, warn};
 
 /// Resolves on the first SIGTERM or SIGINT.
 ///
-/// SIGHUP (systemd's `ExecReload`) must not kill the process, as its default action would: until
-/// live reload lands it is logged and ignored.
-///
 /// # Errors
 /// When the signal handlers cannot be installed.
 pub async fn signal_received() -> std::io::Result<&'static str> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok("SIGTERM"),
-            _ = int.recv() => return Ok("SIGINT"),
-            _ = hup.recv() => warn!("SIGHUP: live reload is not supported yet; restart to apply configuration changes"),
-        }
-    }
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }
 
 /// Stops accepting, lets open connections finish, and gives up after `grace`.

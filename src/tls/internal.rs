@@ -142,23 +142,8 @@ impl InternalCa {
             .map_err(TlsError::KeyMismatch)
     }
 
-    /// Issues and publishes a leaf for each of `sites` now.
-    ///
-    /// # Errors
-    /// The first failure: at start-up a CA that cannot issue must stop Rampart loudly.
-    pub fn publish_all(&self, store: &CertStore, sites: &[Site]) -> Result<(), TlsError> {
-        for site in sites {
-            store.publish(
-                site,
-                self.issue(site, SystemTime::now())?,
-                SystemTime::now(),
-            )?;
-        }
-        Ok(())
-    }
-
     /// Keeps the leaves of `sites` fresh until `stop` is cancelled.
-    pub async fn run(self, store: CertStore, sites: Vec<Site>, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, store: CertStore, sites: Vec<Site>, stop: CancellationToken) {
         let every = LEAF_LIFETIME * 2 / 3;
         let retry = Duration::from_secs(60);
         let mut wait = every;

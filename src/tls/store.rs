@@ -65,6 +65,19 @@ impl CertStore {
         Ok(published)
     }
 
+    /// Stops serving every name not in `hosts`, and the default certificate unless `keep_default`
+    /// (for names and sites removed from the configuration on reload).
+    pub fn retain(&self, hosts: &std::collections::HashSet<HostName>, keep_default: bool) {
+        self.0.rcu(|map| {
+            let mut next = CertMap::clone(map);
+            next.hosts.retain(|host, _| hosts.contains(host));
+            if !keep_default {
+                next.default = None;
+            }
+            next
+        });
+    }
+
     /// Stops serving the names of `site` (for sites removed from the configuration).
     pub fn withdraw(&self, site: &Site) {
         self.0.rcu(|map| {

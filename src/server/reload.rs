@@ -1,0 +1,374 @@
+//! Applying a configuration snapshot, at start and on every reload.
+//!
+//! A reload (SIGHUP, or a change of the config file or of a static certificate file, debounced)
+//! parses and validates the file, prepares every certificate the new snapshot needs, and only
+//! then swaps: certificates first, then the route table. An invalid file or an unloadable
+//! certificate changes nothing. Pools of unchanged upstream lists carry over; requests and
+//! tunnels in flight finish on what they started with. Renewal tasks restart only for what
+//! changed. Runs on the server's reload task; `apply` never awaits, so its lock is never held
+//! across an await point.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::acme::{ChallengeStore, RenewalScheduler};
+use crate::config::{self, Config, Site, SiteTls};
+use crate::observe::Chain;
+use crate::proxy::{Proxy, RouteTable};
+use crate::server::ServerError;
+use crate::server::selfcheck::ListenerCheck;
+use crate::tls::{self, CertStore, InternalCa, TlsError};
+
+/// Quiet time after a file event before reloading: editors write a file in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Applies snapshots to the shared stores and owns the renewal tasks of the current one.
+pub(crate) struct Reloader {
+    provider: Arc<CryptoProvider>,
+    certs: CertStore,
+    challenges: ChallengeStore,
+    proxy: Proxy,
+    https_addr: SocketAddr,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    current: Mutex<Option<Applied>>,
+}
+
+/// What the current snapshot started.
+struct Applied {
+    config: Arc<Config>,
+    internal: Option<(Arc<InternalCa>, CancellationToken)>,
+    acme: Option<CancellationToken>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        provider: Arc<CryptoProvider>,
+        certs: CertStore,
+        challenges: ChallengeStore,
+        proxy: Proxy,
+        https_addr: SocketAddr,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            provider,
+            certs,
+            challenges,
+            proxy,
+            https_addr,
+            tasks,
+            stop,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The snapshot being served.
+    pub(crate) fn config(&self) -> Option<Arc<Config>> {
+        self.lock().as_ref().map(|a| a.config.clone())
+    }
+
+    /// Reads, validates and applies the file the current snapshot came from.
+    ///
+    /// # Errors
+    /// `Config` for an unreadable or invalid file, `Certificate` when a certificate of the new
+    /// snapshot cannot be loaded or issued. Either way the running snapshot stays.
+    pub(crate) fn reload(&self) -> Result<(), ServerError> {
+        let source = self
+            .config()
+            .map(|c| c.source.clone())
+            .ok_or(ServerError::NotStarted)?;
+        let config = config::load(&source).map_err(ServerError::Config)?;
+        self.apply(config)
+    }
+
+    /// Makes `config` the served snapshot.
+    ///
+    /// # Errors
+    /// As [`Reloader::reload`]; nothing changes on error.
+    pub(crate) fn apply(&self, config: Config) -> Result<(), ServerError> {
+        let mut current = self.lock();
+        let previous = current.as_ref();
+        if let Some(previous) = previous {
+            if previous.config.listen != config.listen {
+                warn!(
+                    "listen addresses changed: restart Rampart to apply them; the other changes apply now"
+                );
+            }
+        }
+        let old_sites: &[Site] = previous.map_or(&[], |p| &p.config.sites);
+
+        // Everything that can fail happens before anything is swapped.
+        let internal_ca = match (
+            config.sites.iter().any(|s| s.tls == SiteTls::Internal),
+            previous,
+        ) {
+            (false, _) => None,
+            (
+                true,
+                Some(Applied {
+                    internal: Some((ca, _)),
+                    config: old,
+                    ..
+                }),
+            ) if old.storage == config.storage => Some(ca.clone()),
+            (true, _) => Some(Arc::new(
+                InternalCa::load_or_create(&config.storage, self.provider.clone()).map_err(
+                    |source| ServerError::Certificate {
+                        site: "internal CA".into(),
+                        source,
+                    },
+                )?,
+            )),
+        };
+        let mut ready: Vec<(&Site, CertifiedKey)> = Vec::new();
+        for site in &config.sites {
+            let unchanged = old_sites.contains(site);
+            let prepared = match &site.tls {
+                SiteTls::Files { cert, key } => Some(load_files(&self.provider, cert, key)),
+                SiteTls::Internal if !unchanged => internal_ca
+                    .as_ref()
+                    .map(|ca| ca.issue(site, SystemTime::now())),
+                SiteTls::Internal | SiteTls::Acme => None,
+            };
+            if let Some(prepared) = prepared {
+                let cert = prepared.map_err(|source| ServerError::Certificate {
+                    site: site.name.clone(),
+                    source,
+                })?;
+                ready.push((site, cert));
+            }
+        }
+
+        // Swap: certificates first, so a new route never lacks its certificate, then routes.
+        let hosts: HashSet<_> = config
+            .sites
+            .iter()
+            .flat_map(|s| s.hosts.iter().cloned())
+            .collect();
+        self.certs
+            .retain(&hosts, config.sites.iter().any(|s| s.default));
+        for (site, cert) in ready {
+            match self.certs.publish(site, cert, SystemTime::now()) {
+                Ok(published) => {
+                    info!(site = %site.name, serial = %published.serial, "certificate published")
+                }
+                // Checked names and dates: only a clock jump could fail here; the site stays as it was.
+                Err(err) => {
+                    error!(site = %site.name, error = %Chain(&err), "certificate not published")
+                }
+            }
+        }
+        let table = RouteTable::from_config(&config, Some(&self.proxy.table()));
+        self.proxy.replace(table);
+
+        let config = Arc::new(config);
+        let internal = self.restart_internal(previous, &config, internal_ca);
+        let acme = self.restart_acme(previous, &config);
+        if let Some(previous) = current.take() {
+            info!(
+                sites = config.sites.len(),
+                was = previous.config.sites.len(),
+                "configuration applied"
+            );
+        }
+        *current = Some(Applied {
+            config,
+            internal,
+            acme,
+        });
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP and on changes of the config file or static certificate files, until
+    /// `stop`. A failed reload is logged with every problem and the old snapshot keeps serving.
+    pub(crate) async fn watch(self: Arc<Self>, mut hangup: Option<Signal>) {
+        let (events, mut changed) = mpsc::channel::<()>(1);
+        // Kept alive for as long as it should watch; replaced after each successful reload.
+        let mut _watcher = self.watch_files(&events);
+        loop {
+            let cause = tokio::select! {
+                () = self.stop.cancelled() => return,
+                Some(()) = async { hangup.as_mut()?.recv().await } => "SIGHUP",
+                Some(()) = changed.recv() => {
+                    // Debounce: wait until the files have been quiet for a moment.
+                    while tokio::time::timeout(DEBOUNCE, changed.recv()).await.is_ok_and(|e| e.is_some()) {}
+                    "file change"
+                }
+            };
+            info!(cause, "reloading the configuration");
+            match self.reload() {
+                Ok(()) => _watcher = self.watch_files(&events),
+                Err(err) => {
+                    error!(cause, error = %Chain(&err), "reload failed; still serving the previous configuration")
+                }
+            }
+        }
+    }
+
+    /// Watches the directories of the config file and of static certificate files (editors and
+    /// deploy tools replace files by renaming, so the directory is what sees the change).
+    fn watch_files(&self, events: &mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let config = self.config()?;
+        let mut files: HashSet<PathBuf> = HashSet::from([config.source.clone()]);
+        for site in &config.sites {
+            if let SiteTls::Files { cert, key } = &site.tls {
+                files.extend([cert.clone(), key.clone()]);
+            }
+        }
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(PathBuf::from))
+            .collect();
+        let events = events.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let relevant = event
+                .is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| files.contains(p)));
+            if relevant {
+                // Full means a reload is already pending, which covers this event too.
+                let _ = events.try_send(());
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(watcher) => watcher,
+            Err(err) => {
+                error!(error = %err, "cannot watch files; reload with SIGHUP");
+                return None;
+            }
+        };
+        for dir in dirs {
+            if let Err(err) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                warn!(dir = %dir.display(), error = %err, "cannot watch directory; reload with SIGHUP");
+            }
+        }
+        Some(watcher)
+    }
+
+    /// Installs the SIGHUP handler. Done at start, before the listeners answer, so that an early
+    /// SIGHUP cannot hit the default action (terminate).
+    pub(crate) fn hangup() -> Option<Signal> {
+        signal(SignalKind::hangup())
+            .inspect_err(|err| error!(error = %err, "cannot handle SIGHUP; reloads follow file changes only"))
+            .ok()
+    }
+
+    /// Restarts the internal CA's renewal task when the internal sites changed.
+    fn restart_internal(
+        &self,
+        previous: Option<&Applied>,
+        config: &Config,
+        ca: Option<Arc<InternalCa>>,
+    ) -> Option<(Arc<InternalCa>, CancellationToken)> {
+        let sites: Vec<Site> = config
+            .sites
+            .iter()
+            .filter(|s| s.tls == SiteTls::Internal)
+            .cloned()
+            .collect();
+        let old: Vec<&Site> = previous.map_or(Vec::new(), |p| {
+            p.config
+                .sites
+                .iter()
+                .filter(|s| s.tls == SiteTls::Internal)
+                .collect()
+        });
+        if let Some(Applied {
+            internal: Some((old_ca, token)),
+            ..
+        }) = previous
+        {
+            if sites.iter().eq(old.iter().copied())
+                && ca.as_ref().is_some_and(|ca| Arc::ptr_eq(ca, old_ca))
+            {
+                return Some((old_ca.clone(), token.clone()));
+            }
+            token.cancel();
+        }
+        let ca = ca?;
+        let token = self.stop.child_token();
+        self.tasks
+            .spawn(ca.clone().run(self.certs.clone(), sites, token.clone()));
+        Some((ca, token))
+    }
+
+    /// Restarts the ACME scheduler when the ACME settings or sites changed. A new scheduler
+    /// publishes stored certificates before it orders anything.
+    fn restart_acme(
+        &self,
+        previous: Option<&Applied>,
+        config: &Config,
+    ) -> Option<CancellationToken> {
+        let acme_sites = |c: &Config| -> Vec<Site> {
+            c.sites
+                .iter()
+                .filter(|s| s.tls == SiteTls::Acme)
+                .cloned()
+                .collect()
+        };
+        let sites = acme_sites(config);
+        if let Some(previous) = previous {
+            let same = previous.config.acme == config.acme
+                && previous.config.storage == config.storage
+                && acme_sites(&previous.config) == sites;
+            if same {
+                return previous.acme.clone();
+            }
+            if let Some(token) = &previous.acme {
+                token.cancel();
+            }
+        }
+        if sites.is_empty() {
+            return None;
+        }
+        let self_check = Arc::new(ListenerCheck::new(self.provider.clone(), self.https_addr));
+        let scheduler = RenewalScheduler::new(
+            config.acme.clone(),
+            &config.storage,
+            &sites,
+            self.certs.clone(),
+            self.challenges.clone(),
+        )
+        .with_self_check(self_check);
+        // Stored certificates are served before any CA request (and, at start, before the
+        // listeners answer).
+        let served = scheduler.publish_stored();
+        info!(
+            stored = served,
+            sites = sites.len(),
+            "published stored ACME certificates"
+        );
+        let token = self.stop.child_token();
+        self.tasks.spawn(scheduler.run(token.clone()));
+        Some(token)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Applied>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn load_files(
+    provider: &CryptoProvider,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<CertifiedKey, TlsError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    tls::certified_key_from_pem(provider, &read(cert)?, &read(key)?)
+}

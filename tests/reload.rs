@@ -1,0 +1,249 @@
+//! Live reload: a bad file changes nothing, a good one swaps routes, sites and certificates
+//! without failing a request or closing a WebSocket, and a change of the file is picked up by
+//! itself.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::Method;
+use http_body_util::BodyExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{Env, HttpClient, Rampart, Upstream, WAIT, empty, within};
+
+/// Two routes and, when `extra`, a second site: enough to change every part of a snapshot.
+fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
+    let mut text = format!(
+        "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    routes:
+      - {{ path: /ws, upstreams: [{ws}] }}
+      - {{ path: /, upstreams: [{origin}] }}
+",
+        ws = ws.url(),
+        origin = origin.url()
+    );
+    if extra {
+        text.push_str(
+            "  - hosts: [b.test]
+    tls: { cert: b.pem, key: b.key }
+    routes: [{ path: /, respond: { body: \"b\" } }]
+",
+        );
+    }
+    text
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_serving_the_old_configuration() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let (ws, one, two) = (
+        Upstream::ws_echo().await,
+        Upstream::echo("one").await,
+        Upstream::echo("two").await,
+    );
+    let rampart = env.start(&config(&ws, &one, false)).await;
+    let mut client = rampart.client("a.test").await;
+    assert_eq!(client.get("a.test", "/").await.echo().name, "one");
+
+    // An unknown key: rejected with file, line and key; the old routes keep serving.
+    let path = env.write_config(&format!("{}    upstreamz: []\n", config(&ws, &two, false)));
+    let err = rampart
+        .server()
+        .reload()
+        .expect_err("an invalid file is refused");
+    let message = common::rampart::chain(&err);
+    assert!(
+        message.contains(&format!("{}:", path.display())) && message.contains("upstreamz"),
+        "{message}"
+    );
+    assert_eq!(client.get("a.test", "/").await.echo().name, "one");
+
+    // Fixed: the new routes apply to the next request on the same connection.
+    env.write_config(&config(&ws, &two, false));
+    rampart.server().reload().expect("a valid file applies");
+    assert_eq!(client.get("a.test", "/").await.echo().name, "two");
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_config_file_is_applied_without_a_signal() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let (ws, one, two) = (
+        Upstream::ws_echo().await,
+        Upstream::echo("one").await,
+        Upstream::echo("two").await,
+    );
+    let rampart = env.start(&config(&ws, &one, false)).await;
+    let mut client = rampart.client("a.test").await;
+    assert_eq!(client.get("a.test", "/").await.echo().name, "one");
+    env.write_config(&config(&ws, &two, false));
+    let started = Instant::now();
+    while client.get("a.test", "/").await.echo().name != "two" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the file change was not applied within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rampart.stop().await;
+}
+
+/// Sends requests until `stop`, counting successes per origin name and failures.
+async fn load(
+    mut client: HttpClient,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let request = client
+            .request(Method::GET, "a.test", "/")
+            .body(empty())
+            .expect("valid request");
+        let result = async {
+            let response = client.send(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status != 200 {
+                return Err(format!("status {status}"));
+            }
+            let echoed: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(echoed["name"].as_str().unwrap_or_default().to_owned())
+        }
+        .await;
+        match result {
+            Ok(name) => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                if !seen.contains(&name) {
+                    seen.push(name);
+                }
+            }
+            Err(error) => {
+                eprintln!("failed request: {error}");
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_fail_no_request_and_keep_a_websocket_open() {
+    let env = Env::new();
+    let first_cert = env.leaf("a", &["a.test"]);
+    env.leaf("b", &["b.test"]);
+    let (ws, one, two) = (
+        Upstream::ws_echo().await,
+        Upstream::echo("one").await,
+        Upstream::echo("two").await,
+    );
+    let rampart: Rampart = env.start(&config(&ws, &one, false)).await;
+
+    let tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("handshake");
+    let (mut socket, _) = within(
+        WAIT,
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async("wss://a.test/ws", tls.stream),
+    )
+    .await
+    .expect("WebSocket upgrade");
+
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut clients = Vec::new();
+    for index in 0..4 {
+        let client = if index % 2 == 0 {
+            rampart.client_h1("a.test").await
+        } else {
+            rampart.client("a.test").await
+        };
+        clients.push(tokio::spawn(load(
+            client,
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        )));
+    }
+
+    let mut replaced_cert = None;
+    for round in 0..50 {
+        let origin = if round % 2 == 0 { &two } else { &one };
+        if round == 25 {
+            // A static certificate file replaced in place is picked up by the reload.
+            replaced_cert = Some(env.leaf("a", &["a.test"]));
+        }
+        env.write_config(&config(&ws, origin, round % 2 == 0));
+        rampart.server().reload().expect("reload applies");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.extend(client.await.expect("load task"));
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the reloads"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) >= 50,
+        "the load kept going: {} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    assert!(
+        seen.contains(&"one".to_owned()) && seen.contains(&"two".to_owned()),
+        "both snapshots served: {seen:?}"
+    );
+
+    // The WebSocket opened before the first reload still echoes after the last.
+    socket
+        .send(Message::text("still here"))
+        .await
+        .expect("send");
+    let echoed = within(WAIT, "the echo", socket.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(echoed, Message::text("still here"));
+    socket.close(None).await.expect("close");
+    drop(socket);
+
+    // New handshakes get the replaced certificate; the last config (round 49: `one`, no b.test) rules.
+    let served = rampart
+        .connect("a.test")
+        .await
+        .expect("handshake")
+        .peer_cert;
+    assert_eq!(Some(served), replaced_cert);
+    assert_ne!(replaced_cert.as_ref(), Some(&first_cert));
+    assert!(
+        rampart.connect("b.test").await.is_err(),
+        "the removed site's name is no longer served"
+    );
+    rampart.stop().await;
+}
