@@ -8,12 +8,14 @@
 #   2. cargo fmt --check
 #   3. cargo clippy --all-targets --locked -- -D warnings
 #   4. cargo test --locked         (unit tests and the end-to-end tests, Pebble included)
+#   5. scripts/check-deb.sh        (the Debian package's contents; installs cargo-deb once)
 #
 # Needs a Rust toolchain with rustfmt and clippy (rustup); it is not installed here.
 set -euo pipefail
 
 # Everything the build and the tests need from Debian, in one place.
-PACKAGES="pebble curl openssl ca-certificates build-essential pkg-config nghttp2-client procps iproute2"
+# systemd: systemd-socket-activate for tests/systemd.rs.
+PACKAGES="pebble curl openssl ca-certificates build-essential pkg-config nghttp2-client procps iproute2 systemd"
 
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,3 +48,4 @@ set -x
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+scripts/check-deb.sh

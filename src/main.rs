@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rampart::observe::{Chain, logging};
-use rampart::server::shutdown;
+use rampart::server::activation::PassedSockets;
+use rampart::server::{shutdown, systemd};
 use rampart::{Listeners, Server, config};
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc: per-thread free lists suit a proxy's many short-lived, same-sized allocations
 /// (request heads, buffers) better than glibc malloc.
@@ -175,6 +177,11 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     logging::init(&config.log);
+    // Before the runtime starts threads: taking systemd's sockets edits the environment.
+    let passed = match PassedSockets::take(&config.listen) {
+        Ok(passed) => passed,
+        Err(err) => return fatal(&err),
+    };
     // On one core (or pinned to one) a work-stealing pool only adds cross-thread handoffs.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut builder = if cores > 1 {
@@ -190,20 +197,46 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listeners = match Listeners::bind(&config.listen) {
+        let listeners = match passed {
+            Some(passed) => {
+                tracing::info!(https = ?passed.https_addr(), http = ?passed.http_addr(), "serving on sockets passed by systemd");
+                // systemd passes the public sockets; the loopback admin listener is ours to bind.
+                Listeners::from_systemd(passed)
+                    .map_err(|err| fatal(&err))
+                    .and_then(|l| l.with_admin(config.listen.admin).map_err(|err| fatal(&err)))
+            }
+            None => Listeners::bind(&config.listen).map_err(|err| fatal(&err)),
+        };
+        let listeners = match listeners {
             Ok(listeners) => listeners,
-            Err(err) => return fatal(&err),
+            Err(code) => return code,
         };
         let server = match Server::start(config, listeners).await {
             Ok(server) => server,
             Err(err) => return fatal(&err),
         };
-        match shutdown::signal_received().await {
+        systemd::ready(&format!(
+            "serving https on {}, http on {}",
+            server.https_addr(),
+            server.http_addr()
+        ));
+        // The watchdog pings while serving and stops when shutdown begins.
+        let pings = CancellationToken::new();
+        let (signal, ()) = tokio::join!(
+            async {
+                let signal = shutdown::signal_received().await;
+                pings.cancel();
+                signal
+            },
+            systemd::watchdog(pings.clone()),
+        );
+        match signal {
             Ok(signal) => tracing::info!(signal, "shutting down"),
             Err(err) => {
                 tracing::error!(error = %Chain(&err), "cannot wait for signals; shutting down")
             }
         }
+        systemd::stopping();
         server.shutdown().await;
         ExitCode::SUCCESS
     })

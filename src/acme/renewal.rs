@@ -20,7 +20,7 @@ use crate::acme::storage::{AriState, CertFiles, LastError, Meta, Renewal, Renewa
 use crate::acme::timing::{self, Served};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
 use crate::config::{KeyType, Site};
-use crate::observe::Chain;
+use crate::observe::{Chain, metrics};
 use crate::tls::{CertStore, LeafFacts, certified_key_from_pem};
 
 /// ARI support of the directory, learnt from the first renewal-info call.
@@ -112,6 +112,7 @@ impl SiteState {
             (true, (at, Some(reason))) => Some(Renewal { at, reason }),
             _ => None,
         };
+        metrics::renewal_due(&self.site.name, self.meta.renewal.as_ref().map(|r| r.at));
     }
 }
 
@@ -226,6 +227,7 @@ async fn order(shared: &Shared, state: &mut SiteState) {
     let clock = tokio::time::Instant::now();
     match issue(&shared.slot, &request, &shared.challenges).await {
         Ok(issued) => {
+            metrics::acme_order(true, None);
             info!(
                 site,
                 requests = issued.requests,
@@ -234,7 +236,10 @@ async fn order(shared: &Shared, state: &mut SiteState) {
             );
             install(shared, state, issued, SystemTime::now()).await;
         }
-        Err(error) => record_failure(shared, state, &error, SystemTime::now()),
+        Err(error) => {
+            metrics::acme_order(false, error.problem_type());
+            record_failure(shared, state, &error, SystemTime::now());
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! One access-log event per request, written when the response body ends or is dropped.
 //!
-//! Events go to the `rampart::access` target so operators can route or filter them apart.
+//! Events go to the `rampart::access` target so operators can route or filter them apart. The
+//! field set is fixed (absent values are `-`), so with `log.format: json` every request is one
+//! JSON object per line with the same keys, `trace_id` and `request_id` included.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::Method;
+use http::{HeaderValue, Method};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -33,6 +35,10 @@ pub struct AccessRecord {
     pub status: u16,
     /// Request body bytes read so far.
     pub bytes_in: Arc<AtomicU64>,
+    /// W3C trace id, lower-case hex (continued from the client's `traceparent` or new).
+    pub trace_id: String,
+    /// `X-Request-Id`, the client's or a generated one; always visible ASCII.
+    pub request_id: HeaderValue,
 }
 
 impl AccessRecord {
@@ -53,6 +59,8 @@ impl AccessRecord {
             site = self.site.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             complete,
+            trace_id = %self.trace_id,
+            request_id = self.request_id.to_str().unwrap_or("-"),
             "request"
         );
     }

@@ -2,14 +2,16 @@
 //!
 //! `service` is the entry point called per request by the HTTP server; `router` maps the host and
 //! path to a route; `upstream` owns the pooled origin clients; `forward` rewrites headers for the
-//! hop; `body` meters bodies for the access log; `error` turns failures into responses. This
-//! module never imports `tls`, `acme` or `server`: it sees a [`ConnInfo`].
+//! hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access log;
+//! `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
+//! it sees a [`ConnInfo`].
 
 mod body;
 mod error;
 mod forward;
 mod router;
 mod service;
+pub mod trace;
 mod upstream;
 
 pub use body::{Metered, ProxyBody};

@@ -9,16 +9,21 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::config::{Config, HostName, RouteAction, UpstreamDefaults, UpstreamUrl};
+use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     sites: Vec<SiteRoutes>,
     by_host: HashMap<HostName, usize>,
     default: Option<usize>,
     /// The pool settings the table's pools were built with.
     upstream: Option<UpstreamDefaults>,
+    /// Counters for requests that matched no site (site and route `none`).
+    pub unmatched: RouteMetrics,
+    /// Durations of requests that matched no site.
+    pub unmatched_duration: SiteMetrics,
 }
 
 /// One site's routes, longest prefix first.
@@ -27,6 +32,10 @@ pub struct SiteRoutes {
     /// The site's name (its first host).
     pub name: Arc<str>,
     routes: Vec<Route>,
+    /// Counters for requests of this site that matched no route.
+    pub unrouted: RouteMetrics,
+    /// Request durations of this site.
+    pub duration: SiteMetrics,
 }
 
 /// One route, ready to serve.
@@ -38,6 +47,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// What it does.
     pub action: Action,
+    /// Its request counters, by status class.
+    pub metrics: RouteMetrics,
 }
 
 /// A route's action, with its live upstream pool.
@@ -66,6 +77,7 @@ impl RouteTable {
             upstream: Some(config.upstream.clone()),
             ..Self::default()
         };
+        // Metric handles are looked up here, once per snapshot, never per request.
         for (index, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
                 table.by_host.insert(host.clone(), index);
@@ -76,13 +88,15 @@ impl RouteTable {
             let mut routes: Vec<Route> = site
                 .routes
                 .iter()
-                .map(|r| Route::from_config(r, &config.upstream, &mut pools))
+                .map(|r| Route::from_config(&site.name, r, &config.upstream, &mut pools))
                 .collect();
             // Longest prefix wins; a stable sort keeps file order among equal lengths.
             routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
             table.sites.push(SiteRoutes {
                 name: Arc::from(site.name.as_str()),
                 routes,
+                unrouted: RouteMetrics::unrouted(&site.name),
+                duration: SiteMetrics::new(&site.name),
             });
         }
         table
@@ -124,6 +138,20 @@ impl RouteTable {
     }
 }
 
+impl Default for RouteTable {
+    /// No sites: every request is unmatched.
+    fn default() -> Self {
+        Self {
+            sites: Vec::new(),
+            by_host: HashMap::new(),
+            default: None,
+            upstream: None,
+            unmatched: RouteMetrics::unrouted("none"),
+            unmatched_duration: SiteMetrics::new("none"),
+        }
+    }
+}
+
 impl SiteRoutes {
     /// The route with the longest prefix of `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
@@ -133,6 +161,7 @@ impl SiteRoutes {
 
 impl Route {
     fn from_config(
+        site: &str,
         route: &crate::config::Route,
         defaults: &UpstreamDefaults,
         pools: &mut HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>>,
@@ -153,6 +182,7 @@ impl Route {
             path: route.path.clone(),
             strip_prefix: route.strip_prefix,
             action,
+            metrics: RouteMetrics::new(site, &route.path),
         }
     }
 }

@@ -21,7 +21,9 @@ use tracing::{debug, warn};
 
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::proxy::body::Counted;
+use crate::proxy::trace::RequestIds;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward,
 };
@@ -71,6 +73,7 @@ impl Proxy {
     ) -> Response<Metered<ProxyBody>> {
         let table = self.table.load_full();
         let host = request_host(&request);
+        let ids = RequestIds::from_headers(request.headers());
         let mut record = AccessRecord {
             started: Instant::now(),
             peer: conn.peer.ip(),
@@ -82,9 +85,21 @@ impl Proxy {
             upstream: None,
             status: 0,
             bytes_in: Arc::new(AtomicU64::new(0)),
+            trace_id: ids.trace_id.clone(),
+            request_id: ids.request_id.clone(),
         };
+        // Handles pre-created with the table; the route sets the ones that matched.
+        let mut metrics = (&table.unmatched, &table.unmatched_duration);
         let response = match self
-            .route(&table, request, conn, host.as_deref(), &mut record)
+            .route(
+                &table,
+                request,
+                conn,
+                host.as_deref(),
+                &mut record,
+                &ids,
+                &mut metrics,
+            )
             .await
         {
             Ok(response) => response,
@@ -102,16 +117,21 @@ impl Proxy {
             }
         };
         record.status = response.status().as_u16();
+        metrics.0.count(record.status);
+        metrics.1.observe(record.started.elapsed());
         response.map(|body| Metered::new(body, record))
     }
 
-    async fn route(
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    async fn route<'t>(
         &self,
-        table: &RouteTable,
+        table: &'t RouteTable,
         request: Request<Incoming>,
         conn: &ConnInfo,
         host: Option<&str>,
         record: &mut AccessRecord,
+        ids: &RequestIds,
+        metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
@@ -130,12 +150,14 @@ impl Proxy {
             });
         };
         record.site = Some(site.name.clone());
+        *metrics = (&site.unrouted, &site.duration);
         let route = site
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
+        metrics.0 = &route.metrics;
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
-            Action::Proxy(pool) => self.forward(pool, route, request, conn, record).await,
+            Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
         }
     }
 
@@ -146,6 +168,7 @@ impl Proxy {
         mut request: Request<Incoming>,
         conn: &ConnInfo,
         record: &mut AccessRecord,
+        ids: &RequestIds,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = pool.pick();
         record.upstream = Some(upstream.label().to_owned());
@@ -172,6 +195,8 @@ impl Proxy {
         // X-Forwarded-Host carries the host as the client wrote it, port included.
         let original_host = parts.headers.get(header::HOST).cloned();
         forward::add_forwarding(&mut parts.headers, conn.peer.ip(), original_host);
+        // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
+        ids.insert_into(&mut parts.headers);
         let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
 
         let mut response = upstream

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{UpstreamDefaults, UpstreamUrl};
+use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::ProxyError;
 use crate::proxy::body::Counted;
 
@@ -35,6 +36,7 @@ pub struct Upstream {
     /// `url` as text, for the access log.
     label: String,
     client: Client<HttpConnector, UpstreamBody>,
+    metrics: UpstreamMetrics,
 }
 
 impl UpstreamPool {
@@ -80,7 +82,13 @@ impl Upstream {
             .pool_max_idle_per_host(defaults.pool_max_idle)
             .build(connector);
         let label = url.to_string();
-        Self { url, label, client }
+        let metrics = UpstreamMetrics::new(&label);
+        Self {
+            url,
+            label,
+            client,
+            metrics,
+        }
     }
 
     /// `url` as text, formatted once.
@@ -101,16 +109,27 @@ impl Upstream {
         request: Request<UpstreamBody>,
         timeout: Duration,
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
+        self.metrics.request();
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(source)) => Err(ProxyError::Upstream {
-                upstream: self.url.clone(),
-                source,
-            }),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                upstream: self.url.clone(),
-                timeout,
-            }),
+            Ok(Err(source)) => {
+                self.metrics.failure(if source.is_connect() {
+                    UpstreamFailure::Connect
+                } else {
+                    UpstreamFailure::Exchange
+                });
+                Err(ProxyError::Upstream {
+                    upstream: self.url.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                self.metrics.failure(UpstreamFailure::Timeout);
+                Err(ProxyError::UpstreamTimeout {
+                    upstream: self.url.clone(),
+                    timeout,
+                })
+            }
         }
     }
 }

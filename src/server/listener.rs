@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::{Downstream, Listen};
 use crate::observe::Chain;
+use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
 use crate::server::idle::IdleIo;
@@ -36,6 +37,8 @@ pub struct Listeners {
     pub https: TcpListener,
     /// Plain HTTP listener (ACME HTTP-01 and redirects).
     pub http: TcpListener,
+    /// Admin listener (health, readiness, metrics), when `listen.admin` is set.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -47,10 +50,20 @@ impl Listeners {
         Ok(Self {
             https: bind(listen.https)?,
             http: bind(listen.http)?,
+            admin: listen.admin.map(bind).transpose()?,
         })
     }
 
-    /// Both on ephemeral loopback ports: for tests and benchmarks.
+    /// Adds an admin listener on `admin` (for sockets that came from elsewhere, e.g. systemd).
+    ///
+    /// # Errors
+    /// `Bind` naming the address that failed.
+    pub fn with_admin(mut self, admin: Option<SocketAddr>) -> Result<Self, ServerError> {
+        self.admin = admin.map(bind).transpose()?;
+        Ok(self)
+    }
+
+    /// Both on ephemeral loopback ports, no admin listener: for tests and benchmarks.
     ///
     /// # Errors
     /// `Bind` when loopback is unavailable.
@@ -59,7 +72,21 @@ impl Listeners {
         Ok(Self {
             https: bind(any)?,
             http: bind(any)?,
+            admin: None,
         })
+    }
+
+    /// As [`Listeners::loopback`], plus an admin listener on an ephemeral loopback port.
+    ///
+    /// # Errors
+    /// `Bind` when loopback is unavailable.
+    pub fn loopback_with_admin() -> Result<Self, ServerError> {
+        Self::loopback()?.with_admin(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The TLS listener's address.
@@ -133,6 +160,7 @@ pub(crate) async fn accept_https(
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
+    let open = metrics::open_connections("https");
     while let Some((tcp, peer)) = accept(&listener, &stop).await {
         let (acceptor, proxy, servers, stop) = (
             acceptor.clone(),
@@ -140,9 +168,13 @@ pub(crate) async fn accept_https(
             servers.clone(),
             stop.clone(),
         );
+        let open = OpenConnection::enter(&open);
         tasks.spawn(
-            async move { serve_tls(tcp, peer, acceptor, proxy, servers, stop).await }
-                .instrument(info_span!("conn", %peer)),
+            async move {
+                serve_tls(tcp, peer, acceptor, proxy, servers, stop).await;
+                drop(open);
+            }
+            .instrument(info_span!("conn", %peer)),
         );
     }
 }
@@ -155,10 +187,13 @@ pub(crate) async fn accept_http(
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
+    let open = metrics::open_connections("http");
     while let Some((tcp, peer)) = accept(&listener, &stop).await {
         let (answer, servers, stop) = (answer.clone(), servers.clone(), stop.clone());
+        let open = OpenConnection::enter(&open);
         tasks.spawn(
             async move {
+                let _open = open;
                 let service = service_fn(move |request| {
                     let answer = answer.clone();
                     async move { Ok::<_, Infallible>(answer.respond(&request)) }

@@ -2,6 +2,8 @@
 //! drains them on shutdown, and applies configuration reloads. The only module that spawns
 //! long-lived tasks.
 
+pub mod activation;
+mod admin;
 mod error;
 mod http01;
 mod idle;
@@ -10,6 +12,7 @@ mod reload;
 mod selfcheck;
 mod serve;
 pub mod shutdown;
+pub mod systemd;
 
 pub use error::ServerError;
 pub use listener::Listeners;

@@ -24,10 +24,11 @@ use tracing::{error, info, warn};
 
 use crate::acme::{ChallengeStore, RenewalScheduler};
 use crate::config::{self, Config, Site, SiteTls};
-use crate::observe::Chain;
+use crate::observe::{Chain, metrics};
 use crate::proxy::{Proxy, RouteTable};
 use crate::server::ServerError;
 use crate::server::selfcheck::ListenerCheck;
+use crate::server::systemd;
 use crate::tls::{self, CertStore, InternalCa, TlsError};
 
 /// Quiet time after a file event before reloading: editors write a file in several steps.
@@ -85,12 +86,17 @@ impl Reloader {
     /// `Config` for an unreadable or invalid file, `Certificate` when a certificate of the new
     /// snapshot cannot be loaded or issued. Either way the running snapshot stays.
     pub(crate) fn reload(&self) -> Result<(), ServerError> {
-        let source = self
+        // systemd sees RELOADING=1 … READY=1 around every reload, failed ones included.
+        systemd::reloading();
+        let result = self
             .config()
             .map(|c| c.source.clone())
-            .ok_or(ServerError::NotStarted)?;
-        let config = config::load(&source).map_err(ServerError::Config)?;
-        self.apply(config)
+            .ok_or(ServerError::NotStarted)
+            .and_then(|source| config::load(&source).map_err(ServerError::Config))
+            .and_then(|config| self.apply(config));
+        systemd::reloaded(result.as_ref().err().map(|err| err as _));
+        metrics::config_reload(result.is_ok());
+        result
     }
 
     /// Makes `config` the served snapshot.

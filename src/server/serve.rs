@@ -15,6 +15,7 @@ use tracing::info;
 use crate::acme::ChallengeStore;
 use crate::config::Config;
 use crate::proxy::{Proxy, RouteTable};
+use crate::server::admin::Admin;
 use crate::server::http01::Http01;
 use crate::server::listener::{self, HttpServers};
 use crate::server::reload::Reloader;
@@ -28,6 +29,7 @@ pub struct Server {
     grace: Duration,
     https_addr: SocketAddr,
     http_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     certs: CertStore,
     challenges: ChallengeStore,
     reloader: Arc<Reloader>,
@@ -50,6 +52,7 @@ impl Server {
     /// configuration cannot be built. Nothing is left running then.
     pub async fn start(config: Config, listeners: Listeners) -> Result<Self, ServerError> {
         let (https_addr, http_addr) = (listeners.https_addr(), listeners.http_addr());
+        let admin_addr = listeners.admin_addr();
         let provider = tls::crypto_provider();
         let certs = CertStore::default();
         let challenges = ChallengeStore::default();
@@ -60,7 +63,7 @@ impl Server {
         let hangup = Reloader::hangup();
         let proxy = Proxy::new(RouteTable::default(), tasks.clone());
         let reloader = Arc::new(Reloader::new(
-            provider,
+            provider.clone(),
             certs.clone(),
             challenges.clone(),
             proxy.clone(),
@@ -93,6 +96,11 @@ impl Server {
             tasks.clone(),
             stop.clone(),
         ));
+        // Last, so an admin answer means the other listeners are serving.
+        if let Some(admin) = listeners.admin {
+            let endpoints = Admin::new(reloader.clone(), certs.clone(), provider);
+            tasks.spawn(endpoints.run(admin, tasks.clone(), stop.clone()));
+        }
         tasks.spawn(reloader.clone().watch(hangup));
         info!(https = %https_addr, http = %http_addr, sites, "serving");
         Ok(Self {
@@ -101,6 +109,7 @@ impl Server {
             grace,
             https_addr,
             http_addr,
+            admin_addr,
             certs,
             challenges,
             reloader,
@@ -123,6 +132,11 @@ impl Server {
     /// The plain HTTP listener's address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The served certificates.

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::observe::metrics::{HandshakeMetrics, HandshakeResult};
 use crate::tls::{CertStore, SniResolver};
 
 /// Bounded session-ID cache for TLS 1.2 resumption (TLS 1.3 uses stateless tickets).
@@ -40,6 +41,8 @@ pub struct TlsAcceptor {
     config: Arc<ServerConfig>,
     store: CertStore,
     handshake_timeout: Duration,
+    /// Pre-created counter handles: a handshake only adds to atomics.
+    metrics: HandshakeMetrics,
 }
 
 /// What a finished handshake negotiated.
@@ -88,6 +91,7 @@ impl TlsAcceptor {
             config: Arc::new(config),
             store,
             handshake_timeout,
+            metrics: HandshakeMetrics::new(),
         })
     }
 
@@ -99,9 +103,19 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        tokio::time::timeout(self.handshake_timeout, self.handshake(io))
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.handshake_timeout, self.handshake(io))
             .await
-            .map_err(|_| HandshakeError::Timeout)?
+            .unwrap_or(Err(HandshakeError::Timeout));
+        let label = match &result {
+            Ok((_, handshake)) if handshake.version == "TLSv1_2" => HandshakeResult::Tls12,
+            Ok(_) => HandshakeResult::Tls13,
+            Err(HandshakeError::UnknownName { .. }) => HandshakeResult::UnknownName,
+            Err(HandshakeError::Timeout) => HandshakeResult::Timeout,
+            Err(HandshakeError::Io(_)) => HandshakeResult::Error,
+        };
+        self.metrics.record(label, started.elapsed());
+        result
     }
 
     async fn handshake<IO>(&self, io: IO) -> Result<(TlsStream<IO>, Handshake), HandshakeError>

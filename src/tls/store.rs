@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{HostName, Site};
+use crate::observe::metrics;
 use crate::tls::TlsError;
 
 /// Certificates by host name, replaced as a whole map. Readers never wait.
@@ -40,7 +41,8 @@ pub struct Published {
 
 impl CertStore {
     /// Installs `cert` for every host of `site` (and as the default when the site is) once it
-    /// names every host, matches its key and is in date at `now`.
+    /// names every host, matches its key and is in date at `now`, and records its notAfter in
+    /// the site's certificate metric.
     ///
     /// # Errors
     /// On any failed check nothing changes: the previous certificate keeps serving.
@@ -62,6 +64,7 @@ impl CertStore {
             }
             next
         });
+        metrics::certificate_published(&site.name, published.not_after);
         Ok(published)
     }
 

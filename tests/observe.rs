@@ -1,0 +1,186 @@
+//! Trace context and request ids end to end: a valid `traceparent` is continued with a new span
+//! id, an absent or invalid one starts a trace; `X-Request-Id` is kept or set; both reach the
+//! upstream and the JSON access log line.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+use common::{Echoed, Env, Rampart, Upstream, WAIT, empty};
+
+/// A valid incoming `traceparent`, unsampled so that keeping the flags is visible.
+const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+/// Every log line this test binary writes, as JSON (one object per line).
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the JSON subscriber the way `log.format: json` does, writing into [`LOG`].
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter("rampart::access=info")
+            .with_writer(|| Capture)
+            .init();
+    });
+}
+
+/// Waits (bounded) for the access log line of `request_id`: it is written when the response
+/// body ends, which may be just after the client has read it.
+async fn access_line(request_id: &str) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8(LOG.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .expect("UTF-8 logs");
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "rampart::access" && v["request_id"] == request_id);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no access log line for {request_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn start(env: &Env, upstream: &Upstream) -> Rampart {
+    capture_logs();
+    env.leaf("t", &["trace.test"]);
+    env.start(&format!(
+        "sites:
+  - hosts: [trace.test]
+    tls: {{ cert: t.pem, key: t.key }}
+    upstreams: [{}]
+",
+        upstream.url()
+    ))
+    .await
+}
+
+/// Sends GET / with `headers` and returns what the upstream saw.
+async fn echoed(rampart: &Rampart, headers: &[(&str, &str)]) -> Echoed {
+    let mut client = rampart.client("trace.test").await;
+    let mut request = client.request(Method::GET, "trace.test", "/");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let reply = client
+        .fetch(request.body(empty()).expect("valid request"))
+        .await;
+    reply.echo()
+}
+
+/// Splits a version-00 traceparent into (trace id, span id, flags), checking its shape.
+fn fields(traceparent: &str) -> (String, String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    let hex = |s: &str, len: usize| {
+        assert_eq!(s.len(), len, "{traceparent}");
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert!(s.bytes().any(|b| b != b'0'), "all-zero id in {traceparent}");
+        s.to_owned()
+    };
+    assert_eq!(parts[0], "00");
+    (hex(parts[1], 32), hex(parts[2], 16), parts[3].to_owned())
+}
+
+#[tokio::test]
+async fn a_valid_traceparent_is_continued_with_a_new_span_and_logged() {
+    let env = Env::new();
+    let upstream = Upstream::echo("origin").await;
+    let rampart = start(&env, &upstream).await;
+
+    let seen = echoed(&rampart, &[("traceparent", PARENT), ("tracestate", "v=1")]).await;
+    let (trace, span, flags) = fields(seen.header("traceparent").expect("sent upstream"));
+    assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c", "same trace");
+    assert_ne!(span, "b7ad6b7169203331", "a new span for this hop");
+    assert_eq!(flags, "00", "flags kept");
+    assert_eq!(
+        seen.header("tracestate"),
+        Some("v=1"),
+        "kept with its trace"
+    );
+
+    let request_id = seen.header("x-request-id").expect("set when absent");
+    let line = access_line(request_id).await;
+    assert_eq!(line["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(line["site"], "trace.test");
+    assert_eq!(line["status"], 200);
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn an_absent_or_invalid_traceparent_starts_a_new_sampled_trace() {
+    let env = Env::new();
+    let upstream = Upstream::echo("origin").await;
+    let rampart = start(&env, &upstream).await;
+
+    let absent = echoed(&rampart, &[]).await;
+    let (first, _, flags) = fields(absent.header("traceparent").expect("started"));
+    assert_eq!(flags, "01");
+
+    let invalid = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+    let replaced = echoed(&rampart, &[("traceparent", invalid), ("tracestate", "v=1")]).await;
+    let (second, _, flags) = fields(replaced.header("traceparent").expect("started"));
+    assert_eq!(flags, "01");
+    assert_ne!(first, second, "every new trace has its own id");
+    assert_ne!(second, "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        replaced.header("tracestate"),
+        None,
+        "stale with a new trace"
+    );
+
+    let line = access_line(replaced.header("x-request-id").expect("set")).await;
+    assert_eq!(line["trace_id"], second.as_str());
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn x_request_id_is_kept_when_present_and_set_when_absent() {
+    let env = Env::new();
+    let upstream = Upstream::echo("origin").await;
+    let rampart = start(&env, &upstream).await;
+
+    let kept = echoed(&rampart, &[("x-request-id", "client-chose-this-1")]).await;
+    assert_eq!(kept.header("x-request-id"), Some("client-chose-this-1"));
+    access_line("client-chose-this-1").await;
+
+    let (a, b) = (echoed(&rampart, &[]).await, echoed(&rampart, &[]).await);
+    let (a, b) = (
+        a.header("x-request-id").expect("set"),
+        b.header("x-request-id").expect("set"),
+    );
+    assert_eq!(a.len(), 32, "{a}");
+    assert_ne!(a, b, "each request gets its own id");
+    rampart.stop().await;
+}
