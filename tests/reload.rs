@@ -39,8 +39,56 @@ fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
     text
 }
 
+/// Log lines written by this test binary (one subscriber per process).
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("rampart=error")
+            .with_writer(|| Capture)
+            .init();
+    });
+}
+
+/// `rampart_config_reloads_total{result="failure"}` from the process-wide registry.
+fn failed_reloads() -> f64 {
+    let text = rampart::observe::metrics::encode_text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "rampart_config_reloads_total" && s.labels.get("result") == Some("failure")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn invalid_reload_keeps_serving_the_old_configuration() {
+    capture_logs();
     let env = Env::new();
     env.leaf("a", &["a.test"]);
     let (ws, one, two) = (
@@ -53,15 +101,30 @@ async fn invalid_reload_keeps_serving_the_old_configuration() {
     assert_eq!(client.get("a.test", "/").await.echo().name, "one");
 
     // An unknown key: rejected with file, line and key; the old routes keep serving.
+    let failures_before = failed_reloads();
     let path = env.write_config(&format!("{}    upstreamz: []\n", config(&ws, &two, false)));
     let err = rampart
         .server()
         .reload()
         .expect_err("an invalid file is refused");
     let message = common::rampart::chain(&err);
+    let position = format!("{}:", path.display());
     assert!(
-        message.contains(&format!("{}:", path.display())) && message.contains("upstreamz"),
+        message.contains(&position) && message.contains("upstreamz"),
         "{message}"
+    );
+    // The error is in the log (file, line, key) and counted in the metrics.
+    let logged =
+        String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert!(
+        logged.contains("reload failed")
+            && logged.contains(&position)
+            && logged.contains("upstreamz"),
+        "{logged}"
+    );
+    assert!(
+        failed_reloads() >= failures_before + 1.0,
+        "failed reloads are counted"
     );
     assert_eq!(client.get("a.test", "/").await.echo().name, "one");
 
@@ -198,7 +261,8 @@ async fn fifty_reloads_under_load_fail_no_request_and_keep_a_websocket_open() {
         }
         env.write_config(&config(&ws, origin, round % 2 == 0));
         rampart.server().reload().expect("reload applies");
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        // 50 reloads over about 20 s of load.
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();

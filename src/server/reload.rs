@@ -96,6 +96,10 @@ impl Reloader {
             .and_then(|config| self.apply(config));
         systemd::reloaded(result.as_ref().err().map(|err| err as _));
         metrics::config_reload(result.is_ok());
+        if let Err(err) = &result {
+            // Every problem, each with file, line and key (ConfigError prints them all).
+            error!(error = %Chain(err), "reload failed; still serving the previous configuration");
+        }
         result
     }
 
@@ -214,11 +218,9 @@ impl Reloader {
                 }
             };
             info!(cause, "reloading the configuration");
-            match self.reload() {
-                Ok(()) => _watcher = self.watch_files(&events),
-                Err(err) => {
-                    error!(cause, error = %Chain(&err), "reload failed; still serving the previous configuration")
-                }
+            // A failure is logged by `reload` itself; the old snapshot and watcher stay.
+            if self.reload().is_ok() {
+                _watcher = self.watch_files(&events);
             }
         }
     }
