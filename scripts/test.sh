@@ -44,8 +44,16 @@ command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (h
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
 set -x
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+cargo test --locked 2>&1 | tee "$results"
 scripts/check-deb.sh
+set +x
+
+# One closing line for the whole run: cargo prints a result per test binary, the last of which
+# (the doc tests) has nothing in it.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
