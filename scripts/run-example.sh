@@ -19,26 +19,11 @@ PACKAGES="gcc libc6-dev pkg-config ca-certificates curl"
 die() { printf 'scripts/run-example.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-missing=()
-for pkg in $PACKAGES; do
-  # Whole output captured: `dpkg -s | grep -q` can die of SIGPIPE, which pipefail reports.
-  [[ $(dpkg -s "$pkg" 2>/dev/null) == *$'\nStatus: install ok installed'* ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null || die "missing packages (${missing[*]}) and not root: install them or run as root"
-    sudo=(sudo)
-  fi
-  echo "installing ${missing[*]}" >&2
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
-
-if ! command -v cargo >/dev/null && [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
-  PATH=${CARGO_HOME:-$HOME/.cargo}/bin:$PATH
-fi
-command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+# shellcheck source=scripts/lib/setup.sh
+source scripts/lib/setup.sh
+read -ra packages <<<"$PACKAGES"
+ensure_packages "${packages[@]}"
+ensure_cargo
 
 cargo build --release
 exec "${CARGO_TARGET_DIR:-target}/release/rampart" run -c config/rampart.yaml
