@@ -120,11 +120,7 @@ fn site_status(site: &Site, files: &CertFiles, provider: &CryptoProvider) -> Sit
 }
 
 fn read_files(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<LeafFacts, String> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    let certified = tls::certified_key_from_pem(provider, &read(cert)?, &read(key)?)
-        .map_err(|e| Chain(&e).to_string())?;
+    let certified = tls::load_pem_files(provider, cert, key).map_err(|e| Chain(&e).to_string())?;
     let leaf = certified.end_entity_cert().map_err(|e| e.to_string())?;
     LeafFacts::parse(leaf).map_err(|e| Chain(&e).to_string())
 }

@@ -29,7 +29,7 @@ use crate::proxy::{Proxy, RouteTable};
 use crate::server::ServerError;
 use crate::server::selfcheck::ListenerCheck;
 use crate::server::systemd;
-use crate::tls::{self, CertStore, InternalCa, TlsError};
+use crate::tls::{self, CertStore, InternalCa};
 
 /// Quiet time after a file event before reloading: editors write a file in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -146,7 +146,9 @@ impl Reloader {
         for site in &config.sites {
             let unchanged = old_sites.contains(site);
             let prepared = match &site.tls {
-                SiteTls::Files { cert, key } => Some(load_files(&self.provider, cert, key)),
+                SiteTls::Files { cert, key } => {
+                    Some(tls::load_pem_files(&self.provider, cert, key))
+                }
                 SiteTls::Internal if !unchanged => internal_ca
                     .as_ref()
                     .map(|ca| ca.issue(site, SystemTime::now())),
@@ -365,18 +367,4 @@ impl Reloader {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Applied>> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn load_files(
-    provider: &CryptoProvider,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<CertifiedKey, TlsError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| TlsError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    tls::certified_key_from_pem(provider, &read(cert)?, &read(key)?)
 }

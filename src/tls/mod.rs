@@ -18,4 +18,4 @@ pub use error::TlsError;
 pub use internal::InternalCa;
 pub use resolver::SniResolver;
 pub use selfcheck::{SelfCheckError, served_serial};
-pub use store::{CertStore, LeafFacts, Published, certified_key_from_pem};
+pub use store::{CertStore, LeafFacts, Published, certified_key_from_pem, load_pem_files};

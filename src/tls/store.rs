@@ -81,20 +81,6 @@ impl CertStore {
         });
     }
 
-    /// Stops serving the names of `site` (for sites removed from the configuration).
-    pub fn withdraw(&self, site: &Site) {
-        self.0.rcu(|map| {
-            let mut next = CertMap::clone(map);
-            for host in &site.hosts {
-                next.hosts.remove(host);
-            }
-            if site.default {
-                next.default = None;
-            }
-            next
-        });
-    }
-
     /// The certificate for a handshake: exact name, then the `*.parent` wildcard, then the
     /// default site. No I/O, no lock.
     pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
@@ -125,6 +111,24 @@ impl CertStore {
         let map = self.0.load();
         site.hosts.iter().all(|h| map.hosts.contains_key(h))
     }
+}
+
+/// Reads and checks an operator's `{cert, key}` PEM files (static sites, reload, `rampart certs`).
+///
+/// # Errors
+/// `Io` naming the unreadable file, otherwise as [`certified_key_from_pem`].
+pub fn load_pem_files(
+    provider: &CryptoProvider,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<CertifiedKey, TlsError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    certified_key_from_pem(provider, &read(cert)?, &read(key)?)
 }
 
 /// Builds a servable key from a PEM chain (leaf first) and a PEM private key.
