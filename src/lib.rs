@@ -9,6 +9,7 @@
 pub mod acme;
 pub mod config;
 pub mod observe;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod tls;

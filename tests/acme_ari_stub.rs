@@ -178,6 +178,7 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
         tls: SiteTls::Acme,
         default: false,
         routes: Vec::new(),
+        policy: Default::default(),
     };
     let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
     let files = CertFiles::new(storage.path());

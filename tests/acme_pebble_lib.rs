@@ -143,6 +143,7 @@ fn site(hosts: &[&str]) -> Site {
         tls: SiteTls::Acme,
         default: false,
         routes: Vec::new(),
+        policy: Default::default(),
     }
 }
 

@@ -323,6 +323,7 @@ mod tests {
             tls: SiteTls::Acme,
             default: false,
             routes: Vec::new(),
+            policy: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! task or keeps state; callers swap the resulting snapshot in.
 
 mod error;
+mod gateway;
 pub mod humane;
 mod load;
 mod raw;

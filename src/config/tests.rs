@@ -119,7 +119,8 @@ sites:
         Listen {
             https: addr("127.0.0.1:8443"),
             http: addr("127.0.0.1:8080"),
-            admin: Some(addr("127.0.0.1:9180"))
+            admin: Some(addr("127.0.0.1:9180")),
+            proxy_protocol: None,
         }
     );
     assert_eq!(config.storage, dir.path().join("state"));
@@ -163,6 +164,8 @@ sites:
             response_header_timeout: Duration::from_secs(90),
             pool_idle_timeout: Duration::ZERO,
             pool_max_idle: 4,
+            resolve_every: Duration::from_secs(30),
+            nameservers: Vec::new(),
         }
     );
     assert_eq!(config.shutdown_grace, Duration::from_secs(3600));
@@ -178,9 +181,12 @@ sites:
     let [route] = &web.routes[..] else {
         panic!("one route expected: {:?}", web.routes)
     };
-    assert_eq!((route.path.as_str(), route.strip_prefix), ("/", false));
+    assert_eq!(
+        (&route.path, &route.rewrite),
+        (&PathMatch::Prefix("/".into()), &Rewrite::None)
+    );
     assert!(
-        matches!(&route.action, RouteAction::Proxy(urls) if urls.len() == 1 && urls[0].to_string() == "http://127.0.0.1:9000")
+        matches!(&route.action, RouteAction::Proxy(up) if up.urls().len() == 1 && up.urls()[0].to_string() == "http://127.0.0.1:9000")
     );
 
     assert_eq!(api.name, "api.example.com");
@@ -195,11 +201,14 @@ sites:
     let [v1, root] = &api.routes[..] else {
         panic!("two routes expected: {:?}", api.routes)
     };
-    assert_eq!((v1.path.as_str(), v1.strip_prefix), ("/v1/", true));
-    let RouteAction::Proxy(urls) = &v1.action else {
+    assert_eq!(
+        (&v1.path, &v1.rewrite),
+        (&PathMatch::Prefix("/v1/".into()), &Rewrite::StripPrefix)
+    );
+    let RouteAction::Proxy(upstreams) = &v1.action else {
         panic!("v1 proxies: {v1:?}")
     };
-    let urls: Vec<_> = urls.iter().map(ToString::to_string).collect();
+    let urls: Vec<_> = upstreams.urls().iter().map(ToString::to_string).collect();
     assert_eq!(urls, ["http://10.0.0.5:9000", "http://10.0.0.6:9000"]);
     let RouteAction::Respond { status, body } = &root.action else {
         panic!("/ responds: {root:?}")
@@ -221,7 +230,8 @@ fn omitted_keys_take_their_defaults() {
         Listen {
             https: addr("[::]:443"),
             http: addr("[::]:80"),
-            admin: None
+            admin: None,
+            proxy_protocol: None,
         }
     );
     assert_eq!(config.storage, PathBuf::from("/var/lib/rampart"));
@@ -259,6 +269,8 @@ fn omitted_keys_take_their_defaults() {
             response_header_timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 32,
+            resolve_every: Duration::from_secs(30),
+            nameservers: Vec::new(),
         }
     );
     assert_eq!(config.shutdown_grace, Duration::from_secs(30));
@@ -268,7 +280,7 @@ fn omitted_keys_take_their_defaults() {
         "{SITE}  - hosts: [b.test]\n    tls: internal\n    routes:\n      - path: /\n        respond: {{}}\n"
     ));
     let route = &respond.sites[1].routes[0];
-    assert!(!route.strip_prefix);
+    assert_eq!(route.rewrite, Rewrite::None);
     assert!(
         matches!(&route.action, RouteAction::Respond { status, body } if *status == StatusCode::OK && body.is_empty())
     );

@@ -12,6 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 
+pub use super::gateway::*;
+
 /// A whole, valid configuration snapshot.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -31,6 +33,8 @@ pub struct Config {
     pub upstream: UpstreamDefaults,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `trusted_proxies:` peers whose X-Forwarded-For is believed (right to left past them).
+    pub trusted_proxies: Vec<IpNet>,
     /// Sites in file order; host names are unique across them, at most one is `default`.
     pub sites: Vec<Site>,
 }
@@ -44,6 +48,8 @@ pub struct Listen {
     pub http: SocketAddr,
     /// Health and metrics listener, if any.
     pub admin: Option<SocketAddr>,
+    /// `proxy_protocol:` PROXY protocol on the https listener, from these peers only.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Log output settings.
@@ -139,6 +145,10 @@ pub struct UpstreamDefaults {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per upstream.
     pub pool_max_idle: usize,
+    /// Host-name upstreams are resolved again this often (default 30s).
+    pub resolve_every: Duration,
+    /// DNS servers for upstream names; the system resolver (/etc/resolv.conf) when empty.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// One site: a set of host names sharing a certificate and a route table.
@@ -154,6 +164,8 @@ pub struct Site {
     pub default: bool,
     /// Routes in file order; at least one.
     pub routes: Vec<Route>,
+    /// Site-wide policies (HSTS, site rate limit, site header rules).
+    pub policy: SitePolicy,
 }
 
 /// Certificate source of a site.
@@ -175,19 +187,24 @@ pub enum SiteTls {
 /// A path prefix and what to do with requests under it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    /// Path prefix, starting with `/`.
-    pub path: String,
-    /// Remove `path` from the request path before forwarding (the result always starts with `/`).
-    pub strip_prefix: bool,
+    /// `path` (prefix), `path_exact` or `path_regex`.
+    pub path: PathMatch,
+    /// `methods:` the route matches only these; any method when empty.
+    pub methods: Vec<http::Method>,
+    /// `strip_prefix` or `replace_prefix` (the result always starts with `/`).
+    pub rewrite: Rewrite,
     /// Forward or answer.
     pub action: RouteAction,
+    /// The policy steps of the route, site-level defaults already applied.
+    pub policy: RoutePolicy,
 }
 
 /// What a route does.
+#[allow(clippy::large_enum_variant)] // built once per table, never moved per request
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteAction {
-    /// Forward to these origins, round robin; at least one, no duplicates.
-    Proxy(Vec<UpstreamUrl>),
+    /// Forward to these origins; at least one, no duplicates.
+    Proxy(Upstreams),
     /// Answer directly.
     Respond {
         /// Status code.
@@ -202,7 +219,7 @@ pub enum RouteAction {
 pub struct UpstreamUrl(Uri);
 
 impl UpstreamUrl {
-    /// Parses `http://host[:port][/]`; anything else is an error message.
+    /// Parses `http(s)://host[:port][/]`; anything else is an error message.
     ///
     /// # Errors
     /// Returns the reason, for the validator to attach a file position to.
@@ -211,8 +228,12 @@ impl UpstreamUrl {
             .parse()
             .map_err(|_| "expected a URL such as http://127.0.0.1:8080".to_string())?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => return Err(format!("scheme `{other}` is not supported (use http://)")),
+            Some("http" | "https") => {}
+            Some(other) => {
+                return Err(format!(
+                    "scheme `{other}` is not supported (use http:// or https://)"
+                ));
+            }
             None => return Err("expected a URL such as http://127.0.0.1:8080".into()),
         }
         if uri.host().is_none_or(str::is_empty) {
@@ -232,6 +253,23 @@ impl UpstreamUrl {
         &self.0
     }
 
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &str {
+        self.0.scheme_str().expect("checked by parse")
+    }
+
+    /// Whether the origin is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme() == "https"
+    }
+
+    /// The port, explicit or the scheme's default.
+    pub fn port(&self) -> u16 {
+        self.0
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 })
+    }
+
     /// `host:port` as sent in the request line's authority.
     pub fn authority(&self) -> &http::uri::Authority {
         self.0.authority().expect("checked by parse")
@@ -240,7 +278,7 @@ impl UpstreamUrl {
 
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority())
+        write!(f, "{}://{}", self.scheme(), self.authority())
     }
 }
 
@@ -357,6 +395,7 @@ mod tests {
         for bad in [
             "127.0.0.1:8080",
             "ftp://x",
+            "ws://x",
             "http://x/path",
             "http://u@x",
             "http://",

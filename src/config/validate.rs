@@ -95,7 +95,7 @@ impl Checker {
         let downstream = self.downstream(&raw.downstream);
         let upstream = self.upstream(&raw.upstream);
         let shutdown_grace = self.duration(&raw.shutdown_grace, "shutdown_grace", Zero::Allowed);
-        let sites = self.sites(&raw.sites);
+        let sites = self.sites(&raw.sites, upstream.as_ref());
         Some(Config {
             source: source.to_path_buf(),
             listen: listen?,
@@ -106,6 +106,7 @@ impl Checker {
             upstream: upstream?,
             shutdown_grace: shutdown_grace?,
             sites: sites?,
+            trusted_proxies: Vec::new(),
         })
     }
 
@@ -141,6 +142,7 @@ impl Checker {
             https: https?,
             http: http?,
             admin: present(admin)?,
+            proxy_protocol: None,
         })
     }
 
@@ -285,6 +287,8 @@ impl Checker {
             response_header_timeout: response_header_timeout?,
             pool_idle_timeout: pool_idle_timeout?,
             pool_max_idle: pool_max_idle?,
+            resolve_every: std::time::Duration::from_secs(30),
+            nameservers: Vec::new(),
         })
     }
 

@@ -78,12 +78,23 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Opti
     }
 }
 
-/// The origin-form target for `upstream`: the path with `strip` removed from its front.
-pub(crate) fn upstream_uri(upstream: &UpstreamUrl, original: &Uri, strip: Option<&str>) -> Uri {
+/// The origin-form target for `upstream`: the path with a leading `from` replaced by `to`
+/// (`to` empty strips it); the result always starts with `/`.
+pub(crate) fn upstream_uri(
+    upstream: &UpstreamUrl,
+    original: &Uri,
+    replace: Option<(&str, &str)>,
+) -> Uri {
     let path = original.path();
-    let path = match strip.and_then(|prefix| path.strip_prefix(prefix)) {
-        Some(rest) if rest.starts_with('/') => rest.to_owned(),
-        Some(rest) => format!("/{rest}"),
+    let path = match replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to))) {
+        Some((rest, to)) => {
+            let joined = format!("{to}{rest}");
+            if joined.starts_with('/') {
+                joined
+            } else {
+                format!("/{joined}")
+            }
+        }
         None => path.to_owned(),
     };
     let target = match original.query() {
@@ -165,15 +176,15 @@ mod tests {
         let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         let uri: Uri = "/v1/users?id=3".parse().unwrap();
         assert_eq!(
-            upstream_uri(&up, &uri, Some("/v1/")).to_string(),
+            upstream_uri(&up, &uri, Some(("/v1/", ""))).to_string(),
             "http://127.0.0.1:9000/users?id=3"
         );
         assert_eq!(
-            upstream_uri(&up, &uri, Some("/v1")).to_string(),
+            upstream_uri(&up, &uri, Some(("/v1", ""))).to_string(),
             "http://127.0.0.1:9000/users?id=3"
         );
         assert_eq!(
-            upstream_uri(&up, &"/v1".parse().unwrap(), Some("/v1")).to_string(),
+            upstream_uri(&up, &"/v1".parse().unwrap(), Some(("/v1", ""))).to_string(),
             "http://127.0.0.1:9000/"
         );
         assert_eq!(

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::config::{Config, HostName, RouteAction, UpstreamDefaults, UpstreamUrl};
+use crate::config::{
+    Config, HostName, PathMatch, Rewrite, RouteAction, UpstreamDefaults, Upstreams,
+};
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::proxy::UpstreamPool;
 
@@ -41,10 +43,12 @@ pub struct SiteRoutes {
 /// One route, ready to serve.
 #[derive(Debug)]
 pub struct Route {
-    /// Path prefix it matches.
-    pub path: String,
-    /// Whether `path` is removed before forwarding.
-    pub strip_prefix: bool,
+    /// What request paths it matches.
+    pub path: PathMatch,
+    /// The methods it matches; any when empty.
+    pub methods: Vec<http::Method>,
+    /// How the path is rewritten before forwarding.
+    pub rewrite: Rewrite,
     /// What it does.
     pub action: Action,
     /// Its request counters, by status class.
@@ -69,7 +73,7 @@ impl RouteTable {
     /// Builds the table. Routes whose upstream list (and pool settings) `previous` already had
     /// keep that pool, so a reload does not drop idle origin connections.
     pub fn from_config(config: &Config, previous: Option<&RouteTable>) -> Self {
-        let mut pools: HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>> = previous
+        let mut pools: HashMap<Upstreams, Arc<UpstreamPool>> = previous
             .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
             .map(RouteTable::pools)
             .unwrap_or_default();
@@ -91,7 +95,10 @@ impl RouteTable {
                 .map(|r| Route::from_config(&site.name, r, &config.upstream, &mut pools))
                 .collect();
             // Longest prefix wins; a stable sort keeps file order among equal lengths.
-            routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+            routes.sort_by_key(|r| match &r.path {
+                PathMatch::Prefix(path) => std::cmp::Reverse(path.len()),
+                _ => std::cmp::Reverse(0),
+            });
             table.sites.push(SiteRoutes {
                 name: Arc::from(site.name.as_str()),
                 routes,
@@ -120,13 +127,13 @@ impl RouteTable {
     }
 
     /// Every pool, by its upstream list.
-    fn pools(&self) -> HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>> {
+    fn pools(&self) -> HashMap<Upstreams, Arc<UpstreamPool>> {
         let proxied = self
             .sites
             .iter()
             .flat_map(|s| &s.routes)
             .filter_map(|r| match &r.action {
-                Action::Proxy(pool) => Some((pool.urls(), pool.clone())),
+                Action::Proxy(pool) => Some((pool.settings().clone(), pool.clone())),
                 Action::Respond { .. } => None,
             });
         proxied.collect()
@@ -155,7 +162,11 @@ impl Default for RouteTable {
 impl SiteRoutes {
     /// The route with the longest prefix of `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.path))
+        self.routes.iter().find(|r| match &r.path {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Regex(regex) => regex.is_match(path),
+        })
     }
 }
 
@@ -164,13 +175,13 @@ impl Route {
         site: &str,
         route: &crate::config::Route,
         defaults: &UpstreamDefaults,
-        pools: &mut HashMap<Vec<UpstreamUrl>, Arc<UpstreamPool>>,
+        pools: &mut HashMap<Upstreams, Arc<UpstreamPool>>,
     ) -> Self {
         let action = match &route.action {
-            RouteAction::Proxy(urls) => Action::Proxy(
+            RouteAction::Proxy(upstreams) => Action::Proxy(
                 pools
-                    .entry(urls.clone())
-                    .or_insert_with(|| Arc::new(UpstreamPool::new(urls, defaults)))
+                    .entry(upstreams.clone())
+                    .or_insert_with(|| Arc::new(UpstreamPool::new(upstreams, defaults)))
                     .clone(),
             ),
             RouteAction::Respond { status, body } => Action::Respond {
@@ -180,9 +191,10 @@ impl Route {
         };
         Self {
             path: route.path.clone(),
-            strip_prefix: route.strip_prefix,
+            methods: route.methods.clone(),
+            rewrite: route.rewrite.clone(),
             action,
-            metrics: RouteMetrics::new(site, &route.path),
+            metrics: RouteMetrics::new(site, &route.path.to_string()),
         }
     }
 }

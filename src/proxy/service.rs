@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
@@ -188,7 +189,11 @@ impl Proxy {
         parts.uri = forward::upstream_uri(
             &upstream.url,
             &parts.uri,
-            route.strip_prefix.then_some(route.path.as_str()),
+            match (&route.rewrite, &route.path) {
+                (Rewrite::StripPrefix, PathMatch::Prefix(prefix)) => Some((prefix.as_str(), "")),
+                (Rewrite::ReplacePrefix { from, to }, _) => Some((from.as_str(), to.as_str())),
+                _ => None,
+            },
         );
         parts.version = Version::HTTP_11;
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{UpstreamDefaults, UpstreamUrl};
+use crate::config::{UpstreamDefaults, UpstreamUrl, Upstreams};
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::ProxyError;
 use crate::proxy::body::Counted;
@@ -26,6 +26,7 @@ pub struct UpstreamPool {
     upstreams: Vec<Upstream>,
     next: AtomicUsize,
     response_header_timeout: Duration,
+    settings: Upstreams,
 }
 
 /// One origin and its connection pool.
@@ -40,17 +41,24 @@ pub struct Upstream {
 }
 
 impl UpstreamPool {
-    /// One pooled client per URL, configured from `defaults`.
-    pub fn new(urls: &[UpstreamUrl], defaults: &UpstreamDefaults) -> Self {
-        let upstreams = urls
+    /// One pooled client per origin of `settings`, configured from `defaults`.
+    pub fn new(settings: &Upstreams, defaults: &UpstreamDefaults) -> Self {
+        let upstreams = settings
+            .targets
             .iter()
-            .map(|url| Upstream::new(url.clone(), defaults))
+            .map(|target| Upstream::new(target.url.clone(), defaults))
             .collect();
         Self {
             upstreams,
             next: AtomicUsize::new(0),
-            response_header_timeout: defaults.response_header_timeout,
+            response_header_timeout: settings.timeouts.response_header,
+            settings: settings.clone(),
         }
+    }
+
+    /// The settings the pool was built from.
+    pub fn settings(&self) -> &Upstreams {
+        &self.settings
     }
 
     /// The next origin in round-robin order.

@@ -14,7 +14,10 @@ use serde_saphyr::{Location, Spanned};
 use super::Checker;
 use crate::config::error::{closest, position};
 use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles};
-use crate::config::{HostName, Route, RouteAction, Site, SiteTls, UpstreamUrl};
+use crate::config::{
+    HostName, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy, SiteTls,
+    UpstreamDefaults, UpstreamUrl, Upstreams,
+};
 use crate::tls::{TlsError, certified_key_from_pem};
 
 /// Who already claimed a host name or the default role, for duplicate reports.
@@ -29,7 +32,12 @@ struct Claim {
 
 impl Checker {
     /// Every site, with host names unique across sites and at most one default.
-    pub(super) fn sites(&mut self, raw: &List<RawSite>) -> Option<Vec<Site>> {
+    /// `defaults` is `None` when the `upstream:` section was invalid (already reported).
+    pub(super) fn sites(
+        &mut self,
+        raw: &List<RawSite>,
+        defaults: Option<&UpstreamDefaults>,
+    ) -> Option<Vec<Site>> {
         if raw.value.is_empty() {
             self.report(&raw.referenced, "sites", "at least one site is required");
             return None;
@@ -40,7 +48,7 @@ impl Checker {
             .value
             .iter()
             .enumerate()
-            .map(|(index, site)| self.site(index, site, &mut hosts, &mut default))
+            .map(|(index, site)| self.site(index, site, defaults, &mut hosts, &mut default))
             .collect();
         sites.into_iter().collect()
     }
@@ -50,6 +58,7 @@ impl Checker {
         &mut self,
         index: usize,
         raw: &Spanned<RawSite>,
+        defaults: Option<&UpstreamDefaults>,
         hosts: &mut HashMap<HostName, Claim>,
         default: &mut Option<Claim>,
     ) -> Option<Site> {
@@ -84,16 +93,18 @@ impl Checker {
         }
         let routes = match (&site.upstreams, &site.routes) {
             (Some(upstreams), None) => {
-                self.upstreams(upstreams, &format!("{at}.upstreams"))
-                    .map(|upstreams| {
-                        vec![Route {
-                            path: "/".to_string(),
-                            strip_prefix: false,
-                            action: RouteAction::Proxy(upstreams),
-                        }]
-                    })
+                let urls = self.upstreams(upstreams, &format!("{at}.upstreams"));
+                urls.zip(defaults).map(|(urls, defaults)| {
+                    vec![Route {
+                        path: PathMatch::Prefix("/".to_string()),
+                        methods: Vec::new(),
+                        rewrite: Rewrite::None,
+                        action: RouteAction::Proxy(Upstreams::with_defaults(urls, defaults)),
+                        policy: RoutePolicy::default(),
+                    }]
+                })
             }
-            (None, Some(routes)) => self.routes(routes, &at),
+            (None, Some(routes)) => self.routes(routes, &at, defaults),
             (Some(upstreams), Some(_)) => {
                 self.report(
                     &upstreams.referenced,
@@ -113,6 +124,7 @@ impl Checker {
             tls: tls?,
             default: site.default.value,
             routes: routes?,
+            policy: SitePolicy::default(),
         })
     }
 
@@ -308,7 +320,12 @@ impl Checker {
     }
 
     /// A non-empty list of routes with distinct paths.
-    fn routes(&mut self, raw: &List<RawRoute>, site: &str) -> Option<Vec<Route>> {
+    fn routes(
+        &mut self,
+        raw: &List<RawRoute>,
+        site: &str,
+        defaults: Option<&UpstreamDefaults>,
+    ) -> Option<Vec<Route>> {
         let at = format!("{site}.routes");
         if raw.value.is_empty() {
             self.report(
@@ -323,7 +340,9 @@ impl Checker {
             .value
             .iter()
             .enumerate()
-            .map(|(index, route)| self.route(route, &format!("{at}[{index}]"), &mut paths))
+            .map(|(index, route)| {
+                self.route(route, &format!("{at}[{index}]"), defaults, &mut paths)
+            })
             .collect();
         routes.into_iter().collect()
     }
@@ -333,6 +352,7 @@ impl Checker {
         &mut self,
         raw: &Spanned<RawRoute>,
         at: &str,
+        defaults: Option<&UpstreamDefaults>,
         paths: &mut HashMap<String, u64>,
     ) -> Option<Route> {
         let route = &raw.value;
@@ -362,7 +382,10 @@ impl Checker {
         let action = match (&route.upstreams, &route.respond) {
             (Some(upstreams), None) => self
                 .upstreams(upstreams, &format!("{at}.upstreams"))
-                .map(RouteAction::Proxy),
+                .zip(defaults)
+                .map(|(urls, defaults)| {
+                    RouteAction::Proxy(Upstreams::with_defaults(urls, defaults))
+                }),
             (None, Some(respond)) => self.respond(respond, &format!("{at}.respond")),
             (Some(_), Some(_)) => {
                 self.report(
@@ -382,9 +405,15 @@ impl Checker {
             }
         };
         Some(Route {
-            path: path?,
-            strip_prefix: route.strip_prefix,
+            path: PathMatch::Prefix(path?),
+            methods: Vec::new(),
+            rewrite: if route.strip_prefix {
+                Rewrite::StripPrefix
+            } else {
+                Rewrite::None
+            },
             action: action?,
+            policy: RoutePolicy::default(),
         })
     }
 

@@ -1,0 +1,6 @@
+//! Gateway policy steps of the request path, each a plain function or a small state object
+//! built with the route table: body limit, JWT auth, rate limits, concurrency limits, header
+//! rules, and the real client IP behind trusted proxies.
+//!
+//! `proxy::service` calls them in one visible order; none of them does I/O on the request path
+//! (JWKS refreshes run in the background).
