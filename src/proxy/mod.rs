@@ -6,6 +6,7 @@
 //! `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
+mod balance;
 mod body;
 mod error;
 mod forward;
@@ -14,8 +15,9 @@ mod service;
 pub mod trace;
 mod upstream;
 
+pub use balance::UpstreamPool;
 pub use body::{Metered, ProxyBody};
 pub use error::{ProxyError, Side};
 pub use router::{Action, Route, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};
-pub use upstream::{Upstream, UpstreamPool};
+pub use upstream::Upstream;

@@ -205,8 +205,9 @@ impl Proxy {
         let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
 
         let mut response = upstream
-            .send(request, pool.response_header_timeout())
-            .await?;
+            .send(request, &pool.settings().timeouts)
+            .await
+            .map_err(|failed| failed.error)?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {
@@ -216,7 +217,7 @@ impl Proxy {
             }
             _ => forward::strip_hop_by_hop(response.headers_mut(), false),
         }
-        Ok(response.map(BodyExt::boxed))
+        Ok(response)
     }
 }
 
