@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::observe::access_log::AccessRecord;
@@ -131,5 +132,70 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body on its way to an origin: the client's, streamed as it arrives, or bytes
+    /// held in memory (a small body kept so a retry can send it again, or a health check's).
+    #[project = UpstreamBodyProj]
+    pub(crate) enum UpstreamBody {
+        /// The client's body, counted for the access log.
+        Streamed {
+            #[pin]
+            body: Counted<Incoming>,
+        },
+        /// A complete body; cloning the `Bytes` for another try costs no copy.
+        Buffered {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl UpstreamBody {
+    /// The client's body, streamed.
+    pub(crate) fn streamed(body: Counted<Incoming>) -> Self {
+        Self::Streamed { body }
+    }
+
+    /// A complete body (empty `data` sends no body bytes).
+    #[allow(dead_code)] // used by retries and health checks, being built
+    pub(crate) fn buffered(data: Bytes) -> Self {
+        Self::Buffered {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamBodyProj::Streamed { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Buffered { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streamed { body } => body.is_end_stream(),
+            Self::Buffered { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streamed { body } => body.size_hint(),
+            Self::Buffered { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }

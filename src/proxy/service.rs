@@ -23,7 +23,7 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
-use crate::proxy::body::Counted;
+use crate::proxy::body::{Counted, UpstreamBody};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward,
@@ -202,7 +202,10 @@ impl Proxy {
         forward::add_forwarding(&mut parts.headers, conn.peer.ip(), original_host);
         // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
         ids.insert_into(&mut parts.headers);
-        let request = Request::from_parts(parts, Counted::new(body, record.bytes_in.clone()));
+        let request = Request::from_parts(
+            parts,
+            UpstreamBody::streamed(Counted::new(body, record.bytes_in.clone())),
+        );
 
         let mut response = upstream
             .send(request, &pool.settings().timeouts)

@@ -6,7 +6,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,11 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl};
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
-use crate::proxy::body::Counted;
+use crate::proxy::body::UpstreamBody;
 use crate::proxy::{ProxyBody, ProxyError};
-
-/// The request body type sent to origins: the client's body, streamed and counted.
-pub(crate) type UpstreamBody = Counted<Incoming>;
 
 /// One origin and its connection pool.
 #[derive(Debug)]
