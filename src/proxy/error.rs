@@ -1,5 +1,7 @@
 //! Why a request could not be proxied, and the one place that turns that into a response.
 
+use std::time::Duration;
+
 use http::StatusCode;
 
 use crate::config::UpstreamUrl;
@@ -33,6 +35,28 @@ pub enum ProxyError {
         /// The limit that passed.
         timeout: std::time::Duration,
     },
+    /// Every origin of the route is down (active checks) or ejected (circuit open).
+    #[error("no healthy upstream for the route")]
+    NoHealthyUpstream {
+        /// Until the earliest origin may be tried again.
+        retry_after: Duration,
+    },
+    /// Every available origin of the route is at its `max_conns`.
+    #[error("every upstream of the route is at its connection limit")]
+    UpstreamsBusy,
+    /// The client's request body could not be read (kept in memory so a retry can resend it).
+    #[error("cannot read the request body")]
+    RequestBody {
+        /// Cause.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The client did not send its (small, buffered) request body in time.
+    #[error("request body not received within {timeout:?}")]
+    RequestBodyTimeout {
+        /// The limit that passed: what was left of the route's total deadline.
+        timeout: Duration,
+    },
 }
 
 /// Who caused a failure: chooses the log level and the metric label.
@@ -52,14 +76,23 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoHealthyUpstream { .. } | Self::UpstreamsBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoSite { .. } | Self::NoRoute => Side::Downstream,
-            Self::Upstream { .. } | Self::UpstreamTimeout { .. } => Side::Upstream,
+            Self::NoSite { .. }
+            | Self::NoRoute
+            | Self::RequestBody { .. }
+            | Self::RequestBodyTimeout { .. } => Side::Downstream,
+            Self::Upstream { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::NoHealthyUpstream { .. }
+            | Self::UpstreamsBusy => Side::Upstream,
         }
     }
 
@@ -74,6 +107,25 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
             }
+            Self::NoHealthyUpstream { .. } => {
+                "503 service unavailable: no healthy upstream server\n"
+            }
+            Self::UpstreamsBusy => {
+                "503 service unavailable: every upstream server is at its connection limit\n"
+            }
+            Self::RequestBody { .. } => "400 bad request: the request body could not be read\n",
+            Self::RequestBodyTimeout { .. } => {
+                "408 request timeout: the request body did not arrive in time\n"
+            }
+        }
+    }
+
+    /// The `Retry-After` the client gets with a 503, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NoHealthyUpstream { retry_after } => Some(*retry_after),
+            Self::UpstreamsBusy => Some(Duration::from_secs(1)),
+            _ => None,
         }
     }
 }

@@ -10,6 +10,8 @@ mod balance;
 mod body;
 mod error;
 mod forward;
+mod health;
+mod retry;
 mod router;
 mod service;
 pub mod trace;

@@ -23,10 +23,9 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
-use crate::proxy::body::{Counted, UpstreamBody};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
-    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward,
+    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward, retry,
 };
 
 /// What the proxy knows about the client connection a request came on.
@@ -114,7 +113,16 @@ impl Proxy {
                         debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused")
                     }
                 }
-                text_response(err.status(), Bytes::from_static(err.body().as_bytes()))
+                let mut response =
+                    text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
+                if let Some(after) = err.retry_after() {
+                    // Whole seconds, rounded up: "0" would invite an immediate retry.
+                    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                }
+                response
             }
         };
         record.status = response.status().as_u16();
@@ -171,8 +179,7 @@ impl Proxy {
         record: &mut AccessRecord,
         ids: &RequestIds,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let upstream = pool.pick();
-        record.upstream = Some(upstream.label().to_owned());
+        let deadline = Instant::now() + pool.settings().timeouts.total;
         let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -186,15 +193,12 @@ impl Proxy {
                 parts.headers.insert(header::HOST, value);
             }
         }
-        parts.uri = forward::upstream_uri(
-            &upstream.url,
-            &parts.uri,
-            match (&route.rewrite, &route.path) {
-                (Rewrite::StripPrefix, PathMatch::Prefix(prefix)) => Some((prefix.as_str(), "")),
-                (Rewrite::ReplacePrefix { from, to }, _) => Some((from.as_str(), to.as_str())),
-                _ => None,
-            },
-        );
+        let replace = match (&route.rewrite, &route.path) {
+            (Rewrite::StripPrefix, PathMatch::Prefix(prefix)) => Some((prefix.as_str(), "")),
+            (Rewrite::ReplacePrefix { from, to }, _) => Some((from.as_str(), to.as_str())),
+            _ => None,
+        };
+        let original_uri = parts.uri.clone();
         parts.version = Version::HTTP_11;
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         // X-Forwarded-Host carries the host as the client wrote it, port included.
@@ -202,15 +206,28 @@ impl Proxy {
         forward::add_forwarding(&mut parts.headers, conn.peer.ip(), original_host);
         // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
         ids.insert_into(&mut parts.headers);
-        let request = Request::from_parts(
-            parts,
-            UpstreamBody::streamed(Counted::new(body, record.bytes_in.clone())),
-        );
-
-        let mut response = upstream
-            .send(request, &pool.settings().timeouts)
-            .await
-            .map_err(|failed| failed.error)?;
+        let payload = retry::prepare(
+            &parts.method,
+            &parts.headers,
+            body,
+            record.bytes_in.clone(),
+            deadline,
+        )
+        .await?;
+        let outgoing = retry::Outgoing::new(parts, payload);
+        let uri_for =
+            |url: &crate::config::UpstreamUrl| forward::upstream_uri(url, &original_uri, replace);
+        // The trusted-proxy step will hand the resolved client IP here.
+        let client_ip = conn.peer.ip();
+        let mut response = retry::forward(
+            pool,
+            outgoing,
+            client_ip,
+            deadline,
+            uri_for,
+            &mut record.upstream,
+        )
+        .await?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {

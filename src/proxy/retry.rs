@@ -1,0 +1,219 @@
+//! Forwarding with retries: choose an origin, send, and on failure try a different origin when
+//! that cannot run a request twice against the client's intent.
+//!
+//! Called by `service::forward` on the request's task once the request head is ready for the
+//! hop. Reads the route's `UpstreamPool` (choice, health) and reports each try's outcome to its
+//! circuit breaker. A request may be sent again only when it provably never left (connect
+//! failure, or the client handed it back), or when its method is idempotent and its body is
+//! held in memory; never after a response head arrived.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::config::{Timeouts, UpstreamUrl, is_idempotent};
+use crate::observe::Chain;
+use crate::observe::metrics::UpstreamFailure;
+use crate::proxy::body::{Counted, UpstreamBody};
+use crate::proxy::health::Outcome;
+use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
+
+/// Largest request body kept in memory so an idempotent request can be sent again.
+const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+
+/// The client's request body, as the forwarding step will send it.
+pub(crate) enum Payload {
+    /// Complete in memory (empty when the request has none): may be sent again.
+    Buffered(Bytes),
+    /// Streamed from the client: sent once, unless the origin never saw it.
+    Streamed(UpstreamBody),
+}
+
+/// A request head ready for the hop, without its origin-specific URI.
+pub(crate) struct Outgoing {
+    /// Method.
+    pub(crate) method: Method,
+    /// HTTP/1.1 towards origins.
+    pub(crate) version: Version,
+    /// Headers after the hop rewrite.
+    pub(crate) headers: HeaderMap,
+    /// The body.
+    pub(crate) payload: Payload,
+}
+
+impl Outgoing {
+    /// Takes the head of `parts` (its URI is rebuilt per origin by the caller's `uri_for`).
+    pub(crate) fn new(parts: Parts, payload: Payload) -> Self {
+        Self {
+            method: parts.method,
+            version: parts.version,
+            headers: parts.headers,
+            payload,
+        }
+    }
+}
+
+/// Reads the body into memory when that allows a retry: an idempotent method with a declared
+/// length of at most 64 KiB, or no body at all. Otherwise the body streams.
+///
+/// # Errors
+/// [`ProxyError::RequestBody`] when the client's body breaks, [`ProxyError::RequestBodyTimeout`]
+/// when it does not arrive before `deadline`.
+pub(crate) async fn prepare(
+    method: &Method,
+    headers: &HeaderMap,
+    body: Incoming,
+    counter: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Result<Payload, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Payload::Buffered(Bytes::new()));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = Counted::new(body, counter);
+    match length {
+        Some(length) if is_idempotent(method) && length <= MAX_BUFFERED_BODY => {
+            let collected = tokio::time::timeout_at(deadline, body.collect()).await;
+            match collected {
+                Ok(Ok(collected)) => Ok(Payload::Buffered(collected.to_bytes())),
+                Ok(Err(source)) => Err(ProxyError::RequestBody { source }),
+                Err(_) => Err(ProxyError::RequestBodyTimeout {
+                    timeout: deadline.saturating_duration_since(Instant::now()),
+                }),
+            }
+        }
+        _ => Ok(Payload::Streamed(UpstreamBody::streamed(body))),
+    }
+}
+
+/// Sends `outgoing` to an origin of `pool`, trying up to `retries` more origins as allowed;
+/// `uri_for` builds the target for an origin, `upstream_label` is set to the last one tried.
+///
+/// # Errors
+/// The last try's error, or why no origin could be chosen (503).
+pub(crate) async fn forward(
+    pool: &UpstreamPool,
+    outgoing: Outgoing,
+    client_ip: IpAddr,
+    deadline: Instant,
+    uri_for: impl Fn(&UpstreamUrl) -> Uri,
+    upstream_label: &mut Option<String>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let settings = pool.settings();
+    let idempotent = is_idempotent(&outgoing.method);
+    let (buffered, mut streamed) = match outgoing.payload {
+        Payload::Buffered(bytes) => (Some(bytes), None),
+        Payload::Streamed(body) => (None, Some(body)),
+    };
+    let mut tried = vec![false; pool.len()];
+    let mut last: Option<ProxyError> = None;
+    for attempt in 0..=settings.retries {
+        let index = match pool.pick(client_ip, &outgoing.headers, &tried) {
+            Ok(index) => index,
+            // Retries ran out of origins: the client hears about the failure it got.
+            Err(error) => return Err(last.unwrap_or(error)),
+        };
+        tried[index] = true;
+        let upstream = pool.upstream(index);
+        *upstream_label = Some(upstream.label().to_owned());
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(last.unwrap_or(ProxyError::UpstreamTimeout {
+                upstream: upstream.url.clone(),
+                timeout: settings.timeouts.total,
+            }));
+        }
+        let body = match (&buffered, streamed.take()) {
+            (Some(bytes), _) => UpstreamBody::buffered(bytes.clone()),
+            (None, Some(body)) => body,
+            (None, None) => break,
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = outgoing.method.clone();
+        *request.version_mut() = outgoing.version;
+        *request.headers_mut() = outgoing.headers.clone();
+        *request.uri_mut() = uri_for(&upstream.url);
+        let timeouts = try_timeouts(&settings.timeouts, remaining);
+        match upstream.send(request, &timeouts).await {
+            Ok(response) => {
+                let failed = settings.passive.include_5xx && response.status().is_server_error();
+                pool.report(
+                    index,
+                    if failed {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if attempt > 0 {
+                    debug!(upstream = upstream.label(), retries = attempt, "retried");
+                }
+                return Ok(response);
+            }
+            Err(failed) => {
+                pool.report(index, Outcome::Failure);
+                let never_sent =
+                    failed.request.is_some() || failed.failure == UpstreamFailure::Connect;
+                if let Some(request) = failed.request {
+                    streamed = Some(request.into_body());
+                }
+                let resendable = buffered.is_some() || streamed.is_some();
+                let may_retry = resendable && (never_sent || (idempotent && buffered.is_some()));
+                debug!(
+                    upstream = upstream.label(),
+                    error = %Chain(&failed.error),
+                    never_sent,
+                    may_retry,
+                    "try failed"
+                );
+                last = Some(failed.error);
+                if !may_retry {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.expect("the loop runs at least once and sets `last` before leaving it"))
+}
+
+/// One try's timeouts: the response head may not wait past the total deadline.
+fn try_timeouts(route: &Timeouts, remaining: Duration) -> Timeouts {
+    Timeouts {
+        response_header: route.response_header.min(remaining),
+        ..route.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_try_never_waits_past_the_total_deadline() {
+        let route = Timeouts {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(60),
+        };
+        let capped = try_timeouts(&route, Duration::from_millis(250));
+        assert_eq!(capped.response_header, Duration::from_millis(250));
+        assert_eq!(
+            try_timeouts(&route, Duration::from_secs(45)).response_header,
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Balancing end to end: `weighted` keeps its ratio, `least_conn` avoids the busy origin,
+//! `ip_hash` and `header_hash` stick, `random_two` spreads.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use common::{Env, Rampart, Upstream, WAIT, empty, within};
+
+/// One site, `a.test`, with one route at `/` whose settings are `route` (YAML, indented).
+async fn site(env: &Env, route: &str) -> Rampart {
+    env.leaf("a", &["a.test"]);
+    env.start(&format!(
+        "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    routes:
+      - path: /
+{route}"
+    ))
+    .await
+}
+
+/// Sends `n` GETs on one connection and counts the answering origins by name.
+async fn spread(
+    rampart: &Rampart,
+    n: usize,
+    header: Option<(&str, &str)>,
+) -> HashMap<String, usize> {
+    let mut client = rampart.client("a.test").await;
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let mut request = client.request(Method::GET, "a.test", "/");
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let reply = client.fetch(request.body(empty()).expect("valid")).await;
+        *counts.entry(reply.echo().name).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn weighted_sends_three_of_four_requests_to_the_weight_three_origin() {
+    let env = Env::new();
+    let (heavy, light) = (Upstream::echo("heavy").await, Upstream::echo("light").await);
+    let rampart = site(
+        &env,
+        &format!(
+            "        balance: weighted
+        upstreams:
+          - {{ url: {}, weight: 3 }}
+          - {}
+",
+            heavy.url(),
+            light.url()
+        ),
+    )
+    .await;
+    let counts = spread(&rampart, 400, None).await;
+    let heavy_share = counts.get("heavy").copied().unwrap_or(0);
+    assert!(
+        (280..=320).contains(&heavy_share),
+        "expected about 300 of 400 on the weight-3 origin: {counts:?}"
+    );
+    assert_eq!(heavy_share + counts.get("light").copied().unwrap_or(0), 400);
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn least_conn_sends_to_the_idle_origin_while_another_holds_a_slow_request() {
+    let env = Env::new();
+    let (one, two) = (Held::start("one").await, Held::start("two").await);
+    let rampart = site(
+        &env,
+        &format!(
+            "        balance: least_conn
+        upstreams: [{}, {}]
+",
+            one.url(),
+            two.url()
+        ),
+    )
+    .await;
+    let mut slow = rampart.client("a.test").await;
+    let request = slow
+        .request(Method::GET, "a.test", "/hold")
+        .body(empty())
+        .expect("valid");
+    let held = tokio::spawn(async move { slow.fetch(request).await.text() });
+    // Whichever origin holds it, every other request must go to the other one.
+    let holder = within(WAIT, "the slow request to arrive", async {
+        loop {
+            if one.held() > 0 {
+                break "one";
+            }
+            if two.held() > 0 {
+                break "two";
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut client = rampart.client("a.test").await;
+    for _ in 0..10 {
+        let name = client.get("a.test", "/").await.text();
+        assert_ne!(
+            name, holder,
+            "least_conn chose the origin holding a request"
+        );
+    }
+    one.release();
+    two.release();
+    assert_eq!(
+        within(WAIT, "the held request", held)
+            .await
+            .expect("joined"),
+        holder
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn ip_hash_sends_every_request_of_a_client_to_the_same_origin() {
+    let env = Env::new();
+    let origins = [
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+    ];
+    let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
+    let rampart = site(
+        &env,
+        &format!(
+            "        balance: ip_hash\n        upstreams: [{}]\n",
+            urls.join(", ")
+        ),
+    )
+    .await;
+    let counts = spread(&rampart, 30, None).await;
+    assert_eq!(counts.len(), 1, "one client IP, one origin: {counts:?}");
+    // A second connection from the same IP lands on the same origin.
+    assert_eq!(
+        spread(&rampart, 5, None).await.keys().collect::<Vec<_>>(),
+        counts.keys().collect::<Vec<_>>()
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn header_hash_sticks_per_header_value_and_spreads_across_values() {
+    let env = Env::new();
+    let origins = [
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+    ];
+    let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
+    let rampart = site(
+        &env,
+        &format!(
+            "        balance: {{ header_hash: X-User }}\n        upstreams: [{}]\n",
+            urls.join(", ")
+        ),
+    )
+    .await;
+    let mut used = HashSet::new();
+    for user in 0..12 {
+        let value = format!("user-{user}");
+        let counts = spread(&rampart, 4, Some(("x-user", &value))).await;
+        assert_eq!(counts.len(), 1, "{value} moved between origins: {counts:?}");
+        used.extend(counts.into_keys());
+    }
+    assert!(used.len() >= 2, "12 users all hashed to {used:?}");
+    // Without the header: round robin.
+    assert_eq!(spread(&rampart, 6, None).await.len(), 3);
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn random_two_spreads_requests_over_every_origin() {
+    let env = Env::new();
+    let origins = [
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+    ];
+    let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
+    let rampart = site(
+        &env,
+        &format!(
+            "        balance: random_two\n        upstreams: [{}]\n",
+            urls.join(", ")
+        ),
+    )
+    .await;
+    let counts = spread(&rampart, 300, None).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n >= 50), "uneven: {counts:?}");
+    rampart.stop().await;
+}
+
+/// An origin answering its name at once, except `/hold`, which waits for [`Held::release`].
+struct Held {
+    addr: SocketAddr,
+    holding: Arc<AtomicUsize>,
+    gate: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Held {
+    async fn start(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback");
+        let addr = listener.local_addr().expect("bound");
+        let holding = Arc::new(AtomicUsize::new(0));
+        let gate = watch::Sender::new(false);
+        let (count, open) = (holding.clone(), gate.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (count, open) = (count.clone(), open.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (count, mut open) = (count.clone(), open.subscribe());
+                        async move {
+                            if request.uri().path() == "/hold" {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                // The sender lives as long as the origin.
+                                let _ = open.wait_for(|o| *o).await;
+                            }
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                        }
+                    });
+                    // The proxy may drop the connection at the end of a test.
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            holding,
+            gate,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn held(&self) -> usize {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
