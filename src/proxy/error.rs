@@ -1,8 +1,10 @@
 //! Why a request could not be proxied, and the one place that turns that into a response.
 
 use http::StatusCode;
+use http::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
 
 use crate::config::UpstreamUrl;
+use crate::policy::AuthFailure;
 
 /// A request that failed before the origin's response reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,12 @@ pub enum ProxyError {
         /// The limit that passed.
         timeout: std::time::Duration,
     },
+    /// The route requires a valid bearer token and the request had none, or a bad one.
+    #[error("request not authenticated: {failure}")]
+    Unauthorized {
+        /// Why, also the `reason` log value.
+        failure: AuthFailure,
+    },
 }
 
 /// Who caused a failure: chooses the log level and the metric label.
@@ -52,13 +60,14 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoSite { .. } | Self::NoRoute => Side::Downstream,
+            Self::NoSite { .. } | Self::NoRoute | Self::Unauthorized { .. } => Side::Downstream,
             Self::Upstream { .. } | Self::UpstreamTimeout { .. } => Side::Upstream,
         }
     }
@@ -74,6 +83,16 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
             }
+            Self::Unauthorized { .. } => "401 unauthorized: a valid bearer token is required\n",
         }
+    }
+
+    /// Headers the error response carries besides Content-Type (e.g. `WWW-Authenticate`).
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let header = match self {
+            Self::Unauthorized { failure } => Some((WWW_AUTHENTICATE, failure.challenge())),
+            _ => None,
+        };
+        header.into_iter()
     }
 }

@@ -12,6 +12,7 @@ use crate::config::{
     Config, HostName, PathMatch, Rewrite, RouteAction, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::RouteAuth;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -53,6 +54,8 @@ pub struct Route {
     pub action: Action,
     /// Its request counters, by status class.
     pub metrics: RouteMetrics,
+    /// JWT auth with its live keys (a `jwks_url` refresh task lives as long as this).
+    pub auth: Option<RouteAuth>,
 }
 
 /// A route's action, with its live upstream pool.
@@ -195,6 +198,7 @@ impl Route {
             rewrite: route.rewrite.clone(),
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
+            auth: route.policy.auth.as_ref().map(RouteAuth::from_config),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::Claims;
 use crate::proxy::body::{Counted, UpstreamBody};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
@@ -114,7 +115,10 @@ impl Proxy {
                         debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused")
                     }
                 }
-                text_response(err.status(), Bytes::from_static(err.body().as_bytes()))
+                let mut response =
+                    text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
+                response.headers_mut().extend(err.headers());
+                response
             }
         };
         record.status = response.status().as_u16();
@@ -127,7 +131,7 @@ impl Proxy {
     async fn route<'t>(
         &self,
         table: &'t RouteTable,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         conn: &ConnInfo,
         host: Option<&str>,
         record: &mut AccessRecord,
@@ -156,6 +160,15 @@ impl Proxy {
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         metrics.0 = &route.metrics;
+        // JWT auth (401) before anything reaches the origin; the claims feed later steps
+        // (the rate limiter's `jwt:CLAIM` key).
+        let _claims: Option<Claims> = match &route.auth {
+            Some(auth) => Some(
+                auth.check(request.headers_mut())
+                    .map_err(|failure| ProxyError::Unauthorized { failure })?,
+            ),
+            None => None,
+        };
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
             Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
