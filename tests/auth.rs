@@ -279,3 +279,29 @@ async fn an_unknown_kid_refetches_the_jwks_a_bounded_number_of_times_and_accepts
     assert_eq!(server.fetches(), 2, "one refetch for all those requests");
     rampart.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_fetched_jwks_instead_of_starting_empty() {
+    let (env, origin, key) = (Env::new(), Upstream::echo("origin").await, EcKey::new());
+    let mut server = JwksServer::start(jwks(&[key.jwk("a")])).await;
+    let keys = format!(
+        "jwks_url: http://{}/jwks.json\n            jwks_refresh: 1h",
+        server.addr
+    );
+    let rampart = guarded(&env, &origin, &keys).await;
+    let mut client = rampart.client("a.test").await;
+    server.wait_fetches(1, WAIT).await;
+    let token = key.sign("a", &claims());
+    until_accepted(&mut client, &token).await;
+
+    rampart.server().reload().expect("the same file reloads");
+    // Accepted at once: a table rebuilt with an empty key set would refuse it (unknown kid).
+    let reply = get_with(&mut client, Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        server.fetches(),
+        1,
+        "the reload reused the key set and its refresh task"
+    );
+    rampart.stop().await;
+}

@@ -25,8 +25,8 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 use tracing::debug;
 
-use crate::config::{JwtAlgorithm, JwtAuth};
-use crate::policy::jwks::{KeySet, KeyStore};
+use crate::config::{JwtAlgorithm, JwtAuth, JwtKeys};
+use crate::policy::jwks::{KeySet, KeyStore, KeyStores};
 
 /// A verified token's claims, shared with later steps (the rate limiter's `jwt:CLAIM` key).
 pub type Claims = Arc<serde_json::Map<String, Value>>;
@@ -59,7 +59,9 @@ pub enum AuthFailure {
 /// A route's JWT settings with their live keys, ready to check requests.
 #[derive(Debug)]
 pub struct RouteAuth {
-    keys: KeyStore,
+    keys: Arc<KeyStore>,
+    /// Where `keys` came from, to hand them on to the next table.
+    source: JwtKeys,
     /// The accepted algorithms (`algorithms:`).
     allowed: Vec<Algorithm>,
     /// `iss`/`aud`/leeway checks; `algorithms` is set per token to the token's own `alg`.
@@ -101,14 +103,15 @@ impl std::fmt::Display for AuthFailure {
 }
 
 impl RouteAuth {
-    /// Builds the step, loading its keys (see `policy::jwks` for formats and refresh).
-    pub fn from_config(auth: &JwtAuth) -> Self {
+    /// Builds the step, loading its keys (see `policy::jwks` for formats and refresh) or taking
+    /// a `jwks_url` store from `stores` (the previous table's, or another route's).
+    pub fn from_config(auth: &JwtAuth, stores: &mut KeyStores) -> Self {
         let hmac_allowed = auth.algorithms.contains(&JwtAlgorithm::HS256);
-        Self::with_keys(auth, KeyStore::from_config(&auth.keys, hmac_allowed))
+        Self::with_keys(auth, stores.load_or_start(&auth.keys, hmac_allowed))
     }
 
-    /// Builds the step around an existing key store (tests, and a reload that keeps keys).
-    pub fn with_keys(auth: &JwtAuth, keys: KeyStore) -> Self {
+    /// Builds the step around a key store.
+    pub fn with_keys(auth: &JwtAuth, keys: Arc<KeyStore>) -> Self {
         let allowed: Vec<Algorithm> = auth.algorithms.iter().copied().map(algorithm).collect();
         let mut validation = Validation::new(Algorithm::RS256);
         // jsonwebtoken's leeway is whole seconds; round up so a configured 500ms is not zero.
@@ -129,11 +132,17 @@ impl RouteAuth {
         validation.set_required_spec_claims(&required);
         Self {
             keys,
+            source: auth.keys.clone(),
             allowed,
             validation,
             forward_claims: auth.forward_claims.clone(),
             strip_authorization: auth.strip_authorization,
         }
+    }
+
+    /// Offers this route's key store for reuse by the next table (see [`KeyStores`]).
+    pub fn keep_keys(&self, stores: &mut KeyStores) {
+        stores.keep(&self.source, &self.keys);
     }
 
     /// Checks the request's bearer token and rewrites its headers for the origin; returns the

@@ -296,6 +296,38 @@ impl KeyStore {
     }
 }
 
+/// The `jwks_url` key stores of a route table, by their config, so that a rebuilt table (a
+/// reload) and routes sharing one url share one store and one refresh task: no refetch, and no
+/// window with an empty key set. Key files are not shared: a reload re-reads them.
+#[derive(Debug, Default)]
+pub struct KeyStores(Vec<(JwtKeys, Arc<KeyStore>)>);
+
+impl KeyStores {
+    /// Offers `store`, loaded from `keys`, for reuse by the table being built.
+    pub fn keep(&mut self, keys: &JwtKeys, store: &Arc<KeyStore>) {
+        if matches!(keys, JwtKeys::Url { .. }) && self.find(keys).is_none() {
+            self.0.push((keys.clone(), store.clone()));
+        }
+    }
+
+    /// The store for `keys`: a kept one, or a new one (kept for the next route).
+    pub fn load_or_start(&mut self, keys: &JwtKeys, hmac_allowed: bool) -> Arc<KeyStore> {
+        if let Some(store) = self.find(keys) {
+            return store;
+        }
+        let store = Arc::new(KeyStore::from_config(keys, hmac_allowed));
+        self.keep(keys, &store);
+        store
+    }
+
+    fn find(&self, keys: &JwtKeys) -> Option<Arc<KeyStore>> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == keys)
+            .map(|(_, s)| s.clone())
+    }
+}
+
 /// Skips encryption keys and keys whose parameters do not make a verification key.
 fn usable(jwk: &Jwk) -> Option<Key> {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {

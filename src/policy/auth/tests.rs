@@ -69,7 +69,10 @@ fn good_claims() -> Value {
 fn jwks_auth(key: &EcKey) -> RouteAuth {
     let jwks = json!({"keys": [key.jwk("a")]}).to_string();
     let set = KeySet::parse(jwks.as_bytes(), false).expect("jwks");
-    RouteAuth::with_keys(&config(&[JwtAlgorithm::ES256]), KeyStore::fixed(set))
+    RouteAuth::with_keys(
+        &config(&[JwtAlgorithm::ES256]),
+        Arc::new(KeyStore::fixed(set)),
+    )
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -232,7 +235,7 @@ fn hs256_signed_with_the_public_key_is_refused_even_when_hs256_is_allowed() {
     let set = KeySet::parse(public_pem.as_bytes(), true).expect("pem");
     let auth = RouteAuth::with_keys(
         &config(&[JwtAlgorithm::ES256, JwtAlgorithm::HS256]),
-        KeyStore::fixed(set),
+        Arc::new(KeyStore::fixed(set)),
     );
     let forged = encode(
         &Header::new(Algorithm::HS256),
@@ -253,7 +256,10 @@ fn hs256_signed_with_the_public_key_is_refused_even_when_hs256_is_allowed() {
 #[test]
 fn a_shared_secret_file_verifies_hs256() {
     let set = KeySet::parse(b"top secret\n", true).expect("secret");
-    let auth = RouteAuth::with_keys(&config(&[JwtAlgorithm::HS256]), KeyStore::fixed(set));
+    let auth = RouteAuth::with_keys(
+        &config(&[JwtAlgorithm::HS256]),
+        Arc::new(KeyStore::fixed(set)),
+    );
     let sign = |secret: &[u8]| {
         encode(
             &Header::new(Algorithm::HS256),
@@ -274,7 +280,7 @@ fn an_empty_key_set_refuses_every_token() {
     let key = EcKey::new();
     let auth = RouteAuth::with_keys(
         &config(&[JwtAlgorithm::ES256]),
-        KeyStore::fixed(KeySet::new(Vec::<Key>::new())),
+        Arc::new(KeyStore::fixed(KeySet::new(Vec::<Key>::new()))),
     );
     assert_eq!(
         outcome(&auth, &key.sign(None, &good_claims())).err(),
