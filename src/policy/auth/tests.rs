@@ -307,3 +307,49 @@ fn missing_gets_a_bare_challenge_and_bad_tokens_get_invalid_token() {
     );
     assert_eq!(bearer_token(&basic), Some("abc"));
 }
+
+#[test]
+fn refusals_are_logged_with_their_reason() {
+    use std::sync::Mutex;
+    let logged = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = logged.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || WriteTo(sink.clone()))
+        .finish();
+    let key = EcKey::new();
+    let auth = jwks_auth(&key);
+    let mut expired = good_claims();
+    expired["exp"] = json!(now() - 3600);
+    tracing::subscriber::with_default(subscriber, || {
+        let _ = auth.check(&mut HeaderMap::new());
+        let _ = outcome(&auth, &key.sign(Some("a"), &expired));
+        let _ = outcome(&auth, &key.sign(Some("z"), &good_claims()));
+    });
+    let logged = String::from_utf8(logged.lock().expect("not poisoned").clone()).expect("utf-8");
+    for reason in [
+        "reason=\"missing\"",
+        "reason=\"expired\"",
+        "reason=\"unknown_kid\"",
+    ] {
+        assert!(logged.contains(reason), "{reason} in {logged}");
+    }
+}
+
+/// A log writer appending to a shared buffer.
+struct WriteTo(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for WriteTo {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
