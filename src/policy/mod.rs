@@ -4,3 +4,8 @@
 //!
 //! `proxy::service` calls them in one visible order; none of them does I/O on the request path
 //! (JWKS refreshes run in the background).
+
+pub mod auth;
+pub mod jwks;
+
+pub use auth::{AuthFailure, Claims, RouteAuth};

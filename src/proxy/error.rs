@@ -3,8 +3,10 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use crate::config::UpstreamUrl;
+use crate::policy::AuthFailure;
 
 /// A request that failed before the origin's response reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,12 @@ pub enum ProxyError {
         /// The limit that passed: what was left of the route's total deadline.
         timeout: Duration,
     },
+    /// The route requires a valid bearer token and the request had none, or a bad one.
+    #[error("request not authenticated: {failure}")]
+    Unauthorized {
+        /// Why, also the `reason` log value.
+        failure: AuthFailure,
+    },
 }
 
 /// Who caused a failure: chooses the log level and the metric label.
@@ -79,6 +87,7 @@ impl ProxyError {
             Self::NoHealthyUpstream { .. } | Self::UpstreamsBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -88,7 +97,8 @@ impl ProxyError {
             Self::NoSite { .. }
             | Self::NoRoute
             | Self::RequestBody { .. }
-            | Self::RequestBodyTimeout { .. } => Side::Downstream,
+            | Self::RequestBodyTimeout { .. }
+            | Self::Unauthorized { .. } => Side::Downstream,
             Self::Upstream { .. }
             | Self::UpstreamTimeout { .. }
             | Self::NoHealthyUpstream { .. }
@@ -117,6 +127,7 @@ impl ProxyError {
             Self::RequestBodyTimeout { .. } => {
                 "408 request timeout: the request body did not arrive in time\n"
             }
+            Self::Unauthorized { .. } => "401 unauthorized: a valid bearer token is required\n",
         }
     }
 
@@ -127,5 +138,18 @@ impl ProxyError {
             Self::UpstreamsBusy => Some(Duration::from_secs(1)),
             _ => None,
         }
+    }
+
+    /// Headers the error response carries besides Content-Type (e.g. `WWW-Authenticate`).
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let header = match self {
+            Self::Unauthorized { failure } => Some((WWW_AUTHENTICATE, failure.challenge())),
+            _ => self.retry_after().map(|after| {
+                // Whole seconds, rounded up: "0" would invite an immediate retry.
+                let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                (RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+            }),
+        };
+        header.into_iter()
     }
 }

@@ -12,6 +12,8 @@ use crate::config::{
     Config, HostName, PathMatch, Rewrite, RouteAction, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::RouteAuth;
+use crate::policy::jwks::KeyStores;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -53,6 +55,8 @@ pub struct Route {
     pub action: Action,
     /// Its request counters, by status class.
     pub metrics: RouteMetrics,
+    /// JWT auth with its live keys (a `jwks_url` refresh task lives as long as this).
+    pub auth: Option<RouteAuth>,
 }
 
 /// A route's action, with its live upstream pool.
@@ -77,6 +81,17 @@ impl RouteTable {
             .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
             .map(RouteTable::pools)
             .unwrap_or_default();
+        // A reload keeps `jwks_url` key sets (and their refresh tasks) whose config is unchanged.
+        let mut key_stores = KeyStores::default();
+        for auth in previous
+            .iter()
+            .flat_map(|p| &p.sites)
+            .flat_map(|s| &s.routes)
+        {
+            if let Some(auth) = &auth.auth {
+                auth.keep_keys(&mut key_stores);
+            }
+        }
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
             ..Self::default()
@@ -92,7 +107,9 @@ impl RouteTable {
             let mut routes: Vec<Route> = site
                 .routes
                 .iter()
-                .map(|r| Route::from_config(&site.name, r, &config.upstream, &mut pools))
+                .map(|r| {
+                    Route::from_config(&site.name, r, &config.upstream, &mut pools, &mut key_stores)
+                })
                 .collect();
             // Longest prefix wins; a stable sort keeps file order among equal lengths.
             routes.sort_by_key(|r| match &r.path {
@@ -176,6 +193,7 @@ impl Route {
         route: &crate::config::Route,
         defaults: &UpstreamDefaults,
         pools: &mut HashMap<Upstreams, Arc<UpstreamPool>>,
+        key_stores: &mut KeyStores,
     ) -> Self {
         let action = match &route.action {
             RouteAction::Proxy(upstreams) => Action::Proxy(
@@ -195,6 +213,7 @@ impl Route {
             rewrite: route.rewrite.clone(),
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
+            auth: (route.policy.auth.as_ref()).map(|a| RouteAuth::from_config(a, key_stores)),
         }
     }
 }

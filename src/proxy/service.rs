@@ -23,6 +23,7 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::Claims;
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward, retry,
@@ -115,13 +116,7 @@ impl Proxy {
                 }
                 let mut response =
                     text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
-                if let Some(after) = err.retry_after() {
-                    // Whole seconds, rounded up: "0" would invite an immediate retry.
-                    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-                }
+                response.headers_mut().extend(err.headers());
                 response
             }
         };
@@ -135,7 +130,7 @@ impl Proxy {
     async fn route<'t>(
         &self,
         table: &'t RouteTable,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         conn: &ConnInfo,
         host: Option<&str>,
         record: &mut AccessRecord,
@@ -164,6 +159,15 @@ impl Proxy {
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         metrics.0 = &route.metrics;
+        // JWT auth (401) before anything reaches the origin; the claims feed later steps
+        // (the rate limiter's `jwt:CLAIM` key).
+        let _claims: Option<Claims> = match &route.auth {
+            Some(auth) => Some(
+                auth.check(request.headers_mut())
+                    .map_err(|failure| ProxyError::Unauthorized { failure })?,
+            ),
+            None => None,
+        };
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
             Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
