@@ -4,3 +4,7 @@
 //!
 //! `proxy::service` calls them in one visible order; none of them does I/O on the request path
 //! (JWKS refreshes run in the background).
+
+pub mod body_limit;
+pub mod concurrency;
+pub mod rate_limit;

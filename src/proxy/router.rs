@@ -12,6 +12,8 @@ use crate::config::{
     Config, HostName, PathMatch, Rewrite, RouteAction, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::concurrency::ConcurrencyLimit;
+use crate::policy::rate_limit::RateLimiter;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -38,6 +40,8 @@ pub struct SiteRoutes {
     pub unrouted: RouteMetrics,
     /// Request durations of this site.
     pub duration: SiteMetrics,
+    /// The site's `rate_limit:` buckets, shared by all its routes.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// One route, ready to serve.
@@ -53,6 +57,12 @@ pub struct Route {
     pub action: Action,
     /// Its request counters, by status class.
     pub metrics: RouteMetrics,
+    /// `max_body:` in bytes (the route's, else the site's).
+    pub max_body: Option<u64>,
+    /// The route's `rate_limit:` buckets.
+    pub rate_limit: Option<RateLimiter>,
+    /// `max_in_flight:` slots and `queue:`.
+    pub concurrency: Option<ConcurrencyLimit>,
 }
 
 /// A route's action, with its live upstream pool.
@@ -104,6 +114,7 @@ impl RouteTable {
                 routes,
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
+                rate_limit: site.policy.rate_limit.as_ref().and_then(RateLimiter::new),
             });
         }
         table
@@ -195,6 +206,9 @@ impl Route {
             rewrite: route.rewrite.clone(),
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
+            max_body: route.policy.max_body,
+            rate_limit: route.policy.rate_limit.as_ref().and_then(RateLimiter::new),
+            concurrency: route.policy.concurrency.as_ref().map(ConcurrencyLimit::new),
         }
     }
 }

@@ -23,10 +23,13 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::concurrency::Permit;
+use crate::policy::{body_limit, rate_limit};
 use crate::proxy::body::{Counted, UpstreamBody};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
-    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward,
+    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, SiteRoutes, UpstreamPool,
+    forward,
 };
 
 /// What the proxy knows about the client connection a request came on.
@@ -91,6 +94,8 @@ impl Proxy {
         };
         // Handles pre-created with the table; the route sets the ones that matched.
         let mut metrics = (&table.unmatched, &table.unmatched_duration);
+        // The route's concurrency slot, if it has a limit: rides on the response body.
+        let mut permit = None;
         let response = match self
             .route(
                 &table,
@@ -100,6 +105,7 @@ impl Proxy {
                 &mut record,
                 &ids,
                 &mut metrics,
+                &mut permit,
             )
             .await
         {
@@ -114,13 +120,16 @@ impl Proxy {
                         debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused")
                     }
                 }
-                text_response(err.status(), Bytes::from_static(err.body().as_bytes()))
+                let mut response =
+                    text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
+                response.headers_mut().extend(err.headers());
+                response
             }
         };
         record.status = response.status().as_u16();
         metrics.0.count(record.status);
         metrics.1.observe(record.started.elapsed());
-        response.map(|body| Metered::new(body, record))
+        response.map(|body| Metered::new(body, record).holding(permit))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -133,6 +142,7 @@ impl Proxy {
         record: &mut AccessRecord,
         ids: &RequestIds,
         metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
+        permit: &mut Option<Permit>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
@@ -156,6 +166,20 @@ impl Proxy {
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         metrics.0 = &route.metrics;
+        body_limit::check_length(request.headers(), route.max_body)
+            .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
+        // Seam for policy::auth: its verified claims key `jwt:CLAIM` rate limits.
+        let claims = None;
+        // Seam for policy::client_ip: the client behind trusted proxies.
+        let client = conn.peer.ip();
+        check_rate_limits(site, route, client, request.headers(), claims)
+            .map_err(|(scope, limit)| ProxyError::RateLimited { scope, limit })?;
+        if let Some(limit) = &route.concurrency {
+            *permit = Some(limit.acquire().await.map_err(|_| {
+                route.metrics.concurrency_limited.inc();
+                ProxyError::ConcurrencyLimited
+            })?);
+        }
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
             Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
@@ -204,13 +228,22 @@ impl Proxy {
         ids.insert_into(&mut parts.headers);
         let request = Request::from_parts(
             parts,
-            UpstreamBody::streamed(Counted::new(body, record.bytes_in.clone())),
+            UpstreamBody::streamed(body_limit::limit(
+                Counted::new(body, record.bytes_in.clone()),
+                route.max_body,
+            )),
         );
 
         let mut response = upstream
             .send(request, &pool.settings().timeouts)
             .await
-            .map_err(|failed| failed.error)?;
+            .map_err(|failed| match route.max_body {
+                // The origin saw a body cut short, never a complete oversized one.
+                Some(max) if body_limit::is_exceeded(&failed.error) => {
+                    ProxyError::BodyTooLarge { max }
+                }
+                _ => failed.error,
+            })?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {
@@ -222,6 +255,26 @@ impl Proxy {
         }
         Ok(response)
     }
+}
+
+/// The site's rate limit, then the route's; either refusing counts on the route. The error
+/// names whose limit refused.
+fn check_rate_limits(
+    site: &SiteRoutes,
+    route: &Route,
+    client: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    claims: rate_limit::Claims<'_>,
+) -> Result<(), (&'static str, rate_limit::Limited)> {
+    for (scope, limiter) in [("site", &site.rate_limit), ("route", &route.rate_limit)] {
+        let Some(limiter) = limiter else { continue };
+        let key = rate_limit::key_for(limiter.key(), client, headers, claims);
+        if let Err(limit) = limiter.check(&key) {
+            route.metrics.rate_limited.inc();
+            return Err((scope, limit));
+        }
+    }
+    Ok(())
 }
 
 /// Copies bytes both ways between an upgraded client and origin until either side closes.
