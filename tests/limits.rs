@@ -26,6 +26,17 @@ async fn site(env: &Env, site_keys: &str, routes: &str) -> Rampart {
     .await
 }
 
+/// The value of a `rampart_policy_*_requests_total` counter of `a.test`'s route `route`
+/// (0 when absent). The registry is process-wide: tests that read one use routes of their own.
+fn policy_counter(name: &str, route: &str) -> f64 {
+    let series =
+        format!("rampart_policy_{name}_requests_total{{site=\"a.test\",route=\"{route}\"}} ");
+    rampart::observe::metrics::encode_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
 /// Sends a GET on `client` and returns the response with its body still streaming.
 async fn open_get(client: &mut HttpClient, path: &str) -> http::Response<hyper::body::Incoming> {
     let request = client
@@ -300,6 +311,9 @@ async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
     }
     let (ok, limited) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(statuses, [ok, ok, ok, limited, limited]);
+    // Counted on the route the refused request was for.
+    assert_eq!(policy_counter("rate_limited", "/a/"), 1.0);
+    assert_eq!(policy_counter("rate_limited", "/b/"), 1.0);
     rampart.stop().await;
 }
 
