@@ -166,6 +166,8 @@ impl Proxy {
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         metrics.0 = &route.metrics;
+        // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
+        // route (429) → concurrency (429). A declared oversized body is refused before anything.
         body_limit::check_length(request.headers(), route.max_body)
             .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
         // Seam for policy::auth: its verified claims key `jwt:CLAIM` rate limits.
