@@ -6,6 +6,9 @@
 //! (JWKS refreshes run in the background).
 
 pub mod auth;
+pub mod body_limit;
+pub mod concurrency;
 pub mod jwks;
+pub mod rate_limit;
 
 pub use auth::{AuthFailure, Claims, RouteAuth};

@@ -8,11 +8,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Limited;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::observe::access_log::AccessRecord;
+use crate::policy::concurrency::Permit;
 
 /// Every response body the proxy produces, origin-streamed or generated.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -24,6 +26,9 @@ pin_project! {
         #[pin]
         inner: B,
         record: Option<AccessRecord>,
+        // The route's concurrency slot: freed when the body ends or is dropped, whichever is
+        // first, so no path (disconnect, error, cancelled future) can leak it.
+        permit: Option<Permit>,
         bytes: u64,
         // A body with no frames is never polled: dropping it is its normal end.
         empty: bool,
@@ -46,9 +51,16 @@ impl<B: Body> Metered<B> {
         Self {
             inner,
             record: Some(record),
+            permit: None,
             bytes: 0,
             empty,
         }
+    }
+
+    /// Holds `permit` until the body ends or is dropped.
+    pub fn holding(mut self, permit: Option<Permit>) -> Self {
+        self.permit = permit;
+        self
     }
 }
 
@@ -69,12 +81,14 @@ impl<B: Body<Data = Bytes>> Body for Metered<B> {
                 }
                 // hyper stops polling once a body reports its end, so this may be the last call.
                 if this.inner.is_end_stream() {
+                    this.permit.take();
                     if let Some(record) = this.record.take() {
                         record.emit(*this.bytes, true);
                     }
                 }
             }
             Poll::Ready(None) => {
+                this.permit.take();
                 if let Some(record) = this.record.take() {
                     record.emit(*this.bytes, true);
                 }
@@ -140,10 +154,10 @@ pin_project! {
     /// held in memory (a small body kept so a retry can send it again, or a health check's).
     #[project = UpstreamBodyProj]
     pub(crate) enum UpstreamBody {
-        /// The client's body, counted for the access log.
+        /// The client's body, counted for the access log and cut at the route's `max_body`.
         Streamed {
             #[pin]
-            body: Counted<Incoming>,
+            body: Limited<Counted<Incoming>>,
         },
         /// A complete body; cloning the `Bytes` for another try costs no copy.
         Buffered {
@@ -153,8 +167,8 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    /// The client's body, streamed.
-    pub(crate) fn streamed(body: Counted<Incoming>) -> Self {
+    /// The client's body, streamed (see `policy::body_limit::limit`).
+    pub(crate) fn streamed(body: Limited<Counted<Incoming>>) -> Self {
         Self::Streamed { body }
     }
 
@@ -167,14 +181,18 @@ impl UpstreamBody {
     }
 }
 
+/// A request body's failure: the client's connection, or the body limit
+/// (`http_body_util::LengthLimitError`).
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             UpstreamBodyProj::Streamed { body } => body.poll_frame(cx),
             UpstreamBodyProj::Buffered { data } => {

@@ -7,6 +7,7 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use crate::config::UpstreamUrl;
 use crate::policy::AuthFailure;
+use crate::policy::rate_limit::Limited;
 
 /// A request that failed before the origin's response reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,24 @@ pub enum ProxyError {
         /// Why, also the `reason` log value.
         failure: AuthFailure,
     },
+    /// The request's body is larger than the route's `max_body`.
+    #[error("request body over the route's limit of {max} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// The client's bucket of the site's or route's `rate_limit` is empty.
+    #[error("request over the {scope} rate limit")]
+    RateLimited {
+        /// Whose limit: `site` or `route`.
+        scope: &'static str,
+        /// What the client is told.
+        limit: Limited,
+    },
+    /// The route already has `max_in_flight` requests in flight (and its queue, if any, is
+    /// full or the wait timed out).
+    #[error("route has its maximum of requests in flight")]
+    ConcurrencyLimited,
 }
 
 /// Who caused a failure: chooses the log level and the metric label.
@@ -88,6 +107,8 @@ impl ProxyError {
             Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } | Self::ConcurrencyLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -98,7 +119,10 @@ impl ProxyError {
             | Self::NoRoute
             | Self::RequestBody { .. }
             | Self::RequestBodyTimeout { .. }
-            | Self::Unauthorized { .. } => Side::Downstream,
+            | Self::Unauthorized { .. }
+            | Self::BodyTooLarge { .. }
+            | Self::RateLimited { .. }
+            | Self::ConcurrencyLimited => Side::Downstream,
             Self::Upstream { .. }
             | Self::UpstreamTimeout { .. }
             | Self::NoHealthyUpstream { .. }
@@ -128,6 +152,9 @@ impl ProxyError {
                 "408 request timeout: the request body did not arrive in time\n"
             }
             Self::Unauthorized { .. } => "401 unauthorized: a valid bearer token is required\n",
+            Self::BodyTooLarge { .. } => "413 content too large: the request body is too large\n",
+            Self::RateLimited { .. } => "429 too many requests: rate limit exceeded\n",
+            Self::ConcurrencyLimited => "429 too many requests: too many requests in flight\n",
         }
     }
 
@@ -140,16 +167,19 @@ impl ProxyError {
         }
     }
 
-    /// Headers the error response carries besides Content-Type (e.g. `WWW-Authenticate`).
-    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
-        let header = match self {
-            Self::Unauthorized { failure } => Some((WWW_AUTHENTICATE, failure.challenge())),
-            _ => self.retry_after().map(|after| {
+    /// Header fields the error response carries besides its content type: `WWW-Authenticate`,
+    /// `Retry-After`, and the RateLimit fields of a rate limit.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        match self {
+            Self::Unauthorized { failure } => vec![(WWW_AUTHENTICATE, failure.challenge())],
+            Self::RateLimited { limit, .. } => limit.headers().into(),
+            // A slot usually frees within a request's time; one second is a polite minimum.
+            Self::ConcurrencyLimited => vec![(RETRY_AFTER, HeaderValue::from_static("1"))],
+            _ => self.retry_after().map_or_else(Vec::new, |after| {
                 // Whole seconds, rounded up: "0" would invite an immediate retry.
                 let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                (RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+                vec![(RETRY_AFTER, HeaderValue::from(seconds.max(1)))]
             }),
-        };
-        header.into_iter()
+        }
     }
 }

@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::config::{Timeouts, UpstreamUrl, is_idempotent};
 use crate::observe::Chain;
 use crate::observe::metrics::UpstreamFailure;
+use crate::policy::body_limit;
 use crate::proxy::body::{Counted, UpstreamBody};
 use crate::proxy::health::Outcome;
 use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
@@ -73,6 +74,7 @@ pub(crate) async fn prepare(
     headers: &HeaderMap,
     body: Incoming,
     counter: Arc<AtomicU64>,
+    max_body: Option<u64>,
     deadline: Instant,
 ) -> Result<Payload, ProxyError> {
     use http_body::Body as _;
@@ -95,7 +97,10 @@ pub(crate) async fn prepare(
                 }),
             }
         }
-        _ => Ok(Payload::Streamed(UpstreamBody::streamed(body))),
+        // The declared length was checked against `max_body`; an undeclared one is cut there.
+        _ => Ok(Payload::Streamed(UpstreamBody::streamed(body_limit::limit(
+            body, max_body,
+        )))),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::config::{
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
 use crate::policy::jwks::KeyStores;
+use crate::policy::concurrency::ConcurrencyLimit;
+use crate::policy::rate_limit::RateLimiter;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -40,6 +42,8 @@ pub struct SiteRoutes {
     pub unrouted: RouteMetrics,
     /// Request durations of this site.
     pub duration: SiteMetrics,
+    /// The site's `rate_limit:` buckets, shared by all its routes.
+    pub rate_limit: Option<RateLimiter>,
 }
 
 /// One route, ready to serve.
@@ -57,6 +61,12 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// JWT auth with its live keys (a `jwks_url` refresh task lives as long as this).
     pub auth: Option<RouteAuth>,
+    /// `max_body:` in bytes (the route's, else the site's).
+    pub max_body: Option<u64>,
+    /// The route's `rate_limit:` buckets.
+    pub rate_limit: Option<RateLimiter>,
+    /// `max_in_flight:` slots and `queue:`.
+    pub concurrency: Option<ConcurrencyLimit>,
 }
 
 /// A route's action, with its live upstream pool.
@@ -121,6 +131,7 @@ impl RouteTable {
                 routes,
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
+                rate_limit: site.policy.rate_limit.as_ref().and_then(RateLimiter::new),
             });
         }
         table
@@ -214,6 +225,9 @@ impl Route {
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
             auth: (route.policy.auth.as_ref()).map(|a| RouteAuth::from_config(a, key_stores)),
+            max_body: route.policy.max_body,
+            rate_limit: route.policy.rate_limit.as_ref().and_then(RateLimiter::new),
+            concurrency: route.policy.concurrency.as_ref().map(ConcurrencyLimit::new),
         }
     }
 }

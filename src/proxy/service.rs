@@ -23,10 +23,12 @@ use crate::config::{PathMatch, Rewrite};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
-use crate::policy::Claims;
+use crate::policy::concurrency::Permit;
+use crate::policy::{Claims, body_limit, rate_limit};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
-    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, UpstreamPool, forward, retry,
+    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, SiteRoutes, UpstreamPool,
+    forward, retry,
 };
 
 /// What the proxy knows about the client connection a request came on.
@@ -91,6 +93,8 @@ impl Proxy {
         };
         // Handles pre-created with the table; the route sets the ones that matched.
         let mut metrics = (&table.unmatched, &table.unmatched_duration);
+        // The route's concurrency slot, if it has a limit: rides on the response body.
+        let mut permit = None;
         let response = match self
             .route(
                 &table,
@@ -100,6 +104,7 @@ impl Proxy {
                 &mut record,
                 &ids,
                 &mut metrics,
+                &mut permit,
             )
             .await
         {
@@ -123,7 +128,7 @@ impl Proxy {
         record.status = response.status().as_u16();
         metrics.0.count(record.status);
         metrics.1.observe(record.started.elapsed());
-        response.map(|body| Metered::new(body, record))
+        response.map(|body| Metered::new(body, record).holding(permit))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -136,6 +141,7 @@ impl Proxy {
         record: &mut AccessRecord,
         ids: &RequestIds,
         metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
+        permit: &mut Option<Permit>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
@@ -159,15 +165,28 @@ impl Proxy {
             .route(request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         metrics.0 = &route.metrics;
-        // JWT auth (401) before anything reaches the origin; the claims feed later steps
-        // (the rate limiter's `jwt:CLAIM` key).
-        let _claims: Option<Claims> = match &route.auth {
+        // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
+        // route (429) → concurrency (429). A declared oversized body is refused before anything.
+        body_limit::check_length(request.headers(), route.max_body)
+            .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
+        // JWT auth before anything reaches the origin; the claims key `jwt:CLAIM` rate limits.
+        let claims: Option<Claims> = match &route.auth {
             Some(auth) => Some(
                 auth.check(request.headers_mut())
                     .map_err(|failure| ProxyError::Unauthorized { failure })?,
             ),
             None => None,
         };
+        // Seam for policy::client_ip: the client behind trusted proxies.
+        let client = conn.peer.ip();
+        check_rate_limits(site, route, client, request.headers(), claims.as_deref())
+            .map_err(|(scope, limit)| ProxyError::RateLimited { scope, limit })?;
+        if let Some(limit) = &route.concurrency {
+            *permit = Some(limit.acquire().await.map_err(|_| {
+                route.metrics.concurrency_limited.inc();
+                ProxyError::ConcurrencyLimited
+            })?);
+        }
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
             Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
@@ -215,6 +234,7 @@ impl Proxy {
             &parts.headers,
             body,
             record.bytes_in.clone(),
+            route.max_body,
             deadline,
         )
         .await?;
@@ -231,7 +251,12 @@ impl Proxy {
             uri_for,
             &mut record.upstream,
         )
-        .await?;
+        .await
+        .map_err(|error| match route.max_body {
+            // The origin saw a body cut short, never a complete oversized one.
+            Some(max) if body_limit::is_exceeded(&error) => ProxyError::BodyTooLarge { max },
+            _ => error,
+        })?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {
@@ -243,6 +268,26 @@ impl Proxy {
         }
         Ok(response)
     }
+}
+
+/// The site's rate limit, then the route's; either refusing counts on the route. The error
+/// names whose limit refused.
+fn check_rate_limits(
+    site: &SiteRoutes,
+    route: &Route,
+    client: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    claims: rate_limit::Claims<'_>,
+) -> Result<(), (&'static str, rate_limit::Limited)> {
+    for (scope, limiter) in [("site", &site.rate_limit), ("route", &route.rate_limit)] {
+        let Some(limiter) = limiter else { continue };
+        let key = rate_limit::key_for(limiter.key(), client, headers, claims);
+        if let Err(limit) = limiter.check(&key) {
+            route.metrics.rate_limited.inc();
+            return Err((scope, limit));
+        }
+    }
+    Ok(())
 }
 
 /// Copies bytes both ways between an upgraded client and origin until either side closes.

@@ -137,6 +137,11 @@ impl Upstream {
         *self.stats.requests.borrow()
     }
 
+    /// Request body bytes read so far (by the sink: of the latest request).
+    pub fn received(&self) -> u64 {
+        *self.stats.received.borrow()
+    }
+
     /// Waits until at least `n` request body bytes have been read.
     pub async fn wait_received(&self, n: u64, what: &str) {
         let mut received = self.stats.received.subscribe();
