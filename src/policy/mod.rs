@@ -4,3 +4,6 @@
 //!
 //! `proxy::service` calls them in one visible order; none of them does I/O on the request path
 //! (JWKS refreshes run in the background).
+
+pub mod client_ip;
+pub mod headers;

@@ -16,6 +16,12 @@ pub enum ProxyError {
     /// No route of the site matches the path.
     #[error("no route for the path")]
     NoRoute,
+    /// Routes match the path but none allows the method.
+    #[error("method not allowed on the path")]
+    MethodNotAllowed {
+        /// The methods the path-matching routes allow (sent as `Allow`).
+        allow: Vec<http::Method>,
+    },
     /// The origin refused, reset or could not be reached.
     #[error("upstream {upstream} failed")]
     Upstream {
@@ -50,6 +56,7 @@ impl ProxyError {
         match self {
             Self::NoSite { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -58,7 +65,7 @@ impl ProxyError {
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoSite { .. } | Self::NoRoute => Side::Downstream,
+            Self::NoSite { .. } | Self::NoRoute | Self::MethodNotAllowed { .. } => Side::Downstream,
             Self::Upstream { .. } | Self::UpstreamTimeout { .. } => Side::Upstream,
         }
     }
@@ -70,6 +77,7 @@ impl ProxyError {
                 "421 misdirected request: this host is not served on this connection\n"
             }
             Self::NoRoute => "404 not found\n",
+            Self::MethodNotAllowed { .. } => "405 method not allowed\n",
             Self::Upstream { .. } => "502 bad gateway: the upstream server could not be reached\n",
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
