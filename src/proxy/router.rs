@@ -258,3 +258,118 @@ impl Route {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch, methods: &[Method], body: &'static str) -> Route {
+        Route {
+            metrics: RouteMetrics::new("t.test", &path.to_string()),
+            path,
+            methods: methods.to_vec(),
+            rewrite: Rewrite::None,
+            headers: HeaderRules::default(),
+            action: Action::Respond {
+                status: StatusCode::OK,
+                body: Bytes::from_static(body.as_bytes()),
+            },
+        }
+    }
+
+    /// A site whose routes are given in file order and sorted as `from_config` does.
+    fn site(mut routes: Vec<Route>) -> SiteRoutes {
+        routes.sort_by_key(|r| precedence(&r.path));
+        SiteRoutes {
+            name: Arc::from("t.test"),
+            policy: SitePolicy::default(),
+            routes,
+            unrouted: RouteMetrics::unrouted("t.test"),
+            duration: SiteMetrics::new("t.test"),
+        }
+    }
+
+    fn prefix(p: &str) -> PathMatch {
+        PathMatch::Prefix(p.to_owned())
+    }
+
+    /// The body of the respond route serving the request: each test route's label.
+    fn served(site: &SiteRoutes, method: Method, path: &str) -> Result<String, RouteMiss> {
+        match &site.route(&method, path)?.action {
+            Action::Respond { body, .. } => Ok(String::from_utf8_lossy(body).into_owned()),
+            Action::Proxy(_) => unreachable!("tests build respond routes only"),
+        }
+    }
+
+    #[test]
+    fn exact_beats_longest_prefix_beats_regex_whatever_the_file_order() {
+        let regex = |r: &str| PathMatch::Regex(regex::Regex::new(r).unwrap());
+        let site = site(vec![
+            route(regex("^/api/"), &[], "regex"),
+            route(regex("^/api/v1/x$"), &[], "regex2"),
+            route(prefix("/api/"), &[], "short"),
+            route(prefix("/api/v1/"), &[], "long"),
+            route(PathMatch::Exact("/api/v1/login".to_owned()), &[], "exact"),
+        ]);
+        assert_eq!(
+            served(&site, Method::GET, "/api/v1/login"),
+            Ok("exact".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/api/v1/x"),
+            Ok("long".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/api/other"),
+            Ok("short".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/nothing"),
+            Err(RouteMiss::NotFound)
+        );
+        let regexes = self::site(vec![
+            route(regex("^/u/"), &[], "regex"),
+            route(regex("^/u/[0-9]+$"), &[], "regex2"),
+        ]);
+        assert_eq!(
+            served(&regexes, Method::GET, "/u/7"),
+            Ok("regex".to_owned()),
+            "file order"
+        );
+    }
+
+    #[test]
+    fn a_route_with_other_methods_is_skipped_for_the_next_candidate() {
+        let site = site(vec![
+            route(prefix("/"), &[], "other"),
+            route(prefix("/api/"), &[Method::POST], "post"),
+            route(PathMatch::Exact("/api/x".to_owned()), &[Method::GET], "get"),
+        ]);
+        assert_eq!(served(&site, Method::GET, "/api/x"), Ok("get".to_owned()));
+        assert_eq!(served(&site, Method::POST, "/api/x"), Ok("post".to_owned()));
+        assert_eq!(
+            served(&site, Method::DELETE, "/api/x"),
+            Ok("other".to_owned())
+        );
+    }
+
+    #[test]
+    fn path_matched_but_no_method_gives_the_allowed_methods() {
+        let site = site(vec![
+            route(prefix("/api/"), &[Method::POST, Method::PUT], "post"),
+            route(PathMatch::Exact("/api/x".to_owned()), &[Method::GET], "get"),
+        ]);
+        assert_eq!(
+            served(&site, Method::DELETE, "/api/x"),
+            Err(RouteMiss::MethodNotAllowed(vec![
+                Method::GET,
+                Method::POST,
+                Method::PUT
+            ]))
+        );
+        assert_eq!(
+            served(&site, Method::DELETE, "/other"),
+            Err(RouteMiss::NotFound)
+        );
+    }
+}
