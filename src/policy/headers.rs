@@ -69,6 +69,18 @@ pub fn hsts_value(hsts: &Hsts) -> HeaderValue {
     HeaderValue::try_from(value).expect("digits and ASCII words form a valid header value")
 }
 
+/// The fields `rules` names that [`apply_request`]/[`apply_response`] will skip, for a warning
+/// when the table is built.
+pub fn ignored(rules: &HeaderRules) -> impl Iterator<Item = &HeaderName> {
+    [&rules.request, &rules.response]
+        .into_iter()
+        .flat_map(|ops| {
+            let set = ops.set.iter().chain(&ops.add).map(|(name, _)| name);
+            ops.remove.iter().chain(set)
+        })
+        .filter(|name| is_protected(name))
+}
+
 /// One rule set: remove → set → add, skipping protected fields.
 fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
     if ops.is_empty() {
@@ -162,7 +174,18 @@ mod tests {
             &[("x-forwarded-for", "6.6.6.6")],
             &["x-forwarded-for"],
         );
-        apply_request(&mut headers, &request_rules(rules), &HeaderRules::default());
+        let rules = request_rules(rules);
+        let skipped: Vec<&str> = ignored(&rules).map(HeaderName::as_str).collect();
+        assert_eq!(
+            skipped,
+            [
+                "x-forwarded-for",
+                "x-real-ip",
+                "connection",
+                "x-forwarded-for"
+            ]
+        );
+        apply_request(&mut headers, &rules, &HeaderRules::default());
         assert_eq!(values(&headers, "x-real-ip"), ["1.2.3.4"]);
         assert_eq!(values(&headers, "x-forwarded-for"), ["1.2.3.4"]);
         assert!(headers.get("connection").is_none());

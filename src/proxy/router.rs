@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use tracing::warn;
 
 use crate::config::{
     Config, HeaderRules, HostName, IpNet, PathMatch, Rewrite, RouteAction, SitePolicy,
     UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::policy::headers;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -112,6 +114,14 @@ impl RouteTable {
                 .iter()
                 .map(|r| Route::from_config(&site.name, r, &config.upstream, &mut pools))
                 .collect();
+            let rules = std::iter::once(&site.policy.headers)
+                .chain(site.routes.iter().map(|r| &r.policy.headers));
+            for name in rules.flat_map(headers::ignored) {
+                warn!(
+                    site = %site.name,
+                    "header rule on {name} ignored: Rampart owns forwarding and hop-by-hop fields"
+                );
+            }
             // A stable sort keeps file order within a kind and among equal prefix lengths.
             routes.sort_by_key(|r| precedence(&r.path));
             table.sites.push(SiteRoutes {
