@@ -7,9 +7,11 @@
 
 mod common;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use http::Method;
 use ppp::v2;
@@ -95,6 +97,60 @@ async fn forwarded(client: &mut HttpClient, xff: Option<&str>) -> (String, Strin
     let real_ip = echoed.header("x-real-ip").expect("X-Real-IP").to_owned();
     let chain = echoed.header("x-forwarded-for").expect("XFF").to_owned();
     (real_ip, chain)
+}
+
+/// Every log line this test binary writes, as JSON (one object per line).
+static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the JSON subscriber the way `log.format: json` does, writing access lines to [`LOG`].
+fn capture_access_log() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter("rampart::access=info")
+            .with_writer(|| Capture)
+            .init();
+    });
+}
+
+/// The `peer` of the access log line of `request_id`, waiting (bounded) for it: it is written
+/// when the response body ends, which may be just after the client has read it.
+async fn logged_peer(request_id: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let text = String::from_utf8(LOG.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .expect("UTF-8 logs");
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["target"] == "rampart::access" && v["request_id"] == request_id);
+        if let Some(line) = found {
+            return line["peer"].as_str().expect("peer is logged").to_owned();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no access log line for {request_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Whether the server closed `tcp` without sending anything.
@@ -228,5 +284,24 @@ async fn a_configured_source_without_a_proxy_header_is_refused() {
         "a bare ClientHello from a PROXY source must not be served"
     );
     assert_eq!(origin.requests(), 0);
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn the_access_log_records_the_resolved_client_ip() {
+    capture_access_log();
+    let env = Env::new();
+    let origin = Upstream::echo("origin").await;
+    let top = "trusted_proxies: [127.0.0.1]\n";
+    let rampart = Rampart::start(&config(&env, "", top, &origin.url()), env.ca.roots()).await;
+    let mut client = rampart.client_h1("c.test").await;
+    let request = client
+        .request(Method::GET, "c.test", "/")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-request-id", "client-ip-log-1")
+        .body(empty())
+        .expect("valid request");
+    assert_eq!(client.fetch(request).await.status, 200);
+    assert_eq!(logged_peer("client-ip-log-1").await, "203.0.113.7");
     rampart.stop().await;
 }
