@@ -125,7 +125,8 @@ async fn balances_round_robin_across_a_routes_upstreams() {
 async fn forwarding_headers_extend_the_chain_and_the_host_is_kept() {
     let env = Env::new();
     let echo = Upstream::echo("echo").await;
-    let rampart = one_site(&env, &echo.url(), "").await;
+    // Only a trusted peer's chain is kept (tests/client_ip.rs: an untrusted one is replaced).
+    let rampart = one_site(&env, &echo.url(), "trusted_proxies: [127.0.0.1]\n").await;
     let host = format!("a.test:{}", rampart.https_addr().port());
     for mut client in [
         rampart.client_h1("a.test").await,
@@ -146,7 +147,12 @@ async fn forwarding_headers_extend_the_chain_and_the_host_is_kept() {
             Some("203.0.113.7, 198.51.100.2, 127.0.0.1"),
             "{version:?}"
         );
-        assert_eq!(echoed.header("x-real-ip"), Some("127.0.0.1"), "{version:?}");
+        // The first untrusted hop from the right, not the client's own X-Real-IP.
+        assert_eq!(
+            echoed.header("x-real-ip"),
+            Some("198.51.100.2"),
+            "{version:?}"
+        );
         assert_eq!(
             echoed.header("x-forwarded-proto"),
             Some("https"),

@@ -7,7 +7,9 @@
 
 pub mod auth;
 pub mod body_limit;
+pub mod client_ip;
 pub mod concurrency;
+pub mod headers;
 pub mod jwks;
 pub mod rate_limit;
 

@@ -21,6 +21,12 @@ pub enum ProxyError {
     /// No route of the site matches the path.
     #[error("no route for the path")]
     NoRoute,
+    /// Routes match the path but none allows the method.
+    #[error("method not allowed on the path")]
+    MethodNotAllowed {
+        /// The methods the path-matching routes allow (sent as `Allow`).
+        allow: Vec<http::Method>,
+    },
     /// The origin refused, reset or could not be reached.
     #[error("upstream {upstream} failed")]
     Upstream {
@@ -101,6 +107,7 @@ impl ProxyError {
         match self {
             Self::NoSite { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyUpstream { .. } | Self::UpstreamsBusy => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +124,7 @@ impl ProxyError {
         match self {
             Self::NoSite { .. }
             | Self::NoRoute
+            | Self::MethodNotAllowed { .. }
             | Self::RequestBody { .. }
             | Self::RequestBodyTimeout { .. }
             | Self::Unauthorized { .. }
@@ -137,6 +145,7 @@ impl ProxyError {
                 "421 misdirected request: this host is not served on this connection\n"
             }
             Self::NoRoute => "404 not found\n",
+            Self::MethodNotAllowed { .. } => "405 method not allowed\n",
             Self::Upstream { .. } => "502 bad gateway: the upstream server could not be reached\n",
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"

@@ -51,19 +51,29 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds the client to `X-Forwarded-For` (after any existing chain) and sets
-/// `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP`.
-pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<HeaderValue>) {
-    let client_text = client.to_string();
+/// Sets the forwarding fields: `peer` (the hop we saw) ends `X-Forwarded-For`, `X-Real-IP`
+/// is the resolved `client`, plus `X-Forwarded-Proto` and `X-Forwarded-Host`.
+///
+/// The incoming `X-Forwarded-For` chain is kept only when `peer` is a trusted proxy. From an
+/// untrusted peer it is replaced, so entries a client wrote itself never reach origins that
+/// might believe them.
+pub(crate) fn add_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    keep_chain: bool,
+    client: IpAddr,
+    host: Option<HeaderValue>,
+) {
+    let peer_text = peer.to_string();
     let chain: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let xff = if chain.is_empty() {
-        client_text.clone()
+    let xff = if chain.is_empty() || !keep_chain {
+        peer_text
     } else {
-        format!("{}, {client_text}", chain.join(", "))
+        format!("{}, {peer_text}", chain.join(", "))
     };
     if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert(&X_FORWARDED_FOR, value);
@@ -73,13 +83,15 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Opti
         Some(host) => headers.insert(&X_FORWARDED_HOST, host),
         None => headers.remove(&X_FORWARDED_HOST),
     };
-    if let Ok(value) = HeaderValue::try_from(client_text) {
+    if let Ok(value) = HeaderValue::try_from(client.to_string()) {
         headers.insert(&X_REAL_IP, value);
     }
 }
 
 /// The origin-form target for `upstream`: the path with a leading `from` replaced by `to`
-/// (`to` empty strips it); the result always starts with `/`.
+/// (`to` empty strips it), the query kept. The result always starts with `/`, and the seam
+/// never doubles or loses a slash: `/api` → `/v2/` on `/api/x` gives `/v2/x`, and `/api/` →
+/// `/v2` on `/api/x` gives `/v2/x` too.
 pub(crate) fn upstream_uri(
     upstream: &UpstreamUrl,
     original: &Uri,
@@ -88,7 +100,15 @@ pub(crate) fn upstream_uri(
     let path = original.path();
     let path = match replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to))) {
         Some((rest, to)) => {
-            let joined = format!("{to}{rest}");
+            let to = to.trim_end_matches('/');
+            let rest = rest.trim_start_matches('/');
+            // `from` ending in `/` ate the separator; a `from` without it matched a segment
+            // prefix (`/api` on `/apix`), which still needs one.
+            let joined = if rest.is_empty() && !to.is_empty() && !original.path().ends_with('/') {
+                to.to_owned()
+            } else {
+                format!("{to}/{rest}")
+            };
             if joined.starts_with('/') {
                 joined
             } else {
@@ -153,7 +173,18 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_appends_to_existing_chain() {
+    fn forwarding_from_an_untrusted_peer_replaces_the_chain() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let peer = "127.0.0.9".parse().unwrap();
+        add_forwarding(&mut h, peer, false, peer, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-real-ip"], "127.0.0.9");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn forwarding_from_a_trusted_peer_appends_to_existing_chain() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append(
@@ -163,12 +194,14 @@ mod tests {
         add_forwarding(
             &mut h,
             "127.0.0.9".parse().unwrap(),
+            true,
+            "3.3.3.3".parse().unwrap(),
             Some(HeaderValue::from_static("a.test:8443")),
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test:8443");
-        assert_eq!(h["x-real-ip"], "127.0.0.9");
+        assert_eq!(h["x-real-ip"], "3.3.3.3");
     }
 
     #[test]
@@ -191,5 +224,28 @@ mod tests {
             upstream_uri(&up, &uri, None).to_string(),
             "http://127.0.0.1:9000/v1/users?id=3"
         );
+    }
+
+    #[test]
+    fn replace_prefix_never_doubles_or_drops_the_slash_at_the_seam() {
+        let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
+        let at = |path: &str, from, to| {
+            let uri: Uri = path.parse().unwrap();
+            upstream_uri(&up, &uri, Some((from, to)))
+                .path_and_query()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(at("/api/x?q=1", "/api/", "/v2/"), "/v2/x?q=1");
+        assert_eq!(at("/api/x", "/api", "/v2/"), "/v2/x");
+        assert_eq!(at("/api/x", "/api/", "/v2"), "/v2/x");
+        assert_eq!(at("/api//x", "/api/", "/v2/"), "/v2/x");
+        assert_eq!(at("/api", "/api", "/v2"), "/v2");
+        assert_eq!(at("/api/", "/api/", "/v2/"), "/v2/");
+        assert_eq!(at("/api/", "/api/", "/"), "/");
+        assert_eq!(at("/api", "/api", ""), "/");
+        assert_eq!(at("/api/x", "/api/", "v2"), "/v2/x");
+        // Not under `from`: unchanged.
+        assert_eq!(at("/other/x", "/api/", "/v2/"), "/other/x");
     }
 }

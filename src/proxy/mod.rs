@@ -20,6 +20,6 @@ mod upstream;
 pub use balance::UpstreamPool;
 pub use body::{Metered, ProxyBody};
 pub use error::{ProxyError, Side};
-pub use router::{Action, Route, RouteTable, SiteRoutes};
+pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};
 pub use upstream::Upstream;

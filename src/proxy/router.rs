@@ -1,21 +1,34 @@
-//! The route table: request host → site, then longest path prefix → route.
+//! The route table: request host → site, then path and method → route.
 //!
 //! Built from a [`Config`] snapshot by the server at start (and on reload); read per request.
+//!
+//! Route precedence within a site, whatever the file order between kinds:
+//! 1. every `path_exact` route, in file order;
+//! 2. every `path` (prefix) route, longest prefix first, file order among equal lengths;
+//! 3. every `path_regex` route, in file order.
+//!
+//! The first route in that order whose path matches and whose `methods` allow the request's
+//! method (any, when empty) serves it. A route whose path matches but whose methods do not is
+//! skipped, so a later one can take the request. When some routes matched the path but none the
+//! method, the answer is 405 with `Allow` naming their methods; when none matched the path, 404.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{Method, StatusCode};
+use tracing::warn;
 
 use crate::config::{
-    Config, HostName, PathMatch, Rewrite, RouteAction, UpstreamDefaults, Upstreams,
+    Config, HeaderRules, HostName, IpNet, PathMatch, Rewrite, RouteAction, SitePolicy,
+    UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
 use crate::policy::jwks::KeyStores;
 use crate::policy::concurrency::ConcurrencyLimit;
 use crate::policy::rate_limit::RateLimiter;
+use crate::policy::headers;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -26,17 +39,21 @@ pub struct RouteTable {
     default: Option<usize>,
     /// The pool settings the table's pools were built with.
     upstream: Option<UpstreamDefaults>,
+    /// `trusted_proxies:` peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
     /// Counters for requests that matched no site (site and route `none`).
     pub unmatched: RouteMetrics,
     /// Durations of requests that matched no site.
     pub unmatched_duration: SiteMetrics,
 }
 
-/// One site's routes, longest prefix first.
+/// One site's routes, in precedence order (see the module doc).
 #[derive(Debug)]
 pub struct SiteRoutes {
     /// The site's name (its first host).
     pub name: Arc<str>,
+    /// Site-wide policies: HSTS, the site's header rules and rate limit.
+    pub policy: SitePolicy,
     routes: Vec<Route>,
     /// Counters for requests of this site that matched no route.
     pub unrouted: RouteMetrics,
@@ -55,6 +72,8 @@ pub struct Route {
     pub methods: Vec<http::Method>,
     /// How the path is rewritten before forwarding.
     pub rewrite: Rewrite,
+    /// The route's header rules, applied after the site's.
+    pub headers: HeaderRules,
     /// What it does.
     pub action: Action,
     /// Its request counters, by status class.
@@ -104,6 +123,7 @@ impl RouteTable {
         }
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
+            trusted_proxies: config.trusted_proxies.clone(),
             ..Self::default()
         };
         // Metric handles are looked up here, once per snapshot, never per request.
@@ -121,13 +141,19 @@ impl RouteTable {
                     Route::from_config(&site.name, r, &config.upstream, &mut pools, &mut key_stores)
                 })
                 .collect();
-            // Longest prefix wins; a stable sort keeps file order among equal lengths.
-            routes.sort_by_key(|r| match &r.path {
-                PathMatch::Prefix(path) => std::cmp::Reverse(path.len()),
-                _ => std::cmp::Reverse(0),
-            });
+            let rules = std::iter::once(&site.policy.headers)
+                .chain(site.routes.iter().map(|r| &r.policy.headers));
+            for name in rules.flat_map(headers::ignored) {
+                warn!(
+                    site = %site.name,
+                    "header rule on {name} ignored: Rampart owns forwarding and hop-by-hop fields"
+                );
+            }
+            // A stable sort keeps file order within a kind and among equal prefix lengths.
+            routes.sort_by_key(|r| precedence(&r.path));
             table.sites.push(SiteRoutes {
                 name: Arc::from(site.name.as_str()),
+                policy: site.policy.clone(),
                 routes,
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
@@ -181,6 +207,7 @@ impl Default for RouteTable {
             by_host: HashMap::new(),
             default: None,
             upstream: None,
+            trusted_proxies: Vec::new(),
             unmatched: RouteMetrics::unrouted("none"),
             unmatched_duration: SiteMetrics::new("none"),
         }
@@ -188,17 +215,59 @@ impl Default for RouteTable {
 }
 
 impl SiteRoutes {
-    /// The route with the longest prefix of `path`.
-    pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| match &r.path {
-            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            PathMatch::Exact(exact) => path == exact,
-            PathMatch::Regex(regex) => regex.is_match(path),
-        })
+    /// The route serving `method` on `path`, by the precedence of the module doc.
+    ///
+    /// # Errors
+    /// [`RouteMiss::NotFound`] when no route matches the path; [`RouteMiss::MethodNotAllowed`]
+    /// with the methods those that match it allow, when none allows `method`.
+    pub fn route(&self, method: &Method, path: &str) -> Result<&Route, RouteMiss> {
+        let mut allowed: Vec<Method> = Vec::new();
+        for route in self.routes.iter().filter(|r| r.matches_path(path)) {
+            if route.methods.is_empty() || route.methods.contains(method) {
+                return Ok(route);
+            }
+            for m in &route.methods {
+                if !allowed.contains(m) {
+                    allowed.push(m.clone());
+                }
+            }
+        }
+        if allowed.is_empty() {
+            Err(RouteMiss::NotFound)
+        } else {
+            Err(RouteMiss::MethodNotAllowed(allowed))
+        }
+    }
+}
+
+/// Why no route serves a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No route matches the path (404).
+    NotFound,
+    /// Routes match the path, none the method; these are their methods (405 with `Allow`).
+    MethodNotAllowed(Vec<Method>),
+}
+
+/// Sort key of a route: exact, then prefixes longest first, then regexes.
+fn precedence(path: &PathMatch) -> (u8, std::cmp::Reverse<usize>) {
+    match path {
+        PathMatch::Exact(_) => (0, std::cmp::Reverse(0)),
+        PathMatch::Prefix(prefix) => (1, std::cmp::Reverse(prefix.len())),
+        PathMatch::Regex(_) => (2, std::cmp::Reverse(0)),
     }
 }
 
 impl Route {
+    /// Whether the route's path matches `path`, ignoring methods.
+    pub fn matches_path(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Regex(regex) => regex.is_match(path),
+        }
+    }
+
     fn from_config(
         site: &str,
         route: &crate::config::Route,
@@ -222,6 +291,7 @@ impl Route {
             path: route.path.clone(),
             methods: route.methods.clone(),
             rewrite: route.rewrite.clone(),
+            headers: route.policy.headers.clone(),
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
             auth: (route.policy.auth.as_ref()).map(|a| RouteAuth::from_config(a, key_stores)),
@@ -229,5 +299,120 @@ impl Route {
             rate_limit: route.policy.rate_limit.as_ref().and_then(RateLimiter::new),
             concurrency: route.policy.concurrency.as_ref().map(ConcurrencyLimit::new),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch, methods: &[Method], body: &'static str) -> Route {
+        Route {
+            metrics: RouteMetrics::new("t.test", &path.to_string()),
+            path,
+            methods: methods.to_vec(),
+            rewrite: Rewrite::None,
+            headers: HeaderRules::default(),
+            action: Action::Respond {
+                status: StatusCode::OK,
+                body: Bytes::from_static(body.as_bytes()),
+            },
+        }
+    }
+
+    /// A site whose routes are given in file order and sorted as `from_config` does.
+    fn site(mut routes: Vec<Route>) -> SiteRoutes {
+        routes.sort_by_key(|r| precedence(&r.path));
+        SiteRoutes {
+            name: Arc::from("t.test"),
+            policy: SitePolicy::default(),
+            routes,
+            unrouted: RouteMetrics::unrouted("t.test"),
+            duration: SiteMetrics::new("t.test"),
+        }
+    }
+
+    fn prefix(p: &str) -> PathMatch {
+        PathMatch::Prefix(p.to_owned())
+    }
+
+    /// The body of the respond route serving the request: each test route's label.
+    fn served(site: &SiteRoutes, method: Method, path: &str) -> Result<String, RouteMiss> {
+        match &site.route(&method, path)?.action {
+            Action::Respond { body, .. } => Ok(String::from_utf8_lossy(body).into_owned()),
+            Action::Proxy(_) => unreachable!("tests build respond routes only"),
+        }
+    }
+
+    #[test]
+    fn exact_beats_longest_prefix_beats_regex_whatever_the_file_order() {
+        let regex = |r: &str| PathMatch::Regex(regex::Regex::new(r).unwrap());
+        let site = site(vec![
+            route(regex("^/api/"), &[], "regex"),
+            route(regex("^/api/v1/x$"), &[], "regex2"),
+            route(prefix("/api/"), &[], "short"),
+            route(prefix("/api/v1/"), &[], "long"),
+            route(PathMatch::Exact("/api/v1/login".to_owned()), &[], "exact"),
+        ]);
+        assert_eq!(
+            served(&site, Method::GET, "/api/v1/login"),
+            Ok("exact".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/api/v1/x"),
+            Ok("long".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/api/other"),
+            Ok("short".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::GET, "/nothing"),
+            Err(RouteMiss::NotFound)
+        );
+        let regexes = self::site(vec![
+            route(regex("^/u/"), &[], "regex"),
+            route(regex("^/u/[0-9]+$"), &[], "regex2"),
+        ]);
+        assert_eq!(
+            served(&regexes, Method::GET, "/u/7"),
+            Ok("regex".to_owned()),
+            "file order"
+        );
+    }
+
+    #[test]
+    fn a_route_with_other_methods_is_skipped_for_the_next_candidate() {
+        let site = site(vec![
+            route(prefix("/"), &[], "other"),
+            route(prefix("/api/"), &[Method::POST], "post"),
+            route(PathMatch::Exact("/api/x".to_owned()), &[Method::GET], "get"),
+        ]);
+        assert_eq!(served(&site, Method::GET, "/api/x"), Ok("get".to_owned()));
+        assert_eq!(served(&site, Method::POST, "/api/x"), Ok("post".to_owned()));
+        assert_eq!(
+            served(&site, Method::DELETE, "/api/x"),
+            Ok("other".to_owned())
+        );
+    }
+
+    #[test]
+    fn path_matched_but_no_method_gives_the_allowed_methods() {
+        let site = site(vec![
+            route(prefix("/api/"), &[Method::POST, Method::PUT], "post"),
+            route(PathMatch::Exact("/api/x".to_owned()), &[Method::GET], "get"),
+        ]);
+        assert_eq!(
+            served(&site, Method::DELETE, "/api/x"),
+            Err(RouteMiss::MethodNotAllowed(vec![
+                Method::GET,
+                Method::POST,
+                Method::PUT
+            ]))
+        );
+        assert_eq!(
+            served(&site, Method::DELETE, "/other"),
+            Err(RouteMiss::NotFound)
+        );
     }
 }

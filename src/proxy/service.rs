@@ -3,7 +3,7 @@
 //! Called by the HTTP server on the connection's task for every decrypted request. Reads the
 //! route table snapshot once per request; upgrade tunnels run on the server's task tracker.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -19,22 +19,23 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::{PathMatch, Rewrite};
+use crate::config::{HeaderRules, PathMatch, Rewrite, contains_ip};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::concurrency::Permit;
-use crate::policy::{Claims, body_limit, rate_limit};
+use crate::policy::{Claims, body_limit, client_ip, headers, rate_limit};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
-    Action, Metered, ProxyBody, ProxyError, Route, RouteTable, Side, SiteRoutes, UpstreamPool,
-    forward, retry,
+    Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
+    UpstreamPool, forward, retry,
 };
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
-    /// The client's address.
+    /// The address of the hop we saw: the TCP peer, or the source a trusted PROXY protocol
+    /// header named. The client IP behind trusted proxies is resolved per request from it.
     pub peer: SocketAddr,
     /// The TLS server name it asked for, lower-case.
     pub sni: Option<Arc<str>>,
@@ -77,9 +78,12 @@ impl Proxy {
         let table = self.table.load_full();
         let host = request_host(&request);
         let ids = RequestIds::from_headers(request.headers());
+        // Step 1: every later step (log, X-Real-IP, rate keys, ip_hash) uses this, not the peer.
+        let client_ip =
+            client_ip::resolve(conn.peer.ip(), request.headers(), &table.trusted_proxies);
         let mut record = AccessRecord {
             started: Instant::now(),
-            peer: conn.peer.ip(),
+            peer: client_ip,
             sni: conn.sni.clone(),
             host: host.clone(),
             method: request.method().clone(),
@@ -95,20 +99,33 @@ impl Proxy {
         let mut metrics = (&table.unmatched, &table.unmatched_duration);
         // The route's concurrency slot, if it has a limit: rides on the response body.
         let mut permit = None;
+        let mut matched = (None, None);
         let response = match self
             .route(
                 &table,
                 request,
                 conn,
+                client_ip,
                 host.as_deref(),
                 &mut record,
                 &ids,
                 &mut metrics,
                 &mut permit,
+                &mut matched,
             )
             .await
         {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if let (Some(site), route) = matched {
+                    headers::apply_response(
+                        response.headers_mut(),
+                        &site.policy.headers,
+                        route.map(|r: &Route| &r.headers),
+                        site.policy.hsts.as_ref(),
+                    );
+                }
+                response
+            }
             Err(err) => {
                 let site = record.site.as_deref().unwrap_or("-");
                 match err.side() {
@@ -122,6 +139,21 @@ impl Proxy {
                 let mut response =
                     text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
                 response.headers_mut().extend(err.headers());
+                if let ProxyError::MethodNotAllowed { allow } = &err {
+                    let allow: Vec<&str> = allow.iter().map(http::Method::as_str).collect();
+                    if let Ok(value) = HeaderValue::try_from(allow.join(", ")) {
+                        response.headers_mut().insert(header::ALLOW, value);
+                    }
+                }
+                // Our own error pages of a site carry its HSTS too (a 421 has no site).
+                if let Some(site) = matched.0 {
+                    headers::apply_response(
+                        response.headers_mut(),
+                        &HeaderRules::default(),
+                        None,
+                        site.policy.hsts.as_ref(),
+                    );
+                }
                 response
             }
         };
@@ -137,11 +169,13 @@ impl Proxy {
         table: &'t RouteTable,
         mut request: Request<Incoming>,
         conn: &ConnInfo,
+        client_ip: IpAddr,
         host: Option<&str>,
         record: &mut AccessRecord,
         ids: &RequestIds,
         metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
         permit: &mut Option<Permit>,
+        matched: &mut (Option<&'t SiteRoutes>, Option<&'t Route>),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
@@ -161,10 +195,15 @@ impl Proxy {
         };
         record.site = Some(site.name.clone());
         *metrics = (&site.unrouted, &site.duration);
-        let route = site
-            .route(request.uri().path())
-            .ok_or(ProxyError::NoRoute)?;
+        matched.0 = Some(site);
+        let route =
+            site.route(request.method(), request.uri().path())
+                .map_err(|miss| match miss {
+                    RouteMiss::NotFound => ProxyError::NoRoute,
+                    RouteMiss::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed { allow },
+                })?;
         metrics.0 = &route.metrics;
+        matched.1 = Some(route);
         // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
         // route (429) → concurrency (429). A declared oversized body is refused before anything.
         body_limit::check_length(request.headers(), route.max_body)
@@ -177,9 +216,7 @@ impl Proxy {
             ),
             None => None,
         };
-        // Seam for policy::client_ip: the client behind trusted proxies.
-        let client = conn.peer.ip();
-        check_rate_limits(site, route, client, request.headers(), claims.as_deref())
+        check_rate_limits(site, route, client_ip, request.headers(), claims.as_deref())
             .map_err(|(scope, limit)| ProxyError::RateLimited { scope, limit })?;
         if let Some(limit) = &route.concurrency {
             *permit = Some(limit.acquire().await.map_err(|_| {
@@ -189,16 +226,28 @@ impl Proxy {
         }
         match &route.action {
             Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
-            Action::Proxy(pool) => self.forward(pool, route, request, conn, record, ids).await,
+            Action::Proxy(pool) => {
+                let trusted_peer = contains_ip(&table.trusted_proxies, conn.peer.ip());
+                let hop = Hop {
+                    peer: conn.peer.ip(),
+                    trusted_peer,
+                    client_ip,
+                };
+                self.forward(pool, site, route, request, conn, hop, record, ids)
+                    .await
+            }
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     async fn forward(
         &self,
         pool: &UpstreamPool,
+        site: &SiteRoutes,
         route: &Route,
         mut request: Request<Incoming>,
         conn: &ConnInfo,
+        hop: Hop,
         record: &mut AccessRecord,
         ids: &RequestIds,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -226,9 +275,17 @@ impl Proxy {
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         // X-Forwarded-Host carries the host as the client wrote it, port included.
         let original_host = parts.headers.get(header::HOST).cloned();
-        forward::add_forwarding(&mut parts.headers, conn.peer.ip(), original_host);
+        forward::add_forwarding(
+            &mut parts.headers,
+            hop.peer,
+            hop.trusted_peer,
+            hop.client_ip,
+            original_host,
+        );
         // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
         ids.insert_into(&mut parts.headers);
+        // After our forwarding fields, which the rules cannot change (see policy::headers).
+        headers::apply_request(&mut parts.headers, &site.policy.headers, &route.headers);
         let payload = retry::prepare(
             &parts.method,
             &parts.headers,
@@ -241,12 +298,10 @@ impl Proxy {
         let outgoing = retry::Outgoing::new(parts, payload);
         let uri_for =
             |url: &crate::config::UpstreamUrl| forward::upstream_uri(url, &original_uri, replace);
-        // The trusted-proxy step will hand the resolved client IP here.
-        let client_ip = conn.peer.ip();
         let mut response = retry::forward(
             pool,
             outgoing,
-            client_ip,
+            hop.client_ip,
             deadline,
             uri_for,
             &mut record.upstream,
@@ -288,6 +343,17 @@ fn check_rate_limits(
         }
     }
     Ok(())
+}
+
+/// Who the request came from, as the forwarding fields need it.
+#[derive(Clone, Copy, Debug)]
+struct Hop {
+    /// The address we saw (TCP peer or PROXY protocol source).
+    peer: IpAddr,
+    /// Whether `peer` is in `trusted_proxies`, so its X-Forwarded-For chain is kept.
+    trusted_peer: bool,
+    /// The resolved client IP.
+    client_ip: IpAddr,
 }
 
 /// Copies bytes both ways between an upgraded client and origin until either side closes.

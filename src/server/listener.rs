@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::config::{Downstream, Listen};
+use crate::config::{Downstream, Listen, ProxyProtocol};
 use crate::observe::Chain;
 use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
 use crate::server::idle::IdleIo;
+use crate::server::proxy_protocol;
 use crate::tls::TlsAcceptor;
 
 /// Pending connections the kernel may queue per listener.
@@ -151,10 +152,21 @@ impl HttpServers {
     }
 }
 
+/// What happens on a TLS connection before its handshake.
+#[derive(Clone, Debug)]
+pub(crate) struct PreTls {
+    /// `listen.proxy_protocol`, if set.
+    pub(crate) proxy_protocol: Option<Arc<ProxyProtocol>>,
+    /// The PROXY header must arrive within this (the handshake timeout), the handshake then
+    /// gets its own.
+    pub(crate) timeout: Duration,
+}
+
 /// Accepts TLS connections until `stop`, serving each on its own task.
 pub(crate) async fn accept_https(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    pre_tls: PreTls,
     proxy: Proxy,
     servers: HttpServers,
     tasks: TaskTracker,
@@ -162,8 +174,9 @@ pub(crate) async fn accept_https(
 ) {
     let open = metrics::open_connections("https");
     while let Some((tcp, peer)) = accept(&listener, &stop).await {
-        let (acceptor, proxy, servers, stop) = (
+        let (acceptor, pre_tls, proxy, servers, stop) = (
             acceptor.clone(),
+            pre_tls.clone(),
             proxy.clone(),
             servers.clone(),
             stop.clone(),
@@ -171,7 +184,7 @@ pub(crate) async fn accept_https(
         let open = OpenConnection::enter(&open);
         tasks.spawn(
             async move {
-                serve_tls(tcp, peer, acceptor, proxy, servers, stop).await;
+                serve_tls(tcp, peer, acceptor, pre_tls, proxy, servers, stop).await;
                 drop(open);
             }
             .instrument(info_span!("conn", %peer)),
@@ -233,13 +246,25 @@ async fn accept(
 }
 
 async fn serve_tls(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     acceptor: TlsAcceptor,
+    pre_tls: PreTls,
     proxy: Proxy,
     servers: HttpServers,
     stop: CancellationToken,
 ) {
+    if let Some(settings) = &pre_tls.proxy_protocol {
+        let read = proxy_protocol::read_peer(&mut tcp, peer, settings);
+        peer = tokio::select! {
+            () = stop.cancelled() => return,
+            read = tokio::time::timeout(pre_tls.timeout, read) => match read {
+                Ok(Ok(source)) => source,
+                Ok(Err(err)) => return debug!(error = %Chain(&err), "connection refused"),
+                Err(_) => return debug!("no PROXY header in time"),
+            },
+        };
+    }
     let (tls, handshake) = tokio::select! {
         () = stop.cancelled() => return,
         accepted = acceptor.accept(tcp) => match accepted {

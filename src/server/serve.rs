@@ -58,6 +58,8 @@ impl Server {
         let challenges = ChallengeStore::default();
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let (grace, downstream) = (config.shutdown_grace, config.downstream.clone());
+        // Part of `listen:`, so it is fixed until restart like the listeners themselves.
+        let proxy_protocol = config.listen.proxy_protocol.clone();
         let sites = config.sites.len();
 
         let hangup = Reloader::hangup();
@@ -81,9 +83,14 @@ impl Server {
         let servers = HttpServers::new(&downstream);
         // The bound port, not the configured one: they differ when the config says port 0.
         let http01 = Http01::new(challenges.clone(), https_addr.port());
+        let pre_tls = listener::PreTls {
+            proxy_protocol: proxy_protocol.map(Arc::new),
+            timeout: downstream.handshake_timeout,
+        };
         tasks.spawn(listener::accept_https(
             listeners.https,
             acceptor,
+            pre_tls,
             proxy,
             servers.clone(),
             tasks.clone(),
