@@ -24,7 +24,7 @@ impl UpstreamPool {
         let upstreams = settings
             .targets
             .iter()
-            .map(|target| Upstream::new(target, defaults))
+            .map(|target| Upstream::new(target, settings, defaults))
             .collect();
         Self {
             upstreams,

@@ -1,5 +1,10 @@
 //! Why a request could not be proxied, and the one place that turns that into a response.
 
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use http::StatusCode;
 
 use crate::config::UpstreamUrl;
@@ -16,14 +21,23 @@ pub enum ProxyError {
     /// No route of the site matches the path.
     #[error("no route for the path")]
     NoRoute,
-    /// The origin refused, reset or could not be reached.
+    /// No connection to the origin could be made (the request was never sent).
+    #[error("cannot connect to upstream {upstream}")]
+    UpstreamConnect {
+        /// The origin.
+        upstream: UpstreamUrl,
+        /// Cause.
+        #[source]
+        source: ConnectError,
+    },
+    /// The origin reset the connection or spoke invalid HTTP.
     #[error("upstream {upstream} failed")]
     Upstream {
         /// The origin.
         upstream: UpstreamUrl,
         /// Cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// The origin sent no response head in time.
     #[error("upstream {upstream} sent no response within {timeout:?}")]
@@ -32,6 +46,64 @@ pub enum ProxyError {
         upstream: UpstreamUrl,
         /// The limit that passed.
         timeout: std::time::Duration,
+    },
+}
+
+/// Why a connection to an origin could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The origin's host name did not resolve.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The name looked up.
+        host: String,
+        /// Cause.
+        #[source]
+        source: hickory_resolver::ResolveError,
+    },
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}")]
+    Tcp {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// TCP connect, TLS and HTTP handshakes together took longer than `timeouts.connect`.
+    #[error("connecting to {addr} took longer than {timeout:?}")]
+    Timeout {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The limit that passed.
+        timeout: Duration,
+    },
+    /// The TLS handshake failed (untrusted certificate, wrong name, protocol error).
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The route's `ca:` file could not be read, so no certificate can be verified.
+    #[error("cannot read CA file {path}")]
+    Roots {
+        /// The `ca:` file.
+        path: PathBuf,
+    },
+    /// The `https://` origin's host is not a valid TLS server name.
+    #[error("upstream host is not a valid TLS server name")]
+    ServerName,
+    /// hyper refused to start the HTTP/1.1 connection.
+    #[error("HTTP/1.1 handshake with {addr} failed")]
+    Handshake {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper::Error,
     },
 }
 
@@ -50,7 +122,7 @@ impl ProxyError {
         match self {
             Self::NoSite { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -59,7 +131,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::NoSite { .. } | Self::NoRoute => Side::Downstream,
-            Self::Upstream { .. } | Self::UpstreamTimeout { .. } => Side::Upstream,
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } | Self::UpstreamTimeout { .. } => {
+                Side::Upstream
+            }
         }
     }
 
@@ -70,7 +144,9 @@ impl ProxyError {
                 "421 misdirected request: this host is not served on this connection\n"
             }
             Self::NoRoute => "404 not found\n",
-            Self::Upstream { .. } => "502 bad gateway: the upstream server could not be reached\n",
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => {
+                "502 bad gateway: the upstream server could not be reached\n"
+            }
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
             }
