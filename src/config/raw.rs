@@ -12,6 +12,10 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
+mod gateway;
+
+pub(super) use gateway::*;
+
 /// A string value with its position in the file.
 pub(super) type Text = Spanned<String>;
 
@@ -29,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) downstream: RawDownstream,
     pub(super) upstream: RawUpstream,
     pub(super) shutdown_grace: Text,
+    pub(super) trusted_proxies: Option<List<String>>,
     pub(super) sites: List<RawSite>,
 }
 
@@ -39,6 +44,7 @@ pub(super) struct RawListen {
     pub(super) https: Text,
     pub(super) http: Text,
     pub(super) admin: Option<Text>,
+    pub(super) proxy_protocol: Option<Spanned<RawProxyProtocol>>,
 }
 
 /// `log:`
@@ -89,6 +95,8 @@ pub(super) struct RawUpstream {
     pub(super) response_header_timeout: Text,
     pub(super) pool_idle_timeout: Text,
     pub(super) pool_max_idle: Spanned<i64>,
+    pub(super) resolve_every: Text,
+    pub(super) nameservers: Option<List<String>>,
 }
 
 /// One entry of `sites:`. `hosts` is optional here so that a missing list is reported with
@@ -99,8 +107,22 @@ pub(super) struct RawSite {
     pub(super) hosts: Option<List<String>>,
     pub(super) tls: Spanned<RawTls>,
     pub(super) default: Spanned<bool>,
-    pub(super) upstreams: Option<List<String>>,
+    pub(super) upstreams: Option<List<RawUpstreamEntry>>,
     pub(super) routes: Option<List<RawRoute>>,
+    pub(super) hsts: Option<Spanned<RawHsts>>,
+    pub(super) headers: Option<Spanned<RawHeaderRules>>,
+    pub(super) rate_limit: Option<Spanned<RawRateLimit>>,
+    // Keys a route inherits from its site when it does not set them (see `raw::gateway`).
+    pub(super) max_body: Option<Text>,
+    pub(super) auth: Option<Spanned<RawAuth>>,
+    pub(super) balance: Option<Spanned<RawBalance>>,
+    pub(super) ca: Option<Text>,
+    pub(super) health: Option<Spanned<RawHealth>>,
+    pub(super) passive: Option<Spanned<RawPassive>>,
+    pub(super) retries: Option<Spanned<i64>>,
+    pub(super) timeouts: Option<Spanned<RawTimeouts>>,
+    pub(super) max_in_flight: Option<Spanned<i64>>,
+    pub(super) queue: Option<Spanned<RawQueue>>,
 }
 
 /// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
@@ -125,9 +147,26 @@ pub(super) struct RawTlsFiles {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawRoute {
     pub(super) path: Option<Text>,
-    pub(super) strip_prefix: bool,
-    pub(super) upstreams: Option<List<String>>,
+    pub(super) path_exact: Option<Text>,
+    pub(super) path_regex: Option<Text>,
+    pub(super) methods: Option<List<String>>,
+    pub(super) strip_prefix: Option<Spanned<bool>>,
+    pub(super) replace_prefix: Option<Spanned<RawReplacePrefix>>,
+    pub(super) upstreams: Option<List<RawUpstreamEntry>>,
     pub(super) respond: Option<Spanned<RawRespond>>,
+    pub(super) headers: Option<Spanned<RawHeaderRules>>,
+    pub(super) rate_limit: Option<Spanned<RawRateLimit>>,
+    // Keys a route inherits from its site when it does not set them (see `raw::gateway`).
+    pub(super) max_body: Option<Text>,
+    pub(super) auth: Option<Spanned<RawAuth>>,
+    pub(super) balance: Option<Spanned<RawBalance>>,
+    pub(super) ca: Option<Text>,
+    pub(super) health: Option<Spanned<RawHealth>>,
+    pub(super) passive: Option<Spanned<RawPassive>>,
+    pub(super) retries: Option<Spanned<i64>>,
+    pub(super) timeouts: Option<Spanned<RawTimeouts>>,
+    pub(super) max_in_flight: Option<Spanned<i64>>,
+    pub(super) queue: Option<Spanned<RawQueue>>,
 }
 
 /// `respond: {status, body}`
@@ -158,6 +197,7 @@ impl Default for RawConfig {
             downstream: RawDownstream::default(),
             upstream: RawUpstream::default(),
             shutdown_grace: text("30s"),
+            trusted_proxies: None,
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }
@@ -170,6 +210,7 @@ impl Default for RawListen {
             https: text("[::]:443"),
             http: text("[::]:80"),
             admin: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -216,6 +257,8 @@ impl Default for RawUpstream {
             response_header_timeout: text("30s"),
             pool_idle_timeout: text("90s"),
             pool_max_idle: unplaced(32),
+            resolve_every: text("30s"),
+            nameservers: None,
         }
     }
 }
@@ -228,6 +271,19 @@ impl Default for RawSite {
             default: unplaced(false),
             upstreams: None,
             routes: None,
+            hsts: None,
+            headers: None,
+            rate_limit: None,
+            max_body: None,
+            auth: None,
+            balance: None,
+            ca: None,
+            health: None,
+            passive: None,
+            retries: None,
+            timeouts: None,
+            max_in_flight: None,
+            queue: None,
         }
     }
 }

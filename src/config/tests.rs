@@ -11,6 +11,7 @@ use http::StatusCode;
 
 use super::*;
 
+mod gateway;
 mod site;
 
 /// Where the test configurations pretend to live.

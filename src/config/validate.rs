@@ -26,6 +26,7 @@ use crate::config::{
     Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, UpstreamDefaults, humane,
 };
 
+mod gateway;
 mod site;
 
 /// Let's Encrypt's production directory, for `directory: letsencrypt`.
@@ -95,6 +96,7 @@ impl Checker {
         let downstream = self.downstream(&raw.downstream);
         let upstream = self.upstream(&raw.upstream);
         let shutdown_grace = self.duration(&raw.shutdown_grace, "shutdown_grace", Zero::Allowed);
+        let trusted_proxies = self.trusted_proxies(&raw.trusted_proxies);
         let sites = self.sites(&raw.sites, upstream.as_ref());
         Some(Config {
             source: source.to_path_buf(),
@@ -106,7 +108,7 @@ impl Checker {
             upstream: upstream?,
             shutdown_grace: shutdown_grace?,
             sites: sites?,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: trusted_proxies?,
         })
     }
 
@@ -138,11 +140,12 @@ impl Checker {
                 }
             }
         }
+        let proxy_protocol = self.proxy_protocol(&raw.proxy_protocol);
         Some(Listen {
             https: https?,
             http: http?,
             admin: present(admin)?,
-            proxy_protocol: None,
+            proxy_protocol: proxy_protocol?,
         })
     }
 
@@ -282,13 +285,16 @@ impl Checker {
             Zero::Allowed,
         );
         let pool_max_idle = self.count(&raw.pool_max_idle, "upstream.pool_max_idle");
+        let resolve_every =
+            self.duration(&raw.resolve_every, "upstream.resolve_every", Zero::Refused);
+        let nameservers = self.nameservers(&raw.nameservers);
         Some(UpstreamDefaults {
             connect_timeout: connect_timeout?,
             response_header_timeout: response_header_timeout?,
             pool_idle_timeout: pool_idle_timeout?,
             pool_max_idle: pool_max_idle?,
-            resolve_every: std::time::Duration::from_secs(30),
-            nameservers: Vec::new(),
+            resolve_every: resolve_every?,
+            nameservers: nameservers?,
         })
     }
 

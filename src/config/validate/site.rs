@@ -12,11 +12,12 @@ use http::StatusCode;
 use serde_saphyr::{Location, Spanned};
 
 use super::Checker;
+use super::gateway::Layer;
 use crate::config::error::{closest, position};
-use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles};
+use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles, Text};
 use crate::config::{
-    HostName, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy, SiteTls,
-    UpstreamDefaults, UpstreamUrl, Upstreams,
+    HeaderRules, HostName, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy,
+    SiteTls, UpstreamDefaults,
 };
 use crate::tls::{TlsError, certified_key_from_pem};
 
@@ -91,21 +92,12 @@ impl Checker {
                 }
             }
         }
-        let routes = match (&site.upstreams, &site.routes) {
-            (Some(upstreams), None) => {
-                let urls = self.upstreams(upstreams, &format!("{at}.upstreams"));
-                urls.zip(defaults).map(|(urls, defaults)| {
-                    vec![Route {
-                        path: PathMatch::Prefix("/".to_string()),
-                        methods: Vec::new(),
-                        rewrite: Rewrite::None,
-                        action: RouteAction::Proxy(Upstreams::with_defaults(urls, defaults)),
-                        policy: RoutePolicy::default(),
-                    }]
-                })
-            }
-            (None, Some(routes)) => self.routes(routes, &at, defaults),
-            (Some(upstreams), Some(_)) => {
+        // The site's own policy keys, and those its routes inherit, are checked once here.
+        let layer = self.layer(&site.keys(), &at);
+        let site_policy = self.site_policy(site, &at, layer.as_ref());
+        let routes = match (&site.upstreams, &site.routes, defaults, &layer) {
+            (Some(_), Some(_), ..) => {
+                let upstreams = site.upstreams.as_ref().expect("matched");
                 self.report(
                     &upstreams.referenced,
                     format!("{at}.upstreams"),
@@ -113,9 +105,41 @@ impl Checker {
                 );
                 None
             }
-            (None, None) => {
+            (None, None, ..) => {
                 self.report(&raw.referenced, &at, "a site needs `upstreams` or `routes`");
                 None
+            }
+            // Reported where they were found; the site cannot be built.
+            (_, _, None, _) | (_, _, _, None) => {
+                if let Some(upstreams) = &site.upstreams {
+                    self.upstream_targets(upstreams, &format!("{at}.upstreams"));
+                }
+                None
+            }
+            (Some(upstreams), None, Some(defaults), Some(layer)) => {
+                let targets = self.upstream_targets(upstreams, &format!("{at}.upstreams"));
+                targets
+                    .and_then(|targets| {
+                        self.upstreams_of(targets, layer, defaults, &at, &upstreams.referenced)
+                    })
+                    .map(|upstreams| {
+                        vec![Route {
+                            path: PathMatch::Prefix("/".to_string()),
+                            methods: Vec::new(),
+                            rewrite: Rewrite::None,
+                            action: RouteAction::Proxy(upstreams),
+                            policy: RoutePolicy {
+                                max_body: layer.max_body,
+                                auth: layer.auth.clone(),
+                                rate_limit: None,
+                                concurrency: layer.concurrency.clone(),
+                                headers: HeaderRules::default(),
+                            },
+                        }]
+                    })
+            }
+            (None, Some(routes), Some(defaults), Some(layer)) => {
+                self.routes(routes, &at, defaults, layer)
             }
         };
         Some(Site {
@@ -124,7 +148,30 @@ impl Checker {
             tls: tls?,
             default: site.default.value,
             routes: routes?,
-            policy: SitePolicy::default(),
+            policy: site_policy?,
+        })
+    }
+
+    /// HSTS, the site-wide rate limit and the site's header rules.
+    fn site_policy(
+        &mut self,
+        site: &RawSite,
+        at: &str,
+        layer: Option<&Layer>,
+    ) -> Option<SitePolicy> {
+        let hsts = self.hsts(&site.hsts, at);
+        let headers = self.header_rules(&site.headers, at);
+        let has_auth = layer.is_some_and(|l| l.auth.is_some());
+        let rate_limit = match &site.rate_limit {
+            None => Some(None),
+            Some(raw) => self
+                .rate_limit(raw, &format!("{at}.rate_limit"), has_auth)
+                .map(Some),
+        };
+        Some(SitePolicy {
+            hsts: hsts?,
+            rate_limit: rate_limit?,
+            headers: headers?,
         })
     }
 
@@ -281,50 +328,13 @@ impl Checker {
         None
     }
 
-    /// A non-empty list of distinct origin URLs.
-    fn upstreams(&mut self, raw: &List<String>, at: &str) -> Option<Vec<UpstreamUrl>> {
-        if raw.value.is_empty() {
-            self.report(
-                &raw.referenced,
-                at,
-                "the list is empty: give at least one upstream such as http://127.0.0.1:8080",
-            );
-            return None;
-        }
-        let mut lines = HashMap::new();
-        let mut urls = Vec::new();
-        let mut all_valid = true;
-        for (index, upstream) in raw.value.iter().enumerate() {
-            let path = format!("{at}[{index}]");
-            let Some(url) = self.check(
-                &upstream.referenced,
-                &path,
-                UpstreamUrl::parse(&upstream.value),
-            ) else {
-                all_valid = false;
-                continue;
-            };
-            // `http://A:80` and `http://a:80/` are the same origin: compare the normal form.
-            let line = position(&upstream.referenced).0;
-            if let Some(first) = lines.insert(url.to_string().to_ascii_lowercase(), line) {
-                self.report(
-                    &upstream.referenced,
-                    &path,
-                    format!("upstream {url} is listed twice (first at line {first})"),
-                );
-                all_valid = false;
-            }
-            urls.push(url);
-        }
-        all_valid.then_some(urls)
-    }
-
-    /// A non-empty list of routes with distinct paths.
+    /// A non-empty list of routes; no two match the same paths and methods.
     fn routes(
         &mut self,
         raw: &List<RawRoute>,
         site: &str,
-        defaults: Option<&UpstreamDefaults>,
+        defaults: &UpstreamDefaults,
+        site_layer: &Layer,
     ) -> Option<Vec<Route>> {
         let at = format!("{site}.routes");
         if raw.value.is_empty() {
@@ -335,57 +345,67 @@ impl Checker {
             );
             return None;
         }
-        let mut paths = HashMap::new();
+        let mut seen = HashMap::new();
         let routes: Vec<_> = raw
             .value
             .iter()
             .enumerate()
             .map(|(index, route)| {
-                self.route(route, &format!("{at}[{index}]"), defaults, &mut paths)
+                let at = format!("{at}[{index}]");
+                self.route(route, &at, defaults, site_layer, &mut seen)
             })
             .collect();
         routes.into_iter().collect()
     }
 
-    /// One route; `paths` maps the site's route paths so far to their lines.
+    /// One route; `seen` maps the site's (path, methods) so far to their lines.
     fn route(
         &mut self,
         raw: &Spanned<RawRoute>,
         at: &str,
-        defaults: Option<&UpstreamDefaults>,
-        paths: &mut HashMap<String, u64>,
+        defaults: &UpstreamDefaults,
+        site_layer: &Layer,
+        seen: &mut HashMap<String, u64>,
     ) -> Option<Route> {
         let route = &raw.value;
-        let path = match &route.path {
-            None => {
+        let path = self.path_match(raw, at);
+        let methods = self.methods(&route.methods, at);
+        if let (Some(path), Some(methods)) = (&path, &methods) {
+            let (text, location) = path;
+            let mut names: Vec<_> = methods.iter().map(http::Method::as_str).collect();
+            names.sort_unstable();
+            let key = format!("{text} {}", names.join(","));
+            let line = position(location).0;
+            if let Some(first) = seen.insert(key, line) {
                 self.report(
-                    &raw.referenced,
-                    at,
-                    "a route needs `path`, a prefix such as /api/",
+                    location,
+                    format!("{at}.{}", text.key()),
+                    format!("{text} is already routed in this site (line {first})"),
                 );
-                None
             }
-            Some(path) => {
-                let line = position(&path.referenced).0;
-                let checked = check_route_path(&path.value).and_then(|()| {
-                    match paths.insert(path.value.clone(), line) {
-                        Some(first) => Err(format!(
-                            "path {} is already routed in this site (line {first})",
-                            path.value
-                        )),
-                        None => Ok(path.value.clone()),
-                    }
-                });
-                self.check(&path.referenced, &format!("{at}.path"), checked)
-            }
+        }
+        let rewrite = self.rewrite(route, at, path.as_ref().map(|p| &p.0));
+        let layer = self
+            .layer(&route.keys(), at)
+            .map(|layer| layer.over(site_layer));
+        let headers = self.header_rules(&route.headers, at);
+        let has_auth = layer.as_ref().is_some_and(|l| l.auth.is_some());
+        let rate_limit = match &route.rate_limit {
+            None => Some(None),
+            Some(limit) => self
+                .rate_limit(limit, &format!("{at}.rate_limit"), has_auth)
+                .map(Some),
         };
         let action = match (&route.upstreams, &route.respond) {
-            (Some(upstreams), None) => self
-                .upstreams(upstreams, &format!("{at}.upstreams"))
-                .zip(defaults)
-                .map(|(urls, defaults)| {
-                    RouteAction::Proxy(Upstreams::with_defaults(urls, defaults))
-                }),
+            (Some(upstreams), None) => {
+                let targets = self.upstream_targets(upstreams, &format!("{at}.upstreams"));
+                match (targets, &layer) {
+                    (Some(targets), Some(layer)) => self
+                        .upstreams_of(targets, layer, defaults, at, &upstreams.referenced)
+                        .map(RouteAction::Proxy),
+                    _ => None,
+                }
+            }
             (None, Some(respond)) => self.respond(respond, &format!("{at}.respond")),
             (Some(_), Some(_)) => {
                 self.report(
@@ -404,17 +424,150 @@ impl Checker {
                 None
             }
         };
+        let layer = layer?;
         Some(Route {
-            path: PathMatch::Prefix(path?),
-            methods: Vec::new(),
-            rewrite: if route.strip_prefix {
-                Rewrite::StripPrefix
-            } else {
-                Rewrite::None
-            },
+            path: path?.0.into_match(),
+            methods: methods?,
+            rewrite: rewrite?,
             action: action?,
-            policy: RoutePolicy::default(),
+            policy: RoutePolicy {
+                max_body: layer.max_body,
+                auth: layer.auth,
+                rate_limit: rate_limit?,
+                concurrency: layer.concurrency,
+                headers: headers?,
+            },
         })
+    }
+
+    /// Exactly one of `path`, `path_exact`, `path_regex`, checked.
+    fn path_match(
+        &mut self,
+        raw: &Spanned<RawRoute>,
+        at: &str,
+    ) -> Option<(CheckedPath, serde_saphyr::Location)> {
+        let route = &raw.value;
+        let given: Vec<(&str, &Text)> = [
+            ("path", &route.path),
+            ("path_exact", &route.path_exact),
+            ("path_regex", &route.path_regex),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| (key, v)))
+        .collect();
+        let (key, text) = match given[..] {
+            [one] => one,
+            [] => {
+                self.report(
+                    &raw.referenced,
+                    at,
+                    "a route needs `path` (a prefix such as /api/), `path_exact` or `path_regex`",
+                );
+                return None;
+            }
+            [_, (second, text), ..] => {
+                self.report(
+                    &text.referenced,
+                    format!("{at}.{second}"),
+                    "a route has one of `path`, `path_exact` and `path_regex`",
+                );
+                return None;
+            }
+        };
+        let checked = match key {
+            "path_regex" => regex::Regex::new(&text.value)
+                .map(CheckedPath::Regex)
+                .map_err(|e| format!("not a valid regular expression: {e}")),
+            "path_exact" => {
+                check_route_path(&text.value).map(|()| CheckedPath::Exact(text.value.clone()))
+            }
+            _ => check_route_path(&text.value).map(|()| CheckedPath::Prefix(text.value.clone())),
+        };
+        let checked = self.check(&text.referenced, &format!("{at}.{key}"), checked)?;
+        Some((checked, text.referenced))
+    }
+
+    /// `methods:` upper-case HTTP method names; empty when absent.
+    fn methods(&mut self, raw: &Option<List<String>>, at: &str) -> Option<Vec<http::Method>> {
+        let Some(list) = raw else {
+            return Some(Vec::new());
+        };
+        if list.value.is_empty() {
+            self.report(
+                &list.referenced,
+                format!("{at}.methods"),
+                "the list is empty: leave `methods` out to match every method",
+            );
+            return None;
+        }
+        let mut all = Some(Vec::new());
+        for (index, name) in list.value.iter().enumerate() {
+            let parsed = http::Method::from_bytes(name.value.as_bytes())
+                .ok()
+                .filter(|_| name.value.bytes().all(|b| b.is_ascii_uppercase()))
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` is not an upper-case HTTP method such as GET",
+                        name.value
+                    )
+                });
+            match self.check(&name.referenced, &format!("{at}.methods[{index}]"), parsed) {
+                Some(method) => all.iter_mut().for_each(|a| a.push(method.clone())),
+                None => all = None,
+            }
+        }
+        all
+    }
+
+    /// `strip_prefix` or `replace_prefix`.
+    fn rewrite(
+        &mut self,
+        route: &RawRoute,
+        at: &str,
+        path: Option<&CheckedPath>,
+    ) -> Option<Rewrite> {
+        let strip = route.strip_prefix.as_ref().filter(|s| s.value);
+        match (strip, &route.replace_prefix) {
+            (None, None) => Some(Rewrite::None),
+            (Some(strip), None) => match path {
+                Some(CheckedPath::Prefix(_)) | None => Some(Rewrite::StripPrefix),
+                Some(_) => {
+                    self.report(
+                        &strip.referenced,
+                        format!("{at}.strip_prefix"),
+                        "strip_prefix goes with `path` (a prefix); use replace_prefix with path_exact or path_regex",
+                    );
+                    None
+                }
+            },
+            (None, Some(replace)) => {
+                let (from, to) = (&replace.value.from, &replace.value.to);
+                let from_ok = self.check(
+                    &from.referenced,
+                    &format!("{at}.replace_prefix.from"),
+                    check_route_path(&from.value),
+                );
+                let to_ok = self.check(
+                    &to.referenced,
+                    &format!("{at}.replace_prefix.to"),
+                    check_route_path(&to.value),
+                );
+                from_ok?;
+                to_ok?;
+                Some(Rewrite::ReplacePrefix {
+                    from: from.value.clone(),
+                    to: to.value.clone(),
+                })
+            }
+            (Some(strip), Some(_)) => {
+                self.report(
+                    &strip.referenced,
+                    format!("{at}.strip_prefix"),
+                    "a route has strip_prefix or replace_prefix, not both",
+                );
+                None
+            }
+        }
     }
 
     /// A fixed answer; the status must be a final one (200-599).
@@ -459,4 +612,40 @@ fn with_causes(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// A route's path rule, checked; becomes a [`PathMatch`].
+enum CheckedPath {
+    Prefix(String),
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl CheckedPath {
+    fn into_match(self) -> PathMatch {
+        match self {
+            Self::Prefix(path) => PathMatch::Prefix(path),
+            Self::Exact(path) => PathMatch::Exact(path),
+            Self::Regex(regex) => PathMatch::Regex(regex),
+        }
+    }
+
+    /// The key it was written under.
+    fn key(&self) -> &'static str {
+        match self {
+            Self::Prefix(_) => "path",
+            Self::Exact(_) => "path_exact",
+            Self::Regex(_) => "path_regex",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Prefix(path) => write!(f, "path {path}"),
+            Self::Exact(path) => write!(f, "path_exact {path}"),
+            Self::Regex(regex) => write!(f, "path_regex {}", regex.as_str()),
+        }
+    }
 }
