@@ -132,7 +132,7 @@ async fn client_leaving_mid_download_closes_the_origin_connection_instead_of_poo
 async fn host_name_upstream_follows_its_a_record_when_re_resolved() {
     let dns = ChallTestSrv::start();
     let (one, two) = same_port_origins().await;
-    dns.add_a("origin.test", "127.0.0.2").await;
+    dns.set_a("origin.test", "127.0.0.2").await;
     let env = Env::new();
     let upstream = format!(
         "upstream: {{ resolve_every: 1s, nameservers: [\"127.0.0.1:{}\"] }}\n",
@@ -143,7 +143,7 @@ async fn host_name_upstream_follows_its_a_record_when_re_resolved() {
     let reply = rampart.client_h1("a.test").await.get("a.test", "/").await;
     assert_eq!(reply.text(), "one");
 
-    dns.add_a("origin.test", "127.0.0.3").await;
+    dns.set_a("origin.test", "127.0.0.3").await;
     // Re-resolution runs every second; give it a generous, bounded number of chances.
     let mut seen = Vec::new();
     for _ in 0..50 {
@@ -373,9 +373,16 @@ impl ChallTestSrv {
         }
     }
 
-    /// Makes `host` resolve to `address` only.
-    async fn add_a(&self, host: &str, address: &str) {
-        let body = serde_json::json!({"host": host, "addresses": [address]}).to_string();
+    /// Makes `host` resolve to `address` only (`/add-a` appends, so clear first).
+    async fn set_a(&self, host: &str, address: &str) {
+        let clear = serde_json::json!({"host": host});
+        self.manage("/clear-a", clear).await;
+        let add = serde_json::json!({"host": host, "addresses": [address]});
+        self.manage("/add-a", add).await;
+    }
+
+    async fn manage(&self, path: &str, body: serde_json::Value) {
+        let body = body.to_string();
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.management_port))
             .await
             .expect("challtestsrv management");
@@ -383,7 +390,7 @@ impl ChallTestSrv {
             .await
             .expect("HTTP handshake with challtestsrv");
         tokio::spawn(conn);
-        let request = Request::post("/add-a")
+        let request = Request::post(path)
             .header(
                 http::header::HOST,
                 format!("127.0.0.1:{}", self.management_port),
