@@ -275,7 +275,89 @@ fn into_origin_form(mut request: Request<UpstreamBody>) -> Request<UpstreamBody>
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    fn defaults() -> UpstreamDefaults {
+        UpstreamDefaults {
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 4,
+            resolve_every: Duration::from_secs(30),
+            nameservers: Vec::new(),
+        }
+    }
+
+    fn upstream(url: &str, max_conns: Option<usize>) -> (Upstream, Timeouts) {
+        let url = UpstreamUrl::parse(url).unwrap();
+        let mut settings = Upstreams::with_defaults(vec![url], &defaults());
+        settings.targets[0].max_conns = max_conns;
+        let upstream = Upstream::new(&settings.targets[0], &settings, &defaults());
+        (upstream, settings.timeouts)
+    }
+
+    fn get() -> Request<UpstreamBody> {
+        Request::get("/")
+            .header(http::header::HOST, "origin")
+            .body(UpstreamBody::buffered(Bytes::new()))
+            .unwrap()
+    }
+
+    /// An origin answering "hello" to everything, on 127.0.0.1.
+    async fn origin() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(|_| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+                    }),
+                ));
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_in_flight_until_its_response_body_is_dropped() {
+        let (upstream, timeouts) = upstream(&origin().await, Some(1));
+        assert!(upstream.has_capacity());
+        let response = upstream.send(get(), &timeouts).await.ok().unwrap();
+        assert_eq!(upstream.in_flight(), 1);
+        assert!(!upstream.has_capacity(), "max_conns 1 is used up");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        assert_eq!(upstream.in_flight(), 0);
+        assert!(upstream.has_capacity());
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_hands_the_request_back_for_another_origin() {
+        // Bound and dropped at once: nothing listens there any more.
+        let refused = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (upstream, timeouts) = upstream(&format!("http://{refused}"), None);
+        let Err(failed) = upstream.send(get(), &timeouts).await else {
+            panic!("nothing listens there");
+        };
+        assert_eq!(failed.failure, UpstreamFailure::Connect);
+        assert!(failed.request.is_some(), "the unsent request comes back");
+        assert!(matches!(failed.error, ProxyError::UpstreamConnect { .. }));
+        assert_eq!(upstream.in_flight(), 0);
+    }
 
     #[test]
     fn requests_to_origins_use_origin_form() {
