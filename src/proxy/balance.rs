@@ -78,7 +78,7 @@ impl UpstreamPool {
         let upstreams: Vec<Upstream> = settings
             .targets
             .iter()
-            .map(|target| Upstream::new(target, defaults))
+            .map(|target| Upstream::new(target, settings, defaults))
             .collect();
         let labels: Vec<String> = upstreams.iter().map(|u| u.label().to_owned()).collect();
         let ids = labels.iter().map(|l| stable_hash(l.as_bytes())).collect();

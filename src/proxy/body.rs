@@ -173,7 +173,6 @@ impl UpstreamBody {
     }
 
     /// A complete body (empty `data` sends no body bytes).
-    #[allow(dead_code)] // used by retries and health checks, being built
     pub(crate) fn buffered(data: Bytes) -> Self {
         Self::Buffered {
             data: (!data.is_empty()).then_some(data),

@@ -1,5 +1,8 @@
 //! Why a request could not be proxied, and the one place that turns that into a response.
 
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -27,14 +30,23 @@ pub enum ProxyError {
         /// The methods the path-matching routes allow (sent as `Allow`).
         allow: Vec<http::Method>,
     },
-    /// The origin refused, reset or could not be reached.
+    /// No connection to the origin could be made (the request was never sent).
+    #[error("cannot connect to upstream {upstream}")]
+    UpstreamConnect {
+        /// The origin.
+        upstream: UpstreamUrl,
+        /// Cause.
+        #[source]
+        source: ConnectError,
+    },
+    /// The origin reset the connection or spoke invalid HTTP.
     #[error("upstream {upstream} failed")]
     Upstream {
         /// The origin.
         upstream: UpstreamUrl,
         /// Cause.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// The origin sent no response head in time.
     #[error("upstream {upstream} sent no response within {timeout:?}")]
@@ -92,6 +104,64 @@ pub enum ProxyError {
     ConcurrencyLimited,
 }
 
+/// Why a connection to an origin could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The origin's host name did not resolve.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The name looked up.
+        host: String,
+        /// Cause.
+        #[source]
+        source: hickory_resolver::ResolveError,
+    },
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}")]
+    Tcp {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// TCP connect, TLS and HTTP handshakes together took longer than `timeouts.connect`.
+    #[error("connecting to {addr} took longer than {timeout:?}")]
+    Timeout {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The limit that passed.
+        timeout: Duration,
+    },
+    /// The TLS handshake failed (untrusted certificate, wrong name, protocol error).
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The route's `ca:` file could not be read, so no certificate can be verified.
+    #[error("cannot read CA file {path}")]
+    Roots {
+        /// The `ca:` file.
+        path: PathBuf,
+    },
+    /// The `https://` origin's host is not a valid TLS server name.
+    #[error("upstream host is not a valid TLS server name")]
+    ServerName,
+    /// hyper refused to start the HTTP/1.1 connection.
+    #[error("HTTP/1.1 handshake with {addr} failed")]
+    Handshake {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
 /// Who caused a failure: chooses the log level and the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -108,7 +178,7 @@ impl ProxyError {
             Self::NoSite { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyUpstream { .. } | Self::UpstreamsBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
@@ -131,7 +201,8 @@ impl ProxyError {
             | Self::BodyTooLarge { .. }
             | Self::RateLimited { .. }
             | Self::ConcurrencyLimited => Side::Downstream,
-            Self::Upstream { .. }
+            Self::UpstreamConnect { .. }
+            | Self::Upstream { .. }
             | Self::UpstreamTimeout { .. }
             | Self::NoHealthyUpstream { .. }
             | Self::UpstreamsBusy => Side::Upstream,
@@ -146,7 +217,9 @@ impl ProxyError {
             }
             Self::NoRoute => "404 not found\n",
             Self::MethodNotAllowed { .. } => "405 method not allowed\n",
-            Self::Upstream { .. } => "502 bad gateway: the upstream server could not be reached\n",
+            Self::UpstreamConnect { .. } | Self::Upstream { .. } => {
+                "502 bad gateway: the upstream server could not be reached\n"
+            }
             Self::UpstreamTimeout { .. } => {
                 "504 gateway timeout: the upstream server did not answer in time\n"
             }

@@ -1,16 +1,20 @@
 //! The shared reverse-proxy core: decrypted requests in, origin responses out.
 //!
 //! `service` is the entry point called per request by the HTTP server; `router` maps the host and
-//! path to a route; `upstream` owns the pooled origin clients; `forward` rewrites headers for the
+//! path to a route; `upstream` sends to one origin over its
+//! `pool` of connections opened by `connect` to addresses from `resolve`; `forward` rewrites headers for the
 //! hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access log;
 //! `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
 mod balance;
 mod body;
+mod connect;
 mod error;
 mod forward;
 mod health;
+mod pool;
+mod resolve;
 mod retry;
 mod router;
 mod service;
@@ -19,7 +23,7 @@ mod upstream;
 
 pub use balance::UpstreamPool;
 pub use body::{Metered, ProxyBody};
-pub use error::{ProxyError, Side};
+pub use error::{ConnectError, ProxyError, Side};
 pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};
 pub use upstream::Upstream;

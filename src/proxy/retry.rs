@@ -98,9 +98,9 @@ pub(crate) async fn prepare(
             }
         }
         // The declared length was checked against `max_body`; an undeclared one is cut there.
-        _ => Ok(Payload::Streamed(UpstreamBody::streamed(body_limit::limit(
-            body, max_body,
-        )))),
+        _ => Ok(Payload::Streamed(UpstreamBody::streamed(
+            body_limit::limit(body, max_body),
+        ))),
     }
 }
 

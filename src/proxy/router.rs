@@ -25,10 +25,10 @@ use crate::config::{
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
-use crate::policy::jwks::KeyStores;
 use crate::policy::concurrency::ConcurrencyLimit;
-use crate::policy::rate_limit::RateLimiter;
 use crate::policy::headers;
+use crate::policy::jwks::KeyStores;
+use crate::policy::rate_limit::RateLimiter;
 use crate::proxy::UpstreamPool;
 
 /// Sites and their routes, immutable once built.
@@ -317,6 +317,10 @@ mod tests {
                 status: StatusCode::OK,
                 body: Bytes::from_static(body.as_bytes()),
             },
+            auth: None,
+            max_body: None,
+            rate_limit: None,
+            concurrency: None,
         }
     }
 
@@ -326,6 +330,7 @@ mod tests {
         SiteRoutes {
             name: Arc::from("t.test"),
             policy: SitePolicy::default(),
+            rate_limit: None,
             routes,
             unrouted: RouteMetrics::unrouted("t.test"),
             duration: SiteMetrics::new("t.test"),

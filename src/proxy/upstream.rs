@@ -1,19 +1,29 @@
-//! One origin server: its connection pool and client, and the one call that sends it a request.
+//! One origin server: its addresses, its pool of HTTP/1.1 connections, and the one call that
+//! sends it a request.
 //!
-//! Created with the route table (by `balance::UpstreamPool`) and live as long as it does;
-//! requests borrow connections on the request's own task.
+//! Created with the route table (by `balance::UpstreamPool`) and live as long as it does.
+//! Requests run on the request's own task: checkout, connect if needed, send; no task or box per
+//! request. Each connection's I/O runs in one task, and each upstream has one maintenance task
+//! (idle expiry, DNS re-resolution) that ends when the `Upstream` is dropped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use http::{StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
-use crate::config::{Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl};
+use crate::config::{Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams};
+use crate::observe::Chain;
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::body::UpstreamBody;
+use crate::proxy::connect::Connector;
+use crate::proxy::error::ConnectError;
+use crate::proxy::pool::{Conn, InFlight, Pool, PooledBody};
+use crate::proxy::resolve::Addresses;
 use crate::proxy::{ProxyBody, ProxyError};
 
 /// One origin and its connection pool.
@@ -23,34 +33,55 @@ pub struct Upstream {
     pub url: UpstreamUrl,
     /// `url` as text, for the access log.
     label: String,
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Arc<Pool>,
+    addresses: Arc<Addresses>,
+    connector: Connector,
     metrics: UpstreamMetrics,
-    in_flight: AtomicUsize,
     max_conns: Option<usize>,
+    /// Stops the maintenance task when the upstream goes away (with its route table).
+    _maintenance: DropGuard,
 }
 
 impl Upstream {
-    /// An origin with an empty pool, configured from `target` and `defaults`.
-    pub(crate) fn new(target: &UpstreamTarget, defaults: &UpstreamDefaults) -> Self {
+    /// An origin with an empty pool: `target` from the route's `upstreams`, TLS roots from its
+    /// `ca:`, pool and DNS settings from `defaults`.
+    pub(crate) fn new(
+        target: &UpstreamTarget,
+        upstreams: &Upstreams,
+        defaults: &UpstreamDefaults,
+    ) -> Self {
         let url = target.url.clone();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(defaults.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(defaults.pool_idle_timeout)
-            .pool_max_idle_per_host(defaults.pool_max_idle)
-            .build(connector);
         let label = url.to_string();
-        let metrics = UpstreamMetrics::new(&label);
+        let tasks = TaskTracker::new();
+        let pool = Arc::new(Pool::new(
+            defaults.pool_max_idle,
+            defaults.pool_idle_timeout,
+        ));
+        let addresses = Arc::new(Addresses::new(&url, defaults));
+        let stop = CancellationToken::new();
+        // Route tables are built inside the runtime; a table built outside (a unit test) simply
+        // has no maintenance: idle expiry is still checked at checkout.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tasks.spawn(maintain(
+                Arc::downgrade(&pool),
+                addresses.clone(),
+                label.clone(),
+                Schedule {
+                    sweep_every: defaults.pool_idle_timeout.max(MIN_SWEEP),
+                    resolve_every: defaults.resolve_every,
+                },
+                stop.clone(),
+            ));
+        }
         Self {
+            connector: Connector::new(&url, upstreams.ca.as_deref(), tasks),
+            metrics: UpstreamMetrics::new(&label),
             url,
             label,
-            client,
-            metrics,
-            in_flight: AtomicUsize::new(0),
+            pool,
+            addresses,
             max_conns: target.max_conns,
+            _maintenance: stop.drop_guard(),
         }
     }
 
@@ -59,9 +90,10 @@ impl Upstream {
         &self.label
     }
 
-    /// Requests in flight to this origin now (for `least_conn` and `max_conns`).
+    /// Requests in flight to this origin now, each counted until its response body ends or is
+    /// dropped (for `least_conn` and `max_conns`).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.pool.in_flight()
     }
 
     /// Whether one more request stays within `max_conns`.
@@ -69,58 +101,101 @@ impl Upstream {
         self.max_conns.is_none_or(|max| self.in_flight() < max)
     }
 
-    /// Sends `request` and waits up to `timeouts.response_header` for the response head.
+    /// Sends `request` on an idle connection, or a new one, and waits up to
+    /// `timeouts.response_header` for the response head. A pooled connection found closed
+    /// before the request was written is replaced transparently.
     ///
     /// # Errors
     /// A [`SendError`] saying what failed and, when the request was provably never sent (no
     /// connection could be made), handing the request back so it can be retried elsewhere.
     ///
     /// # Cancel safety
-    /// Dropping the future drops the request and its pooled connection; nothing leaks.
+    /// Dropping the future drops the request and its connection; nothing leaks.
     pub(crate) async fn send(
         &self,
         request: Request<UpstreamBody>,
         timeouts: &Timeouts,
     ) -> Result<Response<ProxyBody>, SendError> {
         self.metrics.request();
-        let _in_flight = InFlight::enter(&self.in_flight);
-        let timeout = timeouts.response_header;
-        let failure = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => return Ok(response.map(BodyExt::boxed)),
-            Ok(Err(source)) => {
-                let failure = if source.is_connect() {
-                    UpstreamFailure::Connect
-                } else {
-                    UpstreamFailure::Exchange
-                };
-                (
-                    failure,
-                    ProxyError::Upstream {
-                        upstream: self.url.clone(),
-                        source,
-                    },
-                )
-            }
-            Err(_) => (
-                UpstreamFailure::Timeout,
-                ProxyError::UpstreamTimeout {
-                    upstream: self.url.clone(),
-                    timeout,
+        let in_flight = InFlight::enter(&self.pool);
+        let mut request = into_origin_form(request);
+        // Each pass either consumes one idle connection or connects anew and returns, so the
+        // loop runs at most `pool_max_idle + 1` times.
+        loop {
+            let (mut conn, reused) = match self.pool.checkout() {
+                Some(conn) => (conn, true),
+                None => match self.connect(timeouts.connect).await {
+                    Ok(conn) => (conn, false),
+                    Err(source) => {
+                        let error = ProxyError::UpstreamConnect {
+                            upstream: self.url.clone(),
+                            source,
+                        };
+                        return Err(self.fail(UpstreamFailure::Connect, Some(request), error));
+                    }
                 },
-            ),
-        };
-        self.metrics.failure(failure.0);
-        Err(SendError {
-            failure: failure.0,
-            // The legacy client consumes the request even when it never connected.
-            request: None,
-            error: failure.1,
-        })
+            };
+            // A connection checked in as its last response ended may still be finishing that
+            // exchange; wait for it (a closed one fails at once and is replaced).
+            if reused {
+                let ready = tokio::time::timeout(timeouts.response_header, conn.sender.ready());
+                if !matches!(ready.await, Ok(Ok(()))) {
+                    continue;
+                }
+            }
+            let timeout = timeouts.response_header;
+            let sent = tokio::time::timeout(timeout, conn.sender.try_send_request(request)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    // After a 101 the connection belongs to the tunnel, never to the pool.
+                    let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let conn = reusable.then_some(conn);
+                    return Ok(response.map(|body| PooledBody::new(body, conn, in_flight).boxed()));
+                }
+                Ok(Err(mut failed)) => match failed.take_message() {
+                    // hyper found the pooled connection closed before writing a byte.
+                    Some(unsent) if reused => request = unsent,
+                    unsent => {
+                        let error = ProxyError::Upstream {
+                            upstream: self.url.clone(),
+                            source: failed.into_error(),
+                        };
+                        return Err(self.fail(UpstreamFailure::Exchange, unsent, error));
+                    }
+                },
+                Err(_) => {
+                    let error = ProxyError::UpstreamTimeout {
+                        upstream: self.url.clone(),
+                        timeout,
+                    };
+                    return Err(self.fail(UpstreamFailure::Timeout, None, error));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        let addr = self.addresses.pick().await?;
+        let sender = self.connector.connect(addr, timeout).await?;
+        Ok(Conn { sender, addr })
+    }
+
+    fn fail(
+        &self,
+        failure: UpstreamFailure,
+        request: Option<Request<UpstreamBody>>,
+        error: ProxyError,
+    ) -> SendError {
+        self.metrics.failure(failure);
+        SendError {
+            failure,
+            request,
+            error,
+        }
     }
 }
 
 /// Why [`Upstream::send`] failed.
-#[allow(dead_code)] // `failure` and `request` feed the retry step being built
 pub(crate) struct SendError {
     /// What kind of failure (connect failures never reached the origin).
     pub(crate) failure: UpstreamFailure,
@@ -130,18 +205,170 @@ pub(crate) struct SendError {
     pub(crate) error: ProxyError,
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Sweeping more often than this would cost more than the idle sockets it frees.
+const MIN_SWEEP: Duration = Duration::from_secs(1);
 
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+/// When the maintenance task wakes.
+struct Schedule {
+    sweep_every: Duration,
+    resolve_every: Duration,
+}
+
+/// One upstream's background upkeep: expires idle connections and, for a host-name origin,
+/// resolves it now and every `resolve_every`, dropping idle connections to addresses DNS no
+/// longer returns. Holds the pool weakly and ends when `stop` is cancelled (the upstream's drop).
+async fn maintain(
+    pool: Weak<Pool>,
+    addresses: Arc<Addresses>,
+    label: String,
+    schedule: Schedule,
+    stop: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(schedule.sweep_every);
+    let mut resolve = tokio::time::interval(schedule.resolve_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let resolving = addresses.is_name();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = sweep.tick() => match pool.upgrade() {
+                Some(pool) => pool.sweep(),
+                None => return,
+            },
+            _ = resolve.tick(), if resolving => {
+                // Cancel-safe: a lookup dropped half-way changes nothing.
+                let refreshed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    refreshed = addresses.refresh() => refreshed,
+                };
+                match refreshed {
+                    Ok(Some(now)) => {
+                        info!(upstream = %label, "upstream resolves to {now:?}");
+                        let Some(pool) = pool.upgrade() else { return };
+                        pool.retain(|addr| now.contains(&addr));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(upstream = %label, error = %Chain(&error), "re-resolving upstream failed; keeping its addresses");
+                    }
+                }
+            }
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+/// hyper's HTTP/1 client writes the URI as given: origins expect origin-form (RFC 9112 §3.2.1).
+/// The `Host` header is already set by the caller.
+fn into_origin_form(mut request: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    if request.uri().scheme().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn defaults() -> UpstreamDefaults {
+        UpstreamDefaults {
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 4,
+            resolve_every: Duration::from_secs(30),
+            nameservers: Vec::new(),
+        }
+    }
+
+    fn upstream(url: &str, max_conns: Option<usize>) -> (Upstream, Timeouts) {
+        let url = UpstreamUrl::parse(url).unwrap();
+        let mut settings = Upstreams::with_defaults(vec![url], &defaults());
+        settings.targets[0].max_conns = max_conns;
+        let upstream = Upstream::new(&settings.targets[0], &settings, &defaults());
+        (upstream, settings.timeouts)
+    }
+
+    fn get() -> Request<UpstreamBody> {
+        Request::get("/")
+            .header(http::header::HOST, "origin")
+            .body(UpstreamBody::buffered(Bytes::new()))
+            .unwrap()
+    }
+
+    /// An origin answering "hello" to everything, on 127.0.0.1.
+    async fn origin() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(|_| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+                    }),
+                ));
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_in_flight_until_its_response_body_is_dropped() {
+        let (upstream, timeouts) = upstream(&origin().await, Some(1));
+        assert!(upstream.has_capacity());
+        let response = upstream.send(get(), &timeouts).await.ok().unwrap();
+        assert_eq!(upstream.in_flight(), 1);
+        assert!(!upstream.has_capacity(), "max_conns 1 is used up");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        assert_eq!(upstream.in_flight(), 0);
+        assert!(upstream.has_capacity());
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_hands_the_request_back_for_another_origin() {
+        // Bound and dropped at once: nothing listens there any more.
+        let refused = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (upstream, timeouts) = upstream(&format!("http://{refused}"), None);
+        let Err(failed) = upstream.send(get(), &timeouts).await else {
+            panic!("nothing listens there");
+        };
+        assert_eq!(failed.failure, UpstreamFailure::Connect);
+        assert!(failed.request.is_some(), "the unsent request comes back");
+        assert!(matches!(failed.error, ProxyError::UpstreamConnect { .. }));
+        assert_eq!(upstream.in_flight(), 0);
+    }
+
+    #[test]
+    fn requests_to_origins_use_origin_form() {
+        let request = Request::builder()
+            .uri("http://127.0.0.1:9000/v1/users?id=3")
+            .body(UpstreamBody::buffered(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(into_origin_form(request).uri(), "/v1/users?id=3");
+        let request = Request::builder()
+            .uri("http://127.0.0.1:9000")
+            .body(UpstreamBody::buffered(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(into_origin_form(request).uri(), "/");
     }
 }

@@ -1,0 +1,214 @@
+//! The idle HTTP/1.1 connections of one origin, and the response body that gives its
+//! connection back.
+//!
+//! `upstream::Upstream::send` checks a connection out ([`Pool::checkout`]) and wraps the origin's
+//! response body in a [`PooledBody`], which checks it back in only when the body ended cleanly.
+//! The upstream's maintenance task calls [`Pool::sweep`] and [`Pool::retain`]. The idle list is
+//! a `std::sync::Mutex` held for a push or pop, never across an `.await`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use crate::proxy::body::UpstreamBody;
+
+/// One origin's idle connections and its count of requests in flight.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    /// Oldest first: checkout pops the newest (LIFO keeps few connections warm), expiry
+    /// trims the front.
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    in_flight: AtomicUsize,
+}
+
+/// An open connection to one address of the origin.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// hyper's request half; the connection task holds the other.
+    pub(crate) sender: SendRequest<UpstreamBody>,
+    /// The address it is connected to (to drop it when DNS stops returning that address).
+    pub(crate) addr: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+impl Pool {
+    /// An empty pool keeping at most `max_idle` connections for up to `idle_timeout` each.
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests in flight now, from checkout until the response body ends or is dropped.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most recently used idle connection that is neither expired nor closed.
+    pub(crate) fn checkout(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        self.trim_expired(&mut idle, now);
+        while let Some(entry) = idle.pop_back() {
+            if !entry.conn.sender.is_closed() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Drops idle connections past `idle_timeout` (the cheap periodic sweep).
+    pub(crate) fn sweep(&self) {
+        let mut idle = self.lock();
+        self.trim_expired(&mut idle, Instant::now());
+    }
+
+    /// Keeps only idle connections whose address passes `keep`.
+    pub(crate) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        self.lock().retain(|entry| keep(entry.conn.addr));
+    }
+
+    /// Puts `conn` back unless it is closed; the oldest goes when more than `max_idle` wait.
+    fn checkin(&self, conn: Conn) {
+        if self.max_idle == 0 || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    fn trim_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+        // Entries are in check-in order, so the expired ones are all at the front.
+        while idle
+            .front()
+            .is_some_and(|entry| now.duration_since(entry.since) >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        // A panic while holding this lock leaves the list consistent (push/pop only).
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts one request in flight for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Pool>);
+
+impl InFlight {
+    /// Counts a request that starts now.
+    pub(crate) fn enter(pool: &Arc<Pool>) -> Self {
+        pool.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(pool.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// An origin's response body. Its connection goes back to the pool once the body has ended
+    /// cleanly; an error or a drop mid-way closes it, since unread bytes would corrupt the
+    /// next exchange. The request stays counted in flight until this is dropped.
+    pub(crate) struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        conn: Option<Conn>,
+        in_flight: InFlight,
+    }
+
+    impl PinnedDrop for PooledBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body with no frames (204, HEAD, Content-Length: 0) is never polled: dropping
+            // it is its normal end.
+            if this.inner.is_end_stream() {
+                if let Some(conn) = this.conn.take() {
+                    this.in_flight.0.checkin(conn);
+                }
+            }
+        }
+    }
+}
+
+impl PooledBody {
+    /// Wraps `inner`; `conn` (if any) returns to the pool of `in_flight` when the body ends.
+    pub(crate) fn new(inner: Incoming, conn: Option<Conn>, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            conn,
+            in_flight,
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            // hyper stops polling once a body reports its end, so this may be the last call.
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.conn.take(); // dropping the sender closes the broken connection
+                false
+            }
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(conn) = this.conn.take() {
+                this.in_flight.0.checkin(conn);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
