@@ -465,6 +465,41 @@ mod tests {
         assert_eq!(counts(&Strategy::Hash, &idle(2), 10), [5, 5]);
     }
 
+    #[tokio::test]
+    async fn dropping_the_pool_stops_its_health_checker() {
+        use crate::config::{ActiveHealth, ExpectStatus};
+        let defaults = UpstreamDefaults {
+            connect_timeout: Duration::from_secs(1),
+            response_header_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+            resolve_every: Duration::from_secs(30),
+            nameservers: Vec::new(),
+        };
+        let url = UpstreamUrl::parse("http://127.0.0.1:9").expect("literal");
+        let mut settings = Upstreams::with_defaults(vec![url], &defaults);
+        settings.health = Some(ActiveHealth {
+            path: "/healthz".into(),
+            every: Duration::from_millis(10),
+            timeout: Duration::from_millis(100),
+            healthy_after: 1,
+            unhealthy_after: 1,
+            expect_status: ExpectStatus::Class(2),
+        });
+        let pool = UpstreamPool::new(&settings, &defaults);
+        let origins = Arc::downgrade(&pool.origins);
+        assert_eq!(origins.strong_count(), 2, "the checker holds the origins");
+        drop(pool);
+        // The checker ends at its next await and releases its handle.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while origins.strong_count() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the checker task stopped");
+    }
+
     #[test]
     fn nothing_eligible_means_no_choice() {
         let mut candidates = idle(2);

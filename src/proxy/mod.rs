@@ -1,9 +1,10 @@
 //! The shared reverse-proxy core: decrypted requests in, origin responses out.
 //!
 //! `service` is the entry point called per request by the HTTP server; `router` maps the host and
-//! path to a route; `upstream` sends to one origin over its
-//! `pool` of connections opened by `connect` to addresses from `resolve`; `forward` rewrites headers for the
-//! hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access log;
+//! path to a route; `balance` chooses a route's origin and `health` says which may take requests;
+//! `retry` sends with retries; `upstream` sends to one origin over its `pool` of connections,
+//! opened by `connect` to addresses from `resolve`; `forward` rewrites headers for the hop;
+//! `trace` continues or starts the W3C trace; `body` meters bodies for the access log;
 //! `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
