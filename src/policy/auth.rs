@@ -4,7 +4,8 @@
 //! `proxy::service` after routing and before anything reaches the origin. Reads the route's
 //! [`KeyStore`] snapshot (no lock, no I/O) and edits the request headers: client copies of the
 //! `forward_claims` headers are always removed, then set from the verified token; with
-//! `strip_authorization` the Authorization header is removed.
+//! `strip_authorization` the Authorization header is removed. A token verified once is
+//! remembered by its exact text (`verified.rs`) until its keys change or its `exp` passes.
 //!
 //! Signatures and `exp`/`nbf`/`iss`/`aud` are checked by the `jsonwebtoken` crate. `exp` is
 //! required. The token's `alg` must be listed in `algorithms` and match the key's family, so an
@@ -27,6 +28,10 @@ use tracing::debug;
 
 use crate::config::{JwtAlgorithm, JwtAuth, JwtKeys};
 use crate::policy::jwks::{KeySet, KeyStore, KeyStores};
+
+mod verified;
+
+use verified::VerifiedTokens;
 
 /// A verified token's claims, shared with later steps (the rate limiter's `jwt:CLAIM` key).
 pub type Claims = Arc<serde_json::Map<String, Value>>;
@@ -68,6 +73,8 @@ pub struct RouteAuth {
     validation: Validation,
     forward_claims: Vec<(String, HeaderName)>,
     strip_authorization: bool,
+    /// Tokens already verified with the current keys.
+    verified: VerifiedTokens,
 }
 
 impl AuthFailure {
@@ -130,6 +137,7 @@ impl RouteAuth {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
+        let verified = VerifiedTokens::new(validation.leeway);
         Self {
             keys,
             source: auth.keys.clone(),
@@ -137,6 +145,7 @@ impl RouteAuth {
             validation,
             forward_claims: auth.forward_claims.clone(),
             strip_authorization: auth.strip_authorization,
+            verified,
         }
     }
 
@@ -173,14 +182,19 @@ impl RouteAuth {
 
     /// Verifies `token` against the current key set.
     fn verify(&self, token: &str) -> Result<Claims, AuthFailure> {
+        let keys = self.keys.load();
+        if let Some(claims) = self.verified.get(token, &keys) {
+            return Ok(claims);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| unparsable_header(token))?;
         if !self.allowed.contains(&header.alg) {
             return Err(AuthFailure::AlgorithmNotAllowed);
         }
-        let keys = self.keys.load();
         let outcome = verify_with(&keys, &header, token, &self.validation);
-        if outcome == Err(AuthFailure::UnknownKid) {
-            self.keys.request_refetch();
+        match &outcome {
+            Ok(claims) => self.verified.insert(token, &keys, claims),
+            Err(AuthFailure::UnknownKid) => self.keys.request_refetch(),
+            Err(_) => {}
         }
         outcome
     }
