@@ -259,8 +259,18 @@ async fn maintain(
 }
 
 /// hyper's HTTP/1 client writes the URI as given: origins expect origin-form (RFC 9112 §3.2.1).
-/// The `Host` header is already set by the caller.
+/// The caller keeps the client's `Host`; a request that had none (HTTP/1.0) gets the origin's
+/// authority, since HTTP/1.1 requires one (RFC 9112 §3.2) and origins answer 400 without it.
 fn into_origin_form(mut request: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    if !request.headers().contains_key(http::header::HOST) {
+        let host = request
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+        if let Some(host) = host {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+    }
     if request.uri().scheme().is_some() {
         let path = request
             .uri()
@@ -370,5 +380,24 @@ mod tests {
             .body(UpstreamBody::buffered(bytes::Bytes::new()))
             .unwrap();
         assert_eq!(into_origin_form(request).uri(), "/");
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_origins_authority_and_one_with_host_keeps_it() {
+        let bare = Request::builder()
+            .uri("http://127.0.0.1:9000/1k")
+            .body(UpstreamBody::buffered(bytes::Bytes::new()))
+            .unwrap();
+        let bare = into_origin_form(bare);
+        assert_eq!(bare.headers()[http::header::HOST], "127.0.0.1:9000");
+        let named = Request::builder()
+            .uri("http://127.0.0.1:9000/1k")
+            .header(http::header::HOST, "api.example.com")
+            .body(UpstreamBody::buffered(bytes::Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            into_origin_form(named).headers()[http::header::HOST],
+            "api.example.com"
+        );
     }
 }
