@@ -185,7 +185,7 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From the request sent to the response head, per try.
     pub response_header: Duration,
-    /// No bytes in either direction of an exchange for this long ends it (default 60s).
+    /// The origin sending no response body bytes for this long ends the response (default 60s).
     pub idle: Duration,
     /// Deadline for the response head over all tries, retries included (default 60s).
     pub total: Duration,

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -17,7 +18,7 @@ use crate::observe::access_log::AccessRecord;
 use crate::policy::concurrency::Permit;
 
 /// Every response body the proxy produces, origin-streamed or generated.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
 pin_project! {
     /// A response body that writes the access-log line when it ends or is dropped
@@ -182,7 +183,7 @@ impl UpstreamBody {
 
 /// A request body's failure: the client's connection, or the body limit
 /// (`http_body_util::LengthLimitError`).
-pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for UpstreamBody {
     type Data = Bytes;
@@ -214,5 +215,68 @@ impl Body for UpstreamBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+pin_project! {
+    /// An origin's response body that fails once no frame has arrived for `idle` (the route's
+    /// `timeouts.idle`), so an origin that stalls mid-body does not hold the client, the origin
+    /// connection and a concurrency slot for ever. The clock starts with the response head.
+    pub(crate) struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub(crate) fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+/// The origin sent no body bytes for the route's `timeouts.idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} in the middle of its response")]
+pub struct IdleElapsed(pub Duration);
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + *this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|result| result.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -23,7 +23,7 @@ pub mod trace;
 mod upstream;
 
 pub use balance::UpstreamPool;
-pub use body::{Metered, ProxyBody};
+pub use body::{BodyError, IdleElapsed, Metered, ProxyBody};
 pub use error::{ConnectError, ProxyError, Side};
 pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};

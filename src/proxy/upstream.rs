@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::config::{Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams};
 use crate::observe::Chain;
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::body::{IdleTimeout, UpstreamBody};
 use crate::proxy::connect::Connector;
 use crate::proxy::error::ConnectError;
 use crate::proxy::pool::{Conn, InFlight, Pool, PooledBody};
@@ -150,7 +150,10 @@ impl Upstream {
                     // After a 101 the connection belongs to the tunnel, never to the pool.
                     let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
                     let conn = reusable.then_some(conn);
-                    return Ok(response.map(|body| PooledBody::new(body, conn, in_flight).boxed()));
+                    return Ok(response.map(|body| {
+                        IdleTimeout::new(PooledBody::new(body, conn, in_flight), timeouts.idle)
+                            .boxed()
+                    }));
                 }
                 Ok(Err(mut failed)) => match failed.take_message() {
                     // hyper found the pooled connection closed before writing a byte.
