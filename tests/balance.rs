@@ -279,3 +279,43 @@ impl Drop for Held {
         self.accept.abort();
     }
 }
+
+#[tokio::test]
+async fn max_conns_caps_an_origin_and_a_route_with_every_origin_full_answers_503() {
+    let env = Env::new();
+    let one = Held::start("one").await;
+    let rampart = site(
+        &env,
+        &format!(
+            "        upstreams: [{{ url: \"{}\", max_conns: 1 }}]\n",
+            one.url()
+        ),
+    )
+    .await;
+    let mut slow = rampart.client("a.test").await;
+    let request = slow
+        .request(Method::GET, "a.test", "/hold")
+        .body(empty())
+        .expect("valid");
+    let held = tokio::spawn(async move { slow.fetch(request).await.status });
+    within(WAIT, "the held request to arrive", async {
+        while one.held() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut client = rampart.client("a.test").await;
+    let full = client.get("a.test", "/").await;
+    assert_eq!(full.status, 503, "{}", full.text());
+    assert_eq!(full.header("retry-after"), Some("1"));
+    one.release();
+    assert_eq!(
+        within(WAIT, "the held request", held)
+            .await
+            .expect("joined"),
+        200
+    );
+    // The slot came back with the held response.
+    assert_eq!(client.get("a.test", "/").await.status, 200);
+    rampart.stop().await;
+}
