@@ -9,7 +9,8 @@
 //! fields, and they cannot touch those nor hop-by-hop fields: `X-Forwarded-For`,
 //! `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP` are what origins trust to learn who
 //! the client is, so a rule (or a typo in one) must not be able to forge or drop them, and
-//! hop-by-hop fields describe our own connection to the origin. Such operations are skipped.
+//! hop-by-hop fields describe our own connection to the origin. `rampart check` refuses rules
+//! naming them, and they are skipped here too.
 //! Response rules apply to proxied and `respond` responses; HSTS is set after them, so no rule
 //! can remove it.
 
@@ -69,18 +70,6 @@ pub fn hsts_value(hsts: &Hsts) -> HeaderValue {
     HeaderValue::try_from(value).expect("digits and ASCII words form a valid header value")
 }
 
-/// The fields `rules` names that [`apply_request`]/[`apply_response`] will skip, for a warning
-/// when the table is built.
-pub fn ignored(rules: &HeaderRules) -> impl Iterator<Item = &HeaderName> {
-    [&rules.request, &rules.response]
-        .into_iter()
-        .flat_map(|ops| {
-            let set = ops.set.iter().chain(&ops.add).map(|(name, _)| name);
-            ops.remove.iter().chain(set)
-        })
-        .filter(|name| is_protected(name))
-}
-
 /// One rule set: remove → set → add, skipping protected fields.
 fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
     if ops.is_empty() {
@@ -97,7 +86,9 @@ fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
     }
 }
 
-fn is_protected(name: &HeaderName) -> bool {
+/// Whether `name` is a field Rampart owns (forwarding fields it sets, hop-by-hop fields):
+/// `rampart check` refuses rules naming one, and the rules skip it regardless.
+pub fn is_protected(name: &HeaderName) -> bool {
     PROTECTED.contains(&name.as_str())
 }
 
@@ -175,16 +166,10 @@ mod tests {
             &["x-forwarded-for"],
         );
         let rules = request_rules(rules);
-        let skipped: Vec<&str> = ignored(&rules).map(HeaderName::as_str).collect();
-        assert_eq!(
-            skipped,
-            [
-                "x-forwarded-for",
-                "x-real-ip",
-                "connection",
-                "x-forwarded-for"
-            ]
-        );
+        for name in ["x-forwarded-for", "x-real-ip", "connection", "upgrade"] {
+            assert!(is_protected(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!is_protected(&HeaderName::from_static("x-env")));
         apply_request(&mut headers, &rules, &HeaderRules::default());
         assert_eq!(values(&headers, "x-real-ip"), ["1.2.3.4"]);
         assert_eq!(values(&headers, "x-forwarded-for"), ["1.2.3.4"]);

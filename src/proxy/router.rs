@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use tracing::warn;
 
 use crate::config::{
     Config, HeaderRules, HostName, IpNet, PathMatch, Rewrite, RouteAction, SitePolicy,
@@ -26,7 +25,6 @@ use crate::config::{
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
 use crate::policy::concurrency::ConcurrencyLimit;
-use crate::policy::headers;
 use crate::policy::jwks::KeyStores;
 use crate::policy::rate_limit::RateLimiter;
 use crate::proxy::UpstreamPool;
@@ -141,14 +139,6 @@ impl RouteTable {
                     Route::from_config(&site.name, r, &config.upstream, &mut pools, &mut key_stores)
                 })
                 .collect();
-            let rules = std::iter::once(&site.policy.headers)
-                .chain(site.routes.iter().map(|r| &r.policy.headers));
-            for name in rules.flat_map(headers::ignored) {
-                warn!(
-                    site = %site.name,
-                    "header rule on {name} ignored: Rampart owns forwarding and hop-by-hop fields"
-                );
-            }
             // A stable sort keeps file order within a kind and among equal prefix lengths.
             routes.sort_by_key(|r| precedence(&r.path));
             table.sites.push(SiteRoutes {

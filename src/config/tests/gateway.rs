@@ -324,3 +324,25 @@ fn jwt_auth_needs_exactly_one_key_source() {
         ]
     );
 }
+
+#[test]
+fn header_rules_may_not_touch_the_fields_rampart_owns() {
+    let head =
+        "sites:\n  - hosts: [a.test]\n    tls: internal\n    upstreams: [\"http://127.0.0.1:1\"]\n";
+    let problems = problems(&format!(
+        "{head}    headers: {{ request: {{ set: {{ X-Forwarded-For: 1.2.3.4 }}, remove: [Connection, X-Debug] }} }}\n"
+    ));
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "sites[0].headers.request.set.X-Forwarded-For",
+            "sites[0].headers.request.remove[0]"
+        ],
+        "{problems}"
+    );
+    assert!(
+        problems.to_string().contains("set by Rampart itself"),
+        "{problems}"
+    );
+}

@@ -722,7 +722,7 @@ impl Checker {
             Some(list) => {
                 let mut all = Some(Vec::new());
                 for (index, name) in list.value.iter().enumerate() {
-                    match self.header_name(name, &format!("{at}.remove[{index}]")) {
+                    match self.rule_header_name(name, &format!("{at}.remove[{index}]")) {
                         Some(name) => all.iter_mut().for_each(|a| a.push(name.clone())),
                         None => all = None,
                     }
@@ -748,7 +748,7 @@ impl Checker {
         let mut all = Some(Vec::new());
         for (name, value) in &raw.value.0 {
             let path = format!("{at}.{}", name.value);
-            let name = self.header_name(name, &path);
+            let name = self.rule_header_name(name, &path);
             let value = self.check(
                 &value.referenced,
                 &path,
@@ -763,6 +763,23 @@ impl Checker {
             }
         }
         all
+    }
+
+    /// A header a rule may change: not one of the forwarding or hop-by-hop fields Rampart owns.
+    fn rule_header_name(&mut self, raw: &Text, at: &str) -> Option<HeaderName> {
+        let name = self.header_name(raw, at)?;
+        if crate::policy::headers::is_protected(&name) {
+            self.report(
+                &raw.referenced,
+                at,
+                format!(
+                    "`{}` is set by Rampart itself (forwarding and hop-by-hop fields cannot be changed by rules)",
+                    raw.value
+                ),
+            );
+            return None;
+        }
+        Some(name)
     }
 
     fn header_name(&mut self, raw: &Text, at: &str) -> Option<HeaderName> {
