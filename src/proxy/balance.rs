@@ -163,35 +163,38 @@ impl UpstreamPool {
             _ => None,
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let admissions: Vec<Admission> =
-            (0..self.len()).map(|i| health.admission(i, now)).collect();
-        let mut lost_probe = vec![false; self.len()];
+        let untried = |i: usize| !tried.get(i).copied().unwrap_or(false);
+        // One allocation per pick: the candidates, rebuilt never; an origin whose half-open probe
+        // someone else took is only marked ineligible.
+        let mut candidates: Vec<Candidate> = (0..self.len())
+            .map(|i| Candidate {
+                eligible: untried(i)
+                    && matches!(
+                        health.admission(i, now),
+                        Admission::Closed | Admission::HalfOpen
+                    )
+                    && self.upstream(i).has_capacity(),
+                in_flight: self.upstream(i).in_flight(),
+                id: self.origins.ids[i],
+            })
+            .collect();
         let mut rng = rand::rng();
         // Each pass either returns or rules out one origin whose probe someone else took.
         for _ in 0..=self.len() {
-            let candidates: Vec<Candidate> = (0..self.len())
-                .map(|i| Candidate {
-                    eligible: !tried.get(i).copied().unwrap_or(false)
-                        && !lost_probe[i]
-                        && matches!(admissions[i], Admission::Closed | Admission::HalfOpen)
-                        && self.upstream(i).has_capacity(),
-                    in_flight: self.upstream(i).in_flight(),
-                    id: self.origins.ids[i],
-                })
-                .collect();
             let Some(index) = choose(&self.strategy, &candidates, turn, key, |n| {
                 rng.random_range(0..n)
             }) else {
                 break;
             };
-            if admissions[index] != Admission::HalfOpen || health.claim_probe(index, now) {
+            if health.admission(index, now) != Admission::HalfOpen || health.claim_probe(index, now)
+            {
                 return Ok(index);
             }
-            lost_probe[index] = true;
+            candidates[index].eligible = false;
         }
         let full = (0..self.len()).any(|i| {
-            !tried.get(i).copied().unwrap_or(false)
-                && admissions[i] == Admission::Closed
+            untried(i)
+                && health.admission(i, now) == Admission::Closed
                 && !self.upstream(i).has_capacity()
         });
         if full {

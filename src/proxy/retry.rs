@@ -123,7 +123,8 @@ pub(crate) async fn forward(
         Payload::Buffered(bytes) => (Some(bytes), None),
         Payload::Streamed(body) => (None, Some(body)),
     };
-    let mut tried = vec![false; pool.len()];
+    // Filled in only when a try fails: the usual single try allocates nothing here.
+    let mut tried: Vec<bool> = Vec::new();
     let mut last: Option<ProxyError> = None;
     for attempt in 0..=settings.retries {
         let index = match pool.pick(client_ip, &outgoing.headers, &tried) {
@@ -131,7 +132,6 @@ pub(crate) async fn forward(
             // Retries ran out of origins: the client hears about the failure it got.
             Err(error) => return Err(last.unwrap_or(error)),
         };
-        tried[index] = true;
         let upstream = pool.upstream(index);
         *upstream_label = Some(upstream.label().to_owned());
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -170,6 +170,8 @@ pub(crate) async fn forward(
             }
             Err(failed) => {
                 pool.report(index, Outcome::Failure);
+                tried.resize(pool.len(), false);
+                tried[index] = true;
                 let never_sent =
                     failed.request.is_some() || failed.failure == UpstreamFailure::Connect;
                 if let Some(request) = failed.request {
