@@ -16,16 +16,10 @@ use bytes::Bytes;
 use http::header::RETRY_AFTER;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use crate::acme::AcmeError;
+use crate::tls::client::{BundleError, HttpsClient, PlainHttp, https_client};
 
 /// A CA that does not answer within this long is treated as a transient network error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +29,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTPS client for the ACME server, cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AcmeHttp {
-    client: Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+    client: HttpsClient<BodyWrapper<Bytes>>,
 }
 
 impl AcmeHttp {
@@ -44,42 +38,14 @@ impl AcmeHttp {
     /// # Errors
     /// `CaBundle` when the file cannot be read, `CaBundleEmpty` when it holds no certificate.
     pub(crate) fn new(ca_bundle: Option<&Path>) -> Result<Self, AcmeError> {
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = ca_bundle {
-            let pem = std::fs::read(path).map_err(|source| AcmeError::CaBundle {
-                path: path.to_owned(),
-                source,
+        let client =
+            https_client(ca_bundle, CONNECT_TIMEOUT, PlainHttp::Refused).map_err(|error| {
+                match error {
+                    BundleError::Read { path, source } => AcmeError::CaBundle { path, source },
+                    BundleError::Empty { path } => AcmeError::CaBundleEmpty { path },
+                }
             })?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .collect();
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(AcmeError::CaBundleEmpty {
-                    path: path.to_owned(),
-                });
-            }
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("the aws-lc-rs provider supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false); // the TLS layer above refuses plain http
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
-        Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
-        })
+        Ok(Self { client })
     }
 }
 

@@ -30,15 +30,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -46,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::JwtKeys;
 use crate::observe::Chain;
+use crate::tls::client::{BundleError, HttpsClient, PlainHttp, https_client};
 
 /// An unknown `kid` refetches the JWKS at most this often, so forged `kid`s cannot turn
 /// requests into fetches.
@@ -365,7 +359,7 @@ fn read_file(path: &Path, hmac_allowed: bool) -> Result<KeySet, JwksError> {
 /// Fetches one JWKS url.
 struct Fetcher {
     url: Uri,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpsClient<Empty<Bytes>>,
 }
 
 impl Fetcher {
@@ -373,45 +367,22 @@ impl Fetcher {
         if url.scheme_str() != Some("https") && !is_loopback(url) {
             return Err(JwksError::PlainHttp { url: url.clone() });
         }
-        // Same trust as the ACME client (acme::http): Mozilla roots plus the configured bundle.
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = ca {
-            let ca_error = |source| JwksError::CaBundle {
-                path: path.to_owned(),
-                source,
-            };
-            let pem = std::fs::read(path).map_err(ca_error)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .collect();
-            if roots.add_parsable_certificates(certs).0 == 0 {
-                return Err(ca_error(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "no PEM certificate in the file",
-                )));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("the aws-lc-rs provider supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(FETCH_TIMEOUT));
-        // http is allowed only to loopback, checked above.
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+        // Same trust as the ACME client: Mozilla roots plus the configured bundle; http only to
+        // loopback, checked above.
+        let client =
+            https_client(ca, FETCH_TIMEOUT, PlainHttp::Allowed).map_err(|error| match error {
+                BundleError::Read { path, source } => JwksError::CaBundle { path, source },
+                BundleError::Empty { path } => JwksError::CaBundle {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "no PEM certificate in the file",
+                    ),
+                },
+            })?;
         Ok(Self {
             url: url.clone(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
         })
     }
 

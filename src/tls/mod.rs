@@ -6,6 +6,7 @@
 //! certificate and key writes crash-safe.
 
 mod acceptor;
+pub mod client;
 pub mod disk;
 mod error;
 mod internal;
