@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -21,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use common::{Env, HttpClient, Rampart, Tls, Upstream, WAIT, empty, within};
+use common::{Env, HttpClient, Rampart, Tls, Upstream, WAIT, empty, logs, within};
 
 /// The load balancer's address in these tests.
 const BALANCER: [u8; 4] = [127, 0, 0, 2];
@@ -99,45 +98,12 @@ async fn forwarded(client: &mut HttpClient, xff: Option<&str>) -> (String, Strin
     (real_ip, chain)
 }
 
-/// Every log line this test binary writes, as JSON (one object per line).
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs the JSON subscriber the way `log.format: json` does, writing access lines to [`LOG`].
-fn capture_access_log() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_env_filter("rampart::access=info")
-            .with_writer(|| Capture)
-            .init();
-    });
-}
-
 /// The `peer` of the access log line of `request_id`, waiting (bounded) for it: it is written
 /// when the response body ends, which may be just after the client has read it.
 async fn logged_peer(request_id: &str) -> String {
     let started = Instant::now();
     loop {
-        let text = String::from_utf8(LOG.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .expect("UTF-8 logs");
+        let text = logs::captured();
         let found = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -289,7 +255,7 @@ async fn a_configured_source_without_a_proxy_header_is_refused() {
 
 #[tokio::test]
 async fn the_access_log_records_the_resolved_client_ip() {
-    capture_access_log();
+    logs::capture(logs::Format::Json, "rampart::access=info");
     let env = Env::new();
     let origin = Upstream::echo("origin").await;
     let top = "trusted_proxies: [127.0.0.1]\n";

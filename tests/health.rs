@@ -5,10 +5,9 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,43 +20,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use common::{Env, HttpClient, Rampart, Upstream, WAIT, refused_addr};
-
-/// Every health log line this test binary writes, as JSON.
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_env_filter("rampart::proxy::health=info")
-            .with_writer(|| Capture)
-            .init();
-    });
-}
+use common::{Env, HttpClient, Rampart, Upstream, WAIT, logs, refused_addr};
 
 /// The health log lines about `upstream`, as (level, message), in order.
 fn transitions(upstream: &str) -> Vec<(String, String)> {
-    let text = String::from_utf8(LOG.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .expect("UTF-8 logs");
+    let text = logs::captured();
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["upstream"] == upstream)
@@ -117,7 +84,7 @@ async fn names(client: &mut HttpClient, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn active_checks_eject_an_origin_whose_healthz_fails_and_bring_it_back() {
-    capture_logs();
+    logs::capture(logs::Format::Json, "rampart::proxy::health=info");
     let env = Env::new();
     let flaky = Flaky::start(None).await;
     let steady = Upstream::echo("steady").await;
@@ -159,7 +126,7 @@ async fn active_checks_eject_an_origin_whose_healthz_fails_and_bring_it_back() {
 
 #[tokio::test]
 async fn circuit_opens_on_a_dead_origin_and_closes_after_one_probe_when_it_returns() {
-    capture_logs();
+    logs::capture(logs::Format::Json, "rampart::proxy::health=info");
     let env = Env::new();
     let dead = refused_addr();
     let steady = Upstream::echo("steady").await;

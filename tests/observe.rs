@@ -4,56 +4,21 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use http::Method;
 
-use common::{Echoed, Env, Rampart, Upstream, WAIT, empty};
+use common::{Echoed, Env, Rampart, Upstream, WAIT, empty, logs};
 
 /// A valid incoming `traceparent`, unsampled so that keeping the flags is visible.
 const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-
-/// Every log line this test binary writes, as JSON (one object per line).
-static LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs the JSON subscriber the way `log.format: json` does, writing into [`LOG`].
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_env_filter("rampart::access=info")
-            .with_writer(|| Capture)
-            .init();
-    });
-}
 
 /// Waits (bounded) for the access log line of `request_id`: it is written when the response
 /// body ends, which may be just after the client has read it.
 async fn access_line(request_id: &str) -> serde_json::Value {
     let started = Instant::now();
     loop {
-        let text = String::from_utf8(LOG.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .expect("UTF-8 logs");
+        let text = logs::captured();
         let found = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -70,7 +35,7 @@ async fn access_line(request_id: &str) -> serde_json::Value {
 }
 
 async fn start(env: &Env, upstream: &Upstream) -> Rampart {
-    capture_logs();
+    logs::capture(logs::Format::Json, "rampart::access=info");
     env.leaf("t", &["trace.test"]);
     env.start(&format!(
         "sites:

@@ -13,7 +13,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Env, HttpClient, Rampart, Upstream, WAIT, empty, within};
+use common::{Env, HttpClient, Rampart, Upstream, WAIT, empty, logs, within};
 
 /// Two routes and, when `extra`, a second site: enough to change every part of a snapshot.
 fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
@@ -39,35 +39,6 @@ fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
     text
 }
 
-/// Log lines written by this test binary (one subscriber per process).
-static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_env_filter("rampart=error")
-            .with_writer(|| Capture)
-            .init();
-    });
-}
-
 /// `rampart_config_reloads_total{result="failure"}` from the process-wide registry.
 fn failed_reloads() -> f64 {
     let text = rampart::observe::metrics::encode_text();
@@ -88,7 +59,7 @@ fn failed_reloads() -> f64 {
 
 #[tokio::test]
 async fn invalid_reload_keeps_serving_the_old_configuration() {
-    capture_logs();
+    logs::capture(logs::Format::Text, "rampart=error");
     let env = Env::new();
     env.leaf("a", &["a.test"]);
     let (ws, one, two) = (
@@ -114,8 +85,7 @@ async fn invalid_reload_keeps_serving_the_old_configuration() {
         "{message}"
     );
     // The error is in the log (file, line, key) and counted in the metrics.
-    let logged =
-        String::from_utf8_lossy(&LOG.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let logged = logs::captured();
     assert!(
         logged.contains("reload failed")
             && logged.contains(&position)

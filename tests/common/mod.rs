@@ -10,6 +10,7 @@
 pub mod binary;
 pub mod ca;
 pub mod client;
+pub mod logs;
 pub mod rampart;
 pub mod upstream;
 
