@@ -4,21 +4,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http::{Method, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use http::Method;
 
 use common::{Env, Rampart, Upstream, WAIT, empty, within};
 
@@ -85,7 +72,10 @@ async fn weighted_sends_three_of_four_requests_to_the_weight_three_origin() {
 #[tokio::test]
 async fn least_conn_sends_to_the_idle_origin_while_another_holds_a_slow_request() {
     let env = Env::new();
-    let (one, two) = (Held::start("one").await, Held::start("two").await);
+    let (one, two) = (
+        Upstream::holding("one").await,
+        Upstream::holding("two").await,
+    );
     let rampart = site(
         &env,
         &format!(
@@ -106,10 +96,10 @@ async fn least_conn_sends_to_the_idle_origin_while_another_holds_a_slow_request(
     // Whichever origin holds it, every other request must go to the other one.
     let holder = within(WAIT, "the slow request to arrive", async {
         loop {
-            if one.held() > 0 {
+            if one.requests() > 0 {
                 break "one";
             }
-            if two.held() > 0 {
+            if two.requests() > 0 {
                 break "two";
             }
             tokio::task::yield_now().await;
@@ -125,8 +115,8 @@ async fn least_conn_sends_to_the_idle_origin_while_another_holds_a_slow_request(
             "least_conn chose the origin holding a request"
         );
     }
-    one.release();
-    two.release();
+    one.open_gate();
+    two.open_gate();
     assert_eq!(
         within(WAIT, "the held request", held)
             .await
@@ -216,74 +206,10 @@ async fn random_two_spreads_requests_over_every_origin() {
     rampart.stop().await;
 }
 
-/// An origin answering its name at once, except `/hold`, which waits for [`Held::release`].
-struct Held {
-    addr: SocketAddr,
-    holding: Arc<AtomicUsize>,
-    gate: watch::Sender<bool>,
-    accept: JoinHandle<()>,
-}
-
-impl Held {
-    async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback");
-        let addr = listener.local_addr().expect("bound");
-        let holding = Arc::new(AtomicUsize::new(0));
-        let gate = watch::Sender::new(false);
-        let (count, open) = (holding.clone(), gate.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (count, open) = (count.clone(), open.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let (count, mut open) = (count.clone(), open.subscribe());
-                        async move {
-                            if request.uri().path() == "/hold" {
-                                count.fetch_add(1, Ordering::SeqCst);
-                                // The sender lives as long as the origin.
-                                let _ = open.wait_for(|o| *o).await;
-                            }
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
-                        }
-                    });
-                    // The proxy may drop the connection at the end of a test.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
-        Self {
-            addr,
-            holding,
-            gate,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn held(&self) -> usize {
-        self.holding.load(Ordering::SeqCst)
-    }
-
-    fn release(&self) {
-        self.gate.send_replace(true);
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
 #[tokio::test]
 async fn max_conns_caps_an_origin_and_a_route_with_every_origin_full_answers_503() {
     let env = Env::new();
-    let one = Held::start("one").await;
+    let one = Upstream::holding("one").await;
     let rampart = site(
         &env,
         &format!(
@@ -299,7 +225,7 @@ async fn max_conns_caps_an_origin_and_a_route_with_every_origin_full_answers_503
         .expect("valid");
     let held = tokio::spawn(async move { slow.fetch(request).await.status });
     within(WAIT, "the held request to arrive", async {
-        while one.held() == 0 {
+        while one.requests() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     })
@@ -308,7 +234,7 @@ async fn max_conns_caps_an_origin_and_a_route_with_every_origin_full_answers_503
     let full = client.get("a.test", "/").await;
     assert_eq!(full.status, 503, "{}", full.text());
     assert_eq!(full.header("retry-after"), Some("1"));
-    one.release();
+    one.open_gate();
     assert_eq!(
         within(WAIT, "the held request", held)
             .await

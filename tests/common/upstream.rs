@@ -79,6 +79,21 @@ impl Upstream {
         .await
     }
 
+    /// Answers `name` at once, except `/hold`, which waits for [`Upstream::open_gate`].
+    pub async fn holding(name: &'static str) -> Self {
+        Self::http(Arc::new(move |request, stats| {
+            Box::pin(async move {
+                if request.uri().path() == "/hold" {
+                    let mut gate = stats.gate.subscribe();
+                    // The sender lives as long as the origin.
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                Response::new(full(name))
+            })
+        }))
+        .await
+    }
+
     /// Reads the whole request body, hashing as it goes, and answers `{"len", "sha256"}`.
     pub async fn sink() -> Self {
         Self::http(Arc::new(|request, stats| Box::pin(sink(request, stats)))).await
@@ -150,7 +165,7 @@ impl Upstream {
             .expect("stats live as long as the upstream");
     }
 
-    /// Lets a gated download continue.
+    /// Lets a gated download continue, and held requests be answered.
     pub fn open_gate(&self) {
         self.stats.gate.send_replace(true);
     }
