@@ -221,12 +221,16 @@ impl Body for UpstreamBody {
 pin_project! {
     /// An origin's response body that fails once no frame has arrived for `idle` (the route's
     /// `timeouts.idle`), so an origin that stalls mid-body does not hold the client, the origin
-    /// connection and a concurrency slot for ever. The clock starts with the response head.
+    /// connection and a concurrency slot for ever. The clock starts when a poll finds no frame
+    /// ready: a body that is there when asked for (most small ones) never reads the clock or
+    /// touches the timer wheel.
     pub(crate) struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: tokio::time::Sleep,
+        // Made by the first wait (a body ready when polled never needs one).
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Whether `deadline` counts the current wait; a frame ends the wait.
+        waiting: bool,
         idle: Duration,
     }
 }
@@ -235,7 +239,8 @@ impl<B> IdleTimeout<B> {
     pub(crate) fn new(inner: B, idle: Duration) -> Self {
         Self {
             inner,
-            deadline: tokio::time::sleep(idle),
+            deadline: None,
+            waiting: false,
             idle,
         }
     }
@@ -258,17 +263,28 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + *this.idle;
-                this.deadline.as_mut().reset(next);
+                *this.waiting = false;
                 Poll::Ready(frame.map(|result| result.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = *this.idle;
+                let deadline = match this.deadline {
+                    Some(deadline) if *this.waiting => deadline,
+                    Some(deadline) => {
+                        deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                        deadline
+                    }
+                    None => this.deadline.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                *this.waiting = true;
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleElapsed(*this.idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
