@@ -35,47 +35,63 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop fields, including every field the `Connection` header names.
 /// `keep_upgrade` keeps `Upgrade` and re-adds `Connection: upgrade` for a tunnelled request.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    // One pass over the names present: most messages carry none of these fields or only
+    // `Connection`, and a lookup per candidate name would cost more than the scan.
+    let named: Vec<&str> = connection_tokens(headers).collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            if *name == header::UPGRADE {
+                return !keep_upgrade;
+            }
+            HOP_BY_HOP.contains(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        })
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
-        }
+    drop(named);
+    for name in &doomed {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
-/// Sets the forwarding fields: `peer` (the hop we saw) ends `X-Forwarded-For`, `X-Real-IP`
-/// is the resolved `client`, plus `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// An IP address as a field value, as `X-Forwarded-For` and `X-Real-IP` carry it.
+pub(crate) fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid field value")
+}
+
+/// Sets the forwarding fields: `peer` (the hop we saw, as [`ip_value`] wrote it) ends
+/// `X-Forwarded-For`, `X-Real-IP` is the resolved `client`, plus `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. Values come in formatted: the peer's once per connection.
 ///
 /// The incoming `X-Forwarded-For` chain is kept only when `peer` is a trusted proxy. From an
 /// untrusted peer it is replaced, so entries a client wrote itself never reach origins that
 /// might believe them.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     keep_chain: bool,
-    client: IpAddr,
+    client: HeaderValue,
     host: Option<HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
-    let chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if chain.is_empty() || !keep_chain {
-        peer_text
+    let chain: Vec<&str> = if keep_chain {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
     } else {
-        format!("{}, {peer_text}", chain.join(", "))
+        Vec::new()
     };
-    if let Ok(value) = HeaderValue::try_from(xff) {
+    let xff = if chain.is_empty() {
+        Some(peer.clone())
+    } else {
+        let peer = peer.to_str().unwrap_or_default();
+        HeaderValue::try_from(format!("{}, {peer}", chain.join(", "))).ok()
+    };
+    if let Some(value) = xff {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -83,9 +99,7 @@ pub(crate) fn add_forwarding(
         Some(host) => headers.insert(&X_FORWARDED_HOST, host),
         None => headers.remove(&X_FORWARDED_HOST),
     };
-    if let Ok(value) = HeaderValue::try_from(client.to_string()) {
-        headers.insert(&X_REAL_IP, value);
-    }
+    headers.insert(&X_REAL_IP, client);
 }
 
 /// The origin-form target for `upstream`: the path with a leading `from` replaced by `to`
@@ -176,8 +190,8 @@ mod tests {
     fn forwarding_from_an_untrusted_peer_replaces_the_chain() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        let peer = "127.0.0.9".parse().unwrap();
-        add_forwarding(&mut h, peer, false, peer, None);
+        let peer = ip_value("127.0.0.9".parse().unwrap());
+        add_forwarding(&mut h, &peer, false, peer.clone(), None);
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-real-ip"], "127.0.0.9");
         assert!(h.get("x-forwarded-host").is_none());
@@ -193,9 +207,9 @@ mod tests {
         );
         add_forwarding(
             &mut h,
-            "127.0.0.9".parse().unwrap(),
+            &ip_value("127.0.0.9".parse().unwrap()),
             true,
-            "3.3.3.3".parse().unwrap(),
+            ip_value("3.3.3.3".parse().unwrap()),
             Some(HeaderValue::from_static("a.test:8443")),
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");

@@ -37,10 +37,24 @@ pub struct ConnInfo {
     /// The address of the hop we saw: the TCP peer, or the source a trusted PROXY protocol
     /// header named. The client IP behind trusted proxies is resolved per request from it.
     pub peer: SocketAddr,
+    /// `peer`'s IP as a field value, formatted once for every request's forwarding fields.
+    peer_value: HeaderValue,
     /// The TLS server name it asked for, lower-case.
     pub sni: Option<Arc<str>>,
     /// Whether the connection speaks HTTP/2.
     pub is_h2: bool,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` that asked for `sni` and negotiated h2 or not.
+    pub fn new(peer: SocketAddr, sni: Option<Arc<str>>, is_h2: bool) -> Self {
+        Self {
+            peer,
+            peer_value: forward::ip_value(peer.ip()),
+            sni,
+            is_h2,
+        }
+    }
 }
 
 /// The reverse proxy: a swappable route table and the tasks of its open tunnels.
@@ -92,7 +106,7 @@ impl Proxy {
             upstream: None,
             status: 0,
             bytes_in: Arc::new(AtomicU64::new(0)),
-            trace_id: ids.trace_id.clone(),
+            trace_id: ids.trace_id,
             request_id: ids.request_id.clone(),
         };
         // Handles pre-created with the table; the route sets the ones that matched.
@@ -229,7 +243,6 @@ impl Proxy {
             Action::Proxy(pool) => {
                 let trusted_peer = contains_ip(&table.trusted_proxies, conn.peer.ip());
                 let hop = Hop {
-                    peer: conn.peer.ip(),
                     trusted_peer,
                     client_ip,
                 };
@@ -275,11 +288,16 @@ impl Proxy {
         forward::strip_hop_by_hop(&mut parts.headers, upgrade);
         // X-Forwarded-Host carries the host as the client wrote it, port included.
         let original_host = parts.headers.get(header::HOST).cloned();
+        let client_value = if hop.client_ip == conn.peer.ip() {
+            conn.peer_value.clone()
+        } else {
+            forward::ip_value(hop.client_ip)
+        };
         forward::add_forwarding(
             &mut parts.headers,
-            hop.peer,
+            &conn.peer_value,
             hop.trusted_peer,
-            hop.client_ip,
+            client_value,
             original_host,
         );
         // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
@@ -348,8 +366,6 @@ fn check_rate_limits(
 /// Who the request came from, as the forwarding fields need it.
 #[derive(Clone, Copy, Debug)]
 struct Hop {
-    /// The address we saw (TCP peer or PROXY protocol source).
-    peer: IpAddr,
     /// Whether `peer` is in `trusted_proxies`, so its X-Forwarded-For chain is kept.
     trusted_peer: bool,
     /// The resolved client IP.

@@ -272,11 +272,7 @@ async fn serve_tls(
             Err(err) => return debug!(error = %Chain(&err), "handshake failed"),
         },
     };
-    let conn = Arc::new(ConnInfo {
-        peer,
-        sni: handshake.sni,
-        is_h2: handshake.is_h2,
-    });
+    let conn = Arc::new(ConnInfo::new(peer, handshake.sni, handshake.is_h2));
     let service = service_fn(move |request| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         // Boxed: the request future is a few KiB, and hyper moves it into a task per h2 stream.
