@@ -4,6 +4,7 @@
 //! field set is fixed (absent values are `-`), so with `log.format: json` every request is one
 //! JSON object per line with the same keys, `trace_id` and `request_id` included.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,13 +31,13 @@ pub struct AccessRecord {
     /// The site that served it.
     pub site: Option<Arc<str>>,
     /// The origin it went to.
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     /// Response status.
     pub status: u16,
     /// Request body bytes read so far.
     pub bytes_in: Arc<AtomicU64>,
-    /// W3C trace id, lower-case hex (continued from the client's `traceparent` or new).
-    pub trace_id: String,
+    /// W3C trace id, logged as lower-case hex (continued from the client's `traceparent` or new).
+    pub trace_id: TraceId,
     /// `X-Request-Id`, the client's or a generated one; always visible ASCII.
     pub request_id: HeaderValue,
 }
@@ -63,5 +64,16 @@ impl AccessRecord {
             request_id = self.request_id.to_str().unwrap_or("-"),
             "request"
         );
+    }
+}
+
+/// A W3C trace id, written as the 32 lower-case hex digits `traceparent` carries. Kept as bytes
+/// so a request pays for the text only when its line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceId(pub [u8; 16]);
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }

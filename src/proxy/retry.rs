@@ -115,7 +115,7 @@ pub(crate) async fn forward(
     client_ip: IpAddr,
     deadline: Instant,
     uri_for: impl Fn(&UpstreamUrl) -> Uri,
-    upstream_label: &mut Option<String>,
+    upstream_label: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings();
     let idempotent = is_idempotent(&outgoing.method);
@@ -133,7 +133,7 @@ pub(crate) async fn forward(
             Err(error) => return Err(last.unwrap_or(error)),
         };
         let upstream = pool.upstream(index);
-        *upstream_label = Some(upstream.label().to_owned());
+        *upstream_label = Some(upstream.label_shared());
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(last.unwrap_or(ProxyError::UpstreamTimeout {

@@ -4,9 +4,10 @@
 //! continued with a new span id, anything else starts a new trace; the request id is the
 //! client's when it sent a usable one, else a random one. Parsing and formatting are pure.
 
-use std::fmt::Write as _;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rand::RngCore as _;
+
+use crate::observe::access_log::TraceId;
 
 /// The W3C Trace Context header (<https://www.w3.org/TR/trace-context/#traceparent-header>).
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -36,8 +37,8 @@ pub struct TraceContext {
 pub struct RequestIds {
     /// The outgoing `traceparent`.
     pub traceparent: HeaderValue,
-    /// The trace id, lower-case hex, for the access log.
-    pub trace_id: String,
+    /// The trace id, for the access log (formatted only if a line is written).
+    pub trace_id: TraceId,
     /// The `X-Request-Id` sent upstream and logged (visible ASCII).
     pub request_id: HeaderValue,
     /// Whether the incoming `traceparent` was continued (else `tracestate` is stale).
@@ -95,21 +96,12 @@ impl TraceContext {
     }
 
     /// The version-00 header value.
-    pub fn to_header(&self) -> String {
-        let mut text = String::with_capacity(TRACEPARENT_LEN);
-        text.push_str("00-");
-        push_hex(&mut text, &self.trace_id);
-        text.push('-');
-        push_hex(&mut text, &self.span_id);
-        let _ = write!(text, "-{:02x}", self.flags); // writing to a String cannot fail
-        text
-    }
-
-    /// The trace id, lower-case hex.
-    pub fn trace_id_hex(&self) -> String {
-        let mut text = String::with_capacity(32);
-        push_hex(&mut text, &self.trace_id);
-        text
+    pub fn to_header(&self) -> HeaderValue {
+        let mut text = *b"00-................................-................-..";
+        hex_into(&mut text[3..35], &self.trace_id);
+        hex_into(&mut text[36..52], &self.span_id);
+        hex_into(&mut text[53..55], &[self.flags]);
+        HeaderValue::from_bytes(&text).expect("hex and dashes are a valid field value")
     }
 }
 
@@ -120,19 +112,23 @@ impl RequestIds {
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::parse);
+        // All the randomness a request may need, drawn at once: trace id, span id, request id.
+        let mut random = [0u8; 40];
+        rand::rng().fill_bytes(&mut random);
+        let (trace_id, rest) = random.split_first_chunk::<16>().expect("40 bytes");
+        let (span_id, request_id) = rest.split_first_chunk::<8>().expect("24 bytes");
         let context = match incoming {
-            Some(parent) => parent.child(rand::random()),
-            None => TraceContext::start(rand::random(), rand::random()),
+            Some(parent) => parent.child(*span_id),
+            None => TraceContext::start(*trace_id, *span_id),
         };
         let request_id = headers
             .get(&X_REQUEST_ID)
             .filter(|v| is_usable_request_id(v.as_bytes()))
             .cloned()
-            .unwrap_or_else(new_request_id);
+            .unwrap_or_else(|| new_request_id(request_id));
         Self {
-            traceparent: HeaderValue::try_from(context.to_header())
-                .expect("hex and dashes are a valid header value"),
-            trace_id: context.trace_id_hex(),
+            traceparent: context.to_header(),
+            trace_id: TraceId(context.trace_id),
             request_id,
             continued: incoming.is_some(),
         }
@@ -154,11 +150,11 @@ fn is_usable_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// 16 random bytes in lower-case hex.
-fn new_request_id() -> HeaderValue {
-    let mut text = String::with_capacity(32);
-    push_hex(&mut text, &rand::random::<[u8; 16]>());
-    HeaderValue::try_from(text).expect("hex is a valid header value")
+/// Random bytes (16 of them) in lower-case hex.
+fn new_request_id(random: &[u8]) -> HeaderValue {
+    let mut text = [0u8; 32];
+    hex_into(&mut text, &random[..16]);
+    HeaderValue::from_bytes(&text).expect("hex is a valid field value")
 }
 
 fn non_zero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
@@ -168,11 +164,13 @@ fn non_zero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
     id
 }
 
-fn push_hex(text: &mut String, bytes: &[u8]) {
+/// Writes `bytes` as lower-case hex into `out`, which holds exactly two digits per byte.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        text.push(char::from(DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
 }
 
@@ -206,7 +204,10 @@ mod tests {
     #[test]
     fn parses_and_formats_a_valid_traceparent() {
         let context = TraceContext::parse(VALID).expect("valid");
-        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            TraceId(context.trace_id).to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(
             context.span_id,
             [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
@@ -252,7 +253,7 @@ mod tests {
     fn a_later_version_is_read_by_its_known_prefix() {
         let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
         let context = TraceContext::parse(future).expect("readable");
-        assert!(context.to_header().starts_with("00-4bf92f35"));
+        assert!(context.to_header().as_bytes().starts_with(b"00-4bf92f35"));
         assert_eq!(TraceContext::parse(&future.replace("01-w", "01w")), None);
     }
 
@@ -263,7 +264,7 @@ mod tests {
             context.to_header(),
             "00-00000000000000000000000000000001-0000000000000001-01"
         );
-        assert!(TraceContext::parse(&context.to_header()).is_some());
+        assert!(TraceContext::parse(context.to_header().to_str().unwrap()).is_some());
     }
 
     #[test]
@@ -273,7 +274,7 @@ mod tests {
         headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-42"));
         let ids = RequestIds::from_headers(&headers);
         assert!(ids.continued);
-        assert_eq!(ids.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(ids.traceparent, VALID);
         assert_eq!(ids.request_id, "client-42");
 
@@ -282,7 +283,7 @@ mod tests {
         headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
         let ids = RequestIds::from_headers(&headers);
         assert!(!ids.continued);
-        assert_ne!(ids.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ids.request_id.len(), 32);
         ids.insert_into(&mut headers);
         assert_eq!(headers[&TRACEPARENT], ids.traceparent);

@@ -31,8 +31,8 @@ use crate::proxy::{ProxyBody, ProxyError};
 pub struct Upstream {
     /// Where it is.
     pub url: UpstreamUrl,
-    /// `url` as text, for the access log.
-    label: String,
+    /// `url` as text, for the access log (shared: every request's record holds it).
+    label: Arc<str>,
     pool: Arc<Pool>,
     addresses: Arc<Addresses>,
     connector: Connector,
@@ -51,7 +51,7 @@ impl Upstream {
         defaults: &UpstreamDefaults,
     ) -> Self {
         let url = target.url.clone();
-        let label = url.to_string();
+        let label: Arc<str> = url.to_string().into();
         let tasks = TaskTracker::new();
         let pool = Arc::new(Pool::new(
             defaults.pool_max_idle,
@@ -65,7 +65,7 @@ impl Upstream {
             tasks.spawn(maintain(
                 Arc::downgrade(&pool),
                 addresses.clone(),
-                label.clone(),
+                label.to_string(),
                 Schedule {
                     sweep_every: defaults.pool_idle_timeout.max(MIN_SWEEP),
                     resolve_every: defaults.resolve_every,
@@ -88,6 +88,11 @@ impl Upstream {
     /// `url` as text, formatted once.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// [`Upstream::label`], shared rather than copied.
+    pub(crate) fn label_shared(&self) -> Arc<str> {
+        self.label.clone()
     }
 
     /// Requests in flight to this origin now, each counted until its response body ends or is
