@@ -65,11 +65,18 @@ impl Pool {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The most recently used idle connection that is neither expired nor closed.
+    /// The most recently used idle connection that is ready for a request, else the most
+    /// recently used one that is not closed (which may still be finishing its last exchange).
+    ///
+    /// A connection is checked in as its response body ends, a moment before its task has
+    /// polled it back to ready; taking one that is already ready saves waiting for that task.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.lock();
         self.trim_expired(&mut idle, now);
+        if let Some(ready) = idle.iter().rposition(|entry| entry.conn.sender.is_ready()) {
+            return idle.remove(ready).map(|entry| entry.conn);
+        }
         while let Some(entry) = idle.pop_back() {
             if !entry.conn.sender.is_closed() {
                 return Some(entry.conn);

@@ -142,7 +142,7 @@ impl Upstream {
             };
             // A connection checked in as its last response ended may still be finishing that
             // exchange; wait for it (a closed one fails at once and is replaced).
-            if reused {
+            if reused && !conn.sender.is_ready() {
                 let ready = tokio::time::timeout(timeouts.response_header, conn.sender.ready());
                 if !matches!(ready.await, Ok(Ok(()))) {
                     continue;
