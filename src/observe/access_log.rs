@@ -23,7 +23,7 @@ pub struct AccessRecord {
     /// TLS server name.
     pub sni: Option<Arc<str>>,
     /// Request host.
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// Request method.
     pub method: Method,
     /// Request path (no query: queries often carry secrets).
@@ -45,7 +45,7 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Writes the event; `complete` is false when the client left before the body ended.
     pub fn emit(&self, bytes_out: u64, complete: bool) {
-        let latency = self.started.elapsed();
+        // Field values are computed only when the event is enabled: the clock read included.
         info!(
             target: "rampart::access",
             peer = %self.peer,
@@ -56,7 +56,7 @@ impl AccessRecord {
             status = self.status,
             bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
-            latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3,
+            latency_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             site = self.site.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             complete,

@@ -386,13 +386,19 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
 
 /// The request's host, lower-case and without port: `:authority`/absolute-form first
 /// (RFC 9112 §3.2.2), then the Host header.
-fn request_host<B>(request: &Request<B>) -> Option<String> {
+fn request_host<B>(request: &Request<B>) -> Option<Arc<str>> {
     let from_header = || {
         let value = request.headers().get(header::HOST)?.to_str().ok()?;
         value.parse::<http::uri::Authority>().ok()
     };
     let authority = request.uri().authority().cloned().or_else(from_header)?;
-    Some(authority.host().to_ascii_lowercase())
+    let host = authority.host();
+    // Usually lower-case already: one allocation, shared with the access record.
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    })
 }
 
 fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
