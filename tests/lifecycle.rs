@@ -315,5 +315,27 @@ async fn an_idle_connection_is_closed_at_the_idle_timeout() {
             "{alpn}: closed long after the 300ms timeout: {elapsed:?}"
         );
     }
+    // An h2 client that completes TLS but never sends its preface is idle too.
+    let mut silent = rampart
+        .tls()
+        .alpn(&["h2"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("handshake");
+    assert_eq!(silent.alpn.as_deref(), Some(&b"h2"[..]));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    within(
+        WAIT,
+        "the silent h2 connection to close",
+        silent.stream.read_to_end(&mut rest),
+    )
+    .await
+    .ok();
+    let elapsed = started.elapsed();
+    assert!(
+        (Duration::from_millis(200)..Duration::from_secs(3)).contains(&elapsed),
+        "silent h2: closed at {elapsed:?}, not around the 300ms timeout"
+    );
     rampart.stop().await;
 }

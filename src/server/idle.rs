@@ -41,6 +41,8 @@ pin_project! {
 pub(crate) struct Activity {
     /// Set by every read or write, cleared by the idle check that sees it.
     moved: AtomicBool,
+    /// Set by the first read that returns bytes.
+    read_any: AtomicBool,
     /// Bumped by the connection task each time it polls the connection.
     round: AtomicU32,
 }
@@ -58,6 +60,12 @@ struct Gather {
 impl Activity {
     fn touch(&self) {
         self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the peer has sent a byte since the transport was wrapped (after the TLS
+    /// handshake): an HTTP/2 client that has not even sent its preface has nothing to finish.
+    pub(crate) fn has_read(&self) -> bool {
+        self.read_any.load(Ordering::Relaxed)
     }
 
     /// Marks the start of a poll of the connection: a flush deferred earlier is now due.
@@ -109,6 +117,7 @@ impl<T> IdleIo<T> {
     fn with(inner: T, gather: Option<Gather>) -> Self {
         let clock = Arc::new(Activity {
             moved: AtomicBool::new(false),
+            read_any: AtomicBool::new(false),
             round: AtomicU32::new(0),
         });
         Self {
@@ -189,6 +198,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for IdleIo<T> {
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
             this.clock.touch();
+            this.clock.read_any.store(true, Ordering::Relaxed);
         }
         polled
     }

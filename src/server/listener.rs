@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -24,6 +25,7 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
 use crate::server::idle::IdleIo;
 use crate::server::proxy_protocol;
+use crate::server::streams::{StreamExec, Streams};
 use crate::tls::TlsAcceptor;
 
 /// Pending connections the kernel may queue per listener.
@@ -123,8 +125,28 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 #[derive(Clone)]
 pub(crate) struct HttpServers {
     h1: Arc<auto::Builder<TokioExecutor>>,
-    h2: Arc<auto::Builder<TokioExecutor>>,
+    h2: H2Settings,
     idle_timeout: Duration,
+}
+
+/// HTTP/2 settings; the server is built per connection, around that connection's executor.
+#[derive(Clone, Copy)]
+struct H2Settings {
+    max_streams: u32,
+    max_header_list: u32,
+}
+
+impl H2Settings {
+    fn server(self, exec: StreamExec) -> hyper::server::conn::http2::Builder<StreamExec> {
+        let mut h2 = hyper::server::conn::http2::Builder::new(exec);
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_streams)
+            .max_header_list_size(self.max_header_list)
+            // Detects dead peers; idleness itself is handled by the idle timer.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        h2
+    }
 }
 
 impl HttpServers {
@@ -136,17 +158,13 @@ impl HttpServers {
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
-        let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
-        h2.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            // Detects dead peers; idleness itself is handled by the idle timer.
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let h2 = H2Settings {
+            max_streams: limits.h2_max_streams,
+            max_header_list: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+        };
         Self {
             h1: Arc::new(h1),
-            h2: Arc::new(h2),
+            h2,
             idle_timeout: limits.idle_timeout,
         }
     }
@@ -278,13 +296,74 @@ async fn serve_tls(
         // Boxed: the request future is a few KiB, and hyper moves it into a task per h2 stream.
         Box::pin(async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) })
     });
-    // h2 multiplexes streams whose answers are best sent together; h1 answers one at a time.
-    let (io, builder) = if handshake.is_h2 {
-        (IdleIo::coalescing(tls), &servers.h2)
+    if handshake.is_h2 {
+        // h2 multiplexes streams whose answers are best sent together.
+        let io = IdleIo::coalescing(tls);
+        serve_h2(io, servers.h2, service, servers.idle_timeout, stop).await;
     } else {
-        (IdleIo::new(tls), &servers.h1)
-    };
-    serve_connection(io, builder, service, servers.idle_timeout, stop).await;
+        let io = IdleIo::new(tls);
+        serve_connection(io, &servers.h1, service, servers.idle_timeout, stop).await;
+    }
+}
+
+/// Serves HTTP/2 on one connection, its streams on this task (see `server::streams`), until
+/// it closes, going idle or `stop` ending it gracefully: streams in flight finish, no new ones
+/// start.
+async fn serve_h2<T, S, B>(
+    io: IdleIo<T>,
+    settings: H2Settings,
+    service: S,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = io.timer();
+    let mut streams = Streams::default();
+    let conn = settings
+        .server(streams.exec())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            () = std::future::poll_fn(|cx| {
+                activity.next_round();
+                if !ended {
+                    if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                        if let Err(err) = result {
+                            debug!(error = %err, "connection ended with an error");
+                        }
+                        ended = true;
+                    }
+                }
+                streams.poll(cx);
+                if ended && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
+            }) => return,
+            () = stop.cancelled(), if !closing => {
+                // hyper's h2 server finishes its handshake before it closes; a client that never
+                // sent the preface would hold the connection until it went away.
+                if !activity.has_read() {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = activity.expired(idle_timeout), if !closing => {
+                if !activity.has_read() {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }
 
 /// Serves HTTP on one connection until it closes, going idle or `stop` ending it gracefully:

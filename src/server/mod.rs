@@ -13,6 +13,7 @@ mod reload;
 mod selfcheck;
 mod serve;
 pub mod shutdown;
+mod streams;
 pub mod systemd;
 
 pub use error::ServerError;
