@@ -328,23 +328,25 @@ async fn serve_h2<T, S, B>(
     let conn = settings
         .server(streams.exec())
         .serve_connection(TokioIo::new(io), service);
+    // Dropped as soon as it ends: that is what tells the streams still running that their
+    // connection is gone, so they end too.
+    let conn = Some(conn);
     tokio::pin!(conn);
     let mut closing = false;
-    let mut ended = false;
     loop {
         tokio::select! {
             () = std::future::poll_fn(|cx| {
                 activity.next_round();
-                if !ended {
-                    if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Some(open) = conn.as_mut().as_pin_mut() {
+                    if let Poll::Ready(result) = open.poll(cx) {
                         if let Err(err) = result {
                             debug!(error = %err, "connection ended with an error");
                         }
-                        ended = true;
+                        conn.set(None);
                     }
                 }
                 streams.poll(cx);
-                if ended && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
+                if conn.is_none() && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
             }) => return,
             () = stop.cancelled(), if !closing => {
                 // hyper's h2 server finishes its handshake before it closes; a client that never
@@ -352,14 +354,18 @@ async fn serve_h2<T, S, B>(
                 if !activity.has_read() {
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
+                if let Some(open) = conn.as_mut().as_pin_mut() {
+                    open.graceful_shutdown();
+                }
                 closing = true;
             }
             () = activity.expired(idle_timeout), if !closing => {
                 if !activity.has_read() {
                     return;
                 }
-                conn.as_mut().graceful_shutdown();
+                if let Some(open) = conn.as_mut().as_pin_mut() {
+                    open.graceful_shutdown();
+                }
                 closing = true;
             }
         }
