@@ -100,6 +100,7 @@ async fn put_with_a_small_body_is_retried_after_a_reset_with_the_whole_body() {
     let request = client
         .request(Method::PUT, "a.test", "/doc")
         .header("content-length", body.len().to_string())
+        .header("x-client-tag", "seven")
         .body(full(body))
         .expect("valid");
     let reply = client.fetch(request).await;
@@ -110,6 +111,16 @@ async fn put_with_a_small_body_is_retried_after_a_reset_with_the_whole_body() {
         ("other", "PUT")
     );
     assert_eq!(echoed.body_len, 10_000, "the retry lost part of the body");
+    assert_eq!(
+        echoed.all("x-client-tag"),
+        ["seven"],
+        "the retry lost the request's headers"
+    );
+    assert_eq!(
+        echoed.all("x-forwarded-for").len(),
+        1,
+        "forwarding fields once"
+    );
     assert_eq!(
         closer.requests(),
         1,

@@ -126,8 +126,16 @@ pub(crate) async fn forward(
     // Filled in only when a try fails: the usual single try allocates nothing here.
     let mut tried: Vec<bool> = Vec::new();
     let mut last: Option<ProxyError> = None;
+    // Each try goes to a different origin: the last possible one sends the headers themselves,
+    // earlier ones a copy (the one origin of most routes makes the first try the last).
+    let tries = usize::try_from(settings.retries)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+        .min(pool.len());
+    let mut headers = Some(outgoing.headers);
     for attempt in 0..=settings.retries {
-        let index = match pool.pick(client_ip, &outgoing.headers, &tried) {
+        let Some(kept) = headers.as_ref() else { break };
+        let index = match pool.pick(client_ip, kept, &tried) {
             Ok(index) => index,
             // Retries ran out of origins: the client hears about the failure it got.
             Err(error) => return Err(last.unwrap_or(error)),
@@ -149,7 +157,12 @@ pub(crate) async fn forward(
         let mut request = Request::new(body);
         *request.method_mut() = outgoing.method.clone();
         *request.version_mut() = outgoing.version;
-        *request.headers_mut() = outgoing.headers.clone();
+        let final_try = usize::try_from(attempt).map_or(true, |a| a + 1 >= tries);
+        *request.headers_mut() = if final_try {
+            headers.take().unwrap_or_default()
+        } else {
+            kept.clone()
+        };
         *request.uri_mut() = uri_for(&upstream.url);
         let timeouts = try_timeouts(&settings.timeouts, remaining);
         match upstream.send(request, &timeouts).await {
