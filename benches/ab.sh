@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# benches/ab.sh: two Rampart builds against each other, alternating in the same run.
+#
+# For a change to the request path: a few percent is within the spread of two separate
+# benches/bench.sh runs, so this compares builds directly. Each round runs A then B on the same
+# plaintext nginx backend, Rampart pinned to CPU 0 and the load generator plus the backend on
+# CPU 1 (the layout of benches/bench.sh), and reports per-round req/s, medians and B/A for
+#   h1  wrk -t1 -c64, HTTPS keep-alive, 1 KiB body
+#   h2  h2load -t1 -c8 -m8, 1 KiB body
+# Each measurement is preceded by a 1 s warm-up that is not counted.
+#
+# Usage
+#   benches/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]        (ROUNDS default 3, seconds per run: DUR=4)
+#   e.g. cp target/release/rampart /tmp/rampart-old; <change>; cargo build --release;
+#        benches/ab.sh /tmp/rampart-old target/release/rampart 5
+#
+# Needs the backend config and certificate that benches/bench.sh leaves in $PERFBENCH_DIR
+# (default /tmp/perfbench): run benches/bench.sh once first. Uses ports 18080 (backend), 18445
+# and 18480, like benches/bench.sh: do not run both at once.
+set -euo pipefail
+export LC_ALL=C
+
+die() { printf '[ab] ERROR: %s\n' "$*" >&2; exit 1; }
+
+(($# >= 2)) || { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 2; }
+a=$(readlink -f "$1") b=$(readlink -f "$2") rounds=${3:-3} dur=${DUR:-4}
+base=${PERFBENCH_DIR:-/tmp/perfbench}
+for bin in "$a" "$b"; do [[ -x $bin ]] || die "$bin is not an executable"; done
+[[ -f $base/conf/backend.conf && -f $base/pki/ecdsa.crt && -f $base/pki/ecdsa.key ]] ||
+  die "no backend config or certificate under $base: run benches/bench.sh once first"
+for tool in nginx wrk h2load taskset; do command -v "$tool" >/dev/null || die "$tool not found"; done
+for port in 18080 18445 18480; do
+  ss -Hltn "sport = :$port" | grep -q . && die "port $port is in use (a benchmark still running?)"
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-ab.XXXXXX")
+backend_pid='' rampart_pid=''
+cleanup() {
+  [[ -n $rampart_pid ]] && kill "$rampart_pid" 2>/dev/null
+  [[ -n $backend_pid ]] && kill "$backend_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -m 0700 "$work/storage"
+# The backend config writes its pid, logs and temp files under $base/run.
+mkdir -p "$base/run/tmp"
+cat >"$work/rampart.yaml" <<YAML
+listen: { https: "127.0.0.1:18445", http: "127.0.0.1:18480" }
+storage: "$work/storage"
+log: { format: text, level: warn }
+downstream: { idle_timeout: 300s, h2_max_streams: 256 }
+upstream: { pool_idle_timeout: 300s, pool_max_idle: 256 }
+sites:
+  - hosts: [bench.test]
+    default: true
+    tls: { cert: "$base/pki/ecdsa.crt", key: "$base/pki/ecdsa.key" }
+    upstreams: ["http://127.0.0.1:18080"]
+YAML
+"$a" check -c "$work/rampart.yaml" >/dev/null || die "$a rejects the bench config"
+
+taskset -c 1 nginx -c "$base/conf/backend.conf" -g 'daemon off;' >"$work/backend.out" 2>&1 &
+backend_pid=$!
+
+# One measurement: prints req/s of binary $1 under load $2.
+measure() {
+  taskset -c 0 "$1" run -c "$work/rampart.yaml" >"$work/rampart.out" 2>&1 &
+  rampart_pid=$!
+  local up=0
+  for _ in $(seq 50); do
+    if ss -Hltn "sport = :18445" | grep -q .; then up=1; break; fi
+    sleep 0.1
+  done
+  ((up)) || die "$1 did not start listening: $(cat "$work/rampart.out")"
+  local url=https://127.0.0.1:18445/1k rate
+  case $2 in
+    h1)
+      taskset -c 1 wrk -t1 -c64 -d1s "$url" >/dev/null
+      rate=$(taskset -c 1 wrk -t1 -c64 -d"${dur}s" "$url" | awk '/^Requests\/sec/ {print int($2)}')
+      ;;
+    h2)
+      local h2=(taskset -c 1 h2load -t1 -c8 -m8 --connect-to=127.0.0.1:18445 https://bench.test:18445/1k)
+      "${h2[@]}" -D1 >/dev/null
+      rate=$("${h2[@]}" -D"$dur" | awk '/^finished in/ {print int($4)}')
+      ;;
+  esac
+  kill "$rampart_pid"
+  wait "$rampart_pid" 2>/dev/null || true
+  rampart_pid=''
+  [[ -n $rate ]] || die "no figure from the $2 load on $1"
+  echo "$rate"
+}
+
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : int((v[NR/2]+v[NR/2+1])/2)}'; }
+
+printf 'A = %s\nB = %s\n%s rounds of %ss, A then B in each\n\n' "$a" "$b" "$rounds" "$dur"
+printf '| load | A req/s (rounds) | B req/s (rounds) | A median | B median | B/A |\n|---|---|---|---|---|---|\n'
+for load in h1 h2; do
+  ra=() rb=()
+  for _ in $(seq "$rounds"); do
+    ra+=("$(measure "$a" "$load")")
+    rb+=("$(measure "$b" "$load")")
+  done
+  ma=$(median "${ra[@]}") mb=$(median "${rb[@]}")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$load" "${ra[*]}" "${rb[*]}" "$ma" "$mb" \
+    "$(awk -v a="$ma" -v b="$mb" 'BEGIN {printf "%.3f", b / a}')"
+done
