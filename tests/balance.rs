@@ -9,20 +9,6 @@ use http::Method;
 
 use common::{Env, Rampart, Upstream, WAIT, empty, within};
 
-/// One site, `a.test`, with one route at `/` whose settings are `route` (YAML, indented).
-async fn site(env: &Env, route: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    routes:
-      - path: /
-{route}"
-    ))
-    .await
-}
-
 /// Sends `n` GETs on one connection and counts the answering origins by name.
 async fn spread(
     rampart: &Rampart,
@@ -46,9 +32,8 @@ async fn spread(
 async fn weighted_sends_three_of_four_requests_to_the_weight_three_origin() {
     let env = Env::new();
     let (heavy, light) = (Upstream::echo("heavy").await, Upstream::echo("light").await);
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        balance: weighted
         upstreams:
           - {{ url: {}, weight: 3 }}
@@ -56,9 +41,8 @@ async fn weighted_sends_three_of_four_requests_to_the_weight_three_origin() {
 ",
             heavy.url(),
             light.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let counts = spread(&rampart, 400, None).await;
     let heavy_share = counts.get("heavy").copied().unwrap_or(0);
     assert!(
@@ -76,17 +60,15 @@ async fn least_conn_sends_to_the_idle_origin_while_another_holds_a_slow_request(
         Upstream::holding("one").await,
         Upstream::holding("two").await,
     );
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        balance: least_conn
         upstreams: [{}, {}]
 ",
             one.url(),
             two.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut slow = rampart.client("a.test").await;
     let request = slow
         .request(Method::GET, "a.test", "/hold")
@@ -135,14 +117,12 @@ async fn ip_hash_sends_every_request_of_a_client_to_the_same_origin() {
         Upstream::echo("c").await,
     ];
     let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        balance: ip_hash\n        upstreams: [{}]\n",
             urls.join(", ")
-        ),
-    )
-    .await;
+        ))
+        .await;
     let counts = spread(&rampart, 30, None).await;
     assert_eq!(counts.len(), 1, "one client IP, one origin: {counts:?}");
     // A second connection from the same IP lands on the same origin.
@@ -162,14 +142,12 @@ async fn header_hash_sticks_per_header_value_and_spreads_across_values() {
         Upstream::echo("c").await,
     ];
     let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        balance: {{ header_hash: X-User }}\n        upstreams: [{}]\n",
             urls.join(", ")
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut used = HashSet::new();
     for user in 0..12 {
         let value = format!("user-{user}");
@@ -192,14 +170,12 @@ async fn random_two_spreads_requests_over_every_origin() {
         Upstream::echo("c").await,
     ];
     let urls: Vec<String> = origins.iter().map(Upstream::url).collect();
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        balance: random_two\n        upstreams: [{}]\n",
             urls.join(", ")
-        ),
-    )
-    .await;
+        ))
+        .await;
     let counts = spread(&rampart, 300, None).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|&n| n >= 50), "uneven: {counts:?}");
@@ -210,14 +186,12 @@ async fn random_two_spreads_requests_over_every_origin() {
 async fn max_conns_caps_an_origin_and_a_route_with_every_origin_full_answers_503() {
     let env = Env::new();
     let one = Upstream::holding("one").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        upstreams: [{{ url: \"{}\", max_conns: 1 }}]\n",
             one.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut slow = rampart.client("a.test").await;
     let request = slow
         .request(Method::GET, "a.test", "/hold")

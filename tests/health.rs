@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use common::{Env, HttpClient, Rampart, Upstream, WAIT, logs, refused_addr};
+use common::{Env, HttpClient, Upstream, WAIT, logs, refused_addr};
 
 /// The health log lines about `upstream`, as (level, message), in order.
 fn transitions(upstream: &str) -> Vec<(String, String)> {
@@ -53,20 +53,6 @@ async fn logged(upstream: &str, prefix: &str) {
     }
 }
 
-/// One site, `a.test`, with one route at `/` whose settings are `route` (YAML, indented).
-async fn site(env: &Env, route: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    routes:
-      - path: /
-{route}"
-    ))
-    .await
-}
-
 /// The name each of `n` GETs was answered by (the body of a [`Flaky`] or echo origin).
 async fn names(client: &mut HttpClient, n: usize) -> Vec<String> {
     let mut names = Vec::new();
@@ -88,8 +74,7 @@ async fn active_checks_eject_an_origin_whose_healthz_fails_and_bring_it_back() {
     let env = Env::new();
     let flaky = Flaky::start(None).await;
     let steady = Upstream::echo("steady").await;
-    let rampart = site(
-        &env,
+    let rampart = env.start_a_test_route(
         &format!(
             "        health: {{ path: /healthz, every: 100ms, timeout: 1s, healthy_after: 1, unhealthy_after: 2 }}
         passive: {{ unhealthy_after: 0 }}
@@ -130,17 +115,15 @@ async fn circuit_opens_on_a_dead_origin_and_closes_after_one_probe_when_it_retur
     let env = Env::new();
     let dead = refused_addr();
     let steady = Upstream::echo("steady").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        passive: {{ unhealthy_after: 2, cooldown: 500ms }}
         retries: 1
         upstreams: [http://{dead}, {}]
 ",
             steady.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let label = format!("http://{dead}");
     let mut client = rampart.client("a.test").await;
     // Retries hide the dead origin from the client while the breaker counts its failures.
@@ -167,17 +150,15 @@ async fn circuit_opens_on_a_dead_origin_and_closes_after_one_probe_when_it_retur
 #[tokio::test]
 async fn no_healthy_origin_answers_503_with_retry_after() {
     let env = Env::new();
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        passive: {{ unhealthy_after: 1, cooldown: 5s }}
         upstreams: [http://{}, http://{}]
 ",
             refused_addr(),
             refused_addr()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     let first = client.get("a.test", "/").await;
     assert_eq!(first.status, StatusCode::BAD_GATEWAY, "{}", first.text());

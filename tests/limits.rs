@@ -11,20 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use common::client::{Body, BoxError, HttpClient};
-use common::{Env, Rampart, Upstream, WAIT, empty, full, within};
-
-/// One site, `a.test`, with the given `routes:` entries (YAML, indented as list items).
-async fn site(env: &Env, site_keys: &str, routes: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-{site_keys}    routes:
-{routes}"
-    ))
-    .await
-}
+use common::{Env, Upstream, WAIT, empty, full, within};
 
 /// The value of a `rampart_policy_*_requests_total` counter of `a.test`'s route `route`
 /// (0 when absent). The registry is process-wide: tests that read one use routes of their own.
@@ -54,15 +41,15 @@ async fn over_max_in_flight_requests_are_refused_at_once_with_retry_after() {
     // The origin sends its head at once and holds the body until the gate opens: a request
     // stays in flight until then.
     let origin = Upstream::download(1024, Some(0)).await;
-    let rampart = site(
-        &env,
-        "",
-        &format!(
-            "      - {{ path: /, upstreams: [{}], max_in_flight: 2 }}\n",
-            origin.url()
-        ),
-    )
-    .await;
+    let rampart = env
+        .start_a_test(
+            "",
+            &format!(
+                "      - {{ path: /, upstreams: [{}], max_in_flight: 2 }}\n",
+                origin.url()
+            ),
+        )
+        .await;
     let mut held = Vec::new();
     for n in 1..=2 {
         let mut client = rampart.client("a.test").await;
@@ -96,18 +83,18 @@ async fn requests_cancelled_mid_flight_never_leak_a_slot() {
     let env = Env::new();
     let body_origin = Upstream::download(1024, Some(0)).await;
     let head_origin = Upstream::slow(Duration::from_secs(600)).await;
-    let rampart = site(
-        &env,
-        "",
-        &format!(
-            "      - {{ path: /body/, upstreams: [{}], max_in_flight: 3 }}
+    let rampart = env
+        .start_a_test(
+            "",
+            &format!(
+                "      - {{ path: /body/, upstreams: [{}], max_in_flight: 3 }}
       - {{ path: /head/, upstreams: [{}], max_in_flight: 3 }}
 ",
-            body_origin.url(),
-            head_origin.url()
-        ),
-    )
-    .await;
+                body_origin.url(),
+                head_origin.url()
+            ),
+        )
+        .await;
     // HTTP/2: one connection, each stream reset by dropping its response mid-body.
     let mut h2 = rampart.client("a.test").await;
     assert_eq!(h2.version(), http::Version::HTTP_2);
@@ -156,8 +143,7 @@ async fn requests_cancelled_mid_flight_never_leak_a_slot() {
 async fn a_queued_request_goes_through_when_a_slot_frees() {
     let env = Env::new();
     let origin = Upstream::download(1024, Some(0)).await;
-    let rampart = site(
-        &env,
+    let rampart = env.start_a_test(
         "",
         &format!(
             "      - {{ path: /, upstreams: [{}], max_in_flight: 1, queue: {{ max: 1, timeout: 10s }} }}\n",
@@ -205,8 +191,7 @@ async fn a_queued_request_goes_through_when_a_slot_frees() {
 async fn a_rate_limit_allows_exactly_the_burst_then_answers_429_with_ratelimit_headers() {
     let env = Env::new();
     let origin = Upstream::echo("o").await;
-    let rampart = site(
-        &env,
+    let rampart = env.start_a_test(
         "",
         &format!(
             "      - {{ path: /, upstreams: [{}], rate_limit: {{ rate: 1/m, burst: 5, key: client_ip }} }}\n",
@@ -246,8 +231,7 @@ async fn a_rate_limit_allows_exactly_the_burst_then_answers_429_with_ratelimit_h
 async fn a_header_keyed_rate_limit_gives_each_key_its_own_bucket() {
     let env = Env::new();
     let origin = Upstream::echo("o").await;
-    let rampart = site(
-        &env,
+    let rampart = env.start_a_test(
         "",
         &format!(
             "      - {{ path: /, upstreams: [{}], rate_limit: {{ rate: 1/h, burst: 2, key: \"header:X-Api-Key\" }} }}\n",
@@ -295,8 +279,7 @@ async fn a_header_keyed_rate_limit_gives_each_key_its_own_bucket() {
 async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
     let env = Env::new();
     let origin = Upstream::echo("o").await;
-    let rampart = site(
-        &env,
+    let rampart = env.start_a_test(
         "    rate_limit: { rate: 1/h, burst: 3 }\n",
         &format!(
             "      - {{ path: /a/, upstreams: [{0}] }}\n      - {{ path: /b/, upstreams: [{0}] }}\n",
@@ -321,15 +304,15 @@ async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
 async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
     let env = Env::new();
     let origin = Upstream::sink().await;
-    let rampart = site(
-        &env,
-        "",
-        &format!(
-            "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
-            origin.url()
-        ),
-    )
-    .await;
+    let rampart = env
+        .start_a_test(
+            "",
+            &format!(
+                "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
+                origin.url()
+            ),
+        )
+        .await;
     let mut client = rampart.client("a.test").await;
     let request = client
         .request(Method::POST, "a.test", "/")
@@ -352,15 +335,15 @@ async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
 async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
     let env = Env::new();
     let origin = Upstream::sink().await;
-    let rampart = site(
-        &env,
-        "",
-        &format!(
-            "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
-            origin.url()
-        ),
-    )
-    .await;
+    let rampart = env
+        .start_a_test(
+            "",
+            &format!(
+                "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
+                origin.url()
+            ),
+        )
+        .await;
     for client in [
         rampart.client_h1("a.test").await,
         rampart.client("a.test").await,

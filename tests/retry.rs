@@ -14,35 +14,19 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use common::{Env, Rampart, Upstream, empty, full, refused_addr};
-
-/// One site, `a.test`, with one route at `/` whose settings are `route` (YAML, indented).
-async fn site(env: &Env, route: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    routes:
-      - path: /
-{route}"
-    ))
-    .await
-}
+use common::{Env, Upstream, empty, full, refused_addr};
 
 #[tokio::test]
 async fn get_to_a_refusing_origin_is_retried_on_the_live_one() {
     let env = Env::new();
     let live = Upstream::echo("live").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        retries: 1\n        upstreams: [http://{}, {}]\n",
             refused_addr(),
             live.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     for i in 0..10 {
         let reply = client.get("a.test", "/").await;
@@ -58,15 +42,13 @@ async fn post_that_reached_an_origin_is_not_retried() {
     let env = Env::new();
     let closer = Closer::start(false).await;
     let other = Upstream::echo("other").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        retries: 1\n        upstreams: [{}, {}]\n",
             closer.url(),
             other.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     // Round robin starts at the first origin: the one that hangs up.
     let request = client
@@ -86,15 +68,13 @@ async fn put_with_a_small_body_is_retried_after_a_reset_with_the_whole_body() {
     let env = Env::new();
     let closer = Closer::start(true).await;
     let other = Upstream::echo("other").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        retries: 1\n        upstreams: [{}, {}]\n",
             closer.url(),
             other.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     let body = vec![b'x'; 10_000];
     let request = client
@@ -134,17 +114,15 @@ async fn get_that_timed_out_is_retried_on_another_origin() {
     let env = Env::new();
     let slow = Upstream::slow(Duration::from_secs(5)).await;
     let fast = Upstream::echo("fast").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        timeouts: {{ response_header: 300ms, total: 5s }}
         upstreams: [{}, {}]
 ",
             slow.url(),
             fast.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     let reply = client.get("a.test", "/").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -160,18 +138,16 @@ async fn total_deadline_bounds_all_tries_together() {
         Upstream::slow(Duration::from_secs(5)).await,
         Upstream::slow(Duration::from_secs(5)).await,
     );
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        retries: 3
         timeouts: {{ response_header: 1s, total: 1200ms }}
         upstreams: [{}, {}]
 ",
             one.url(),
             two.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client("a.test").await;
     let started = Instant::now();
     let reply = client.get("a.test", "/").await;
@@ -249,15 +225,13 @@ async fn no_body_get_counts_as_buffered_so_a_never_sent_request_is_retried() {
     // Same as the refused case, on HTTP/1.1, so both protocol paths are covered.
     let env = Env::new();
     let live = Upstream::echo("live").await;
-    let rampart = site(
-        &env,
-        &format!(
+    let rampart = env
+        .start_a_test_route(&format!(
             "        upstreams: [http://{}, {}]\n",
             refused_addr(),
             live.url()
-        ),
-    )
-    .await;
+        ))
+        .await;
     let mut client = rampart.client_h1("a.test").await;
     for _ in 0..4 {
         let request = client

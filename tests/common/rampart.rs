@@ -71,6 +71,26 @@ impl Env {
         let path = self.write_config(body);
         Rampart::start(&path, self.ca.roots()).await
     }
+
+    /// Starts Rampart with one site, `a.test` (its certificate issued here): `site_keys` are
+    /// its further keys and `routes` its route list, YAML indented to sit in the site.
+    pub async fn start_a_test(&self, site_keys: &str, routes: &str) -> Rampart {
+        self.leaf("a", &["a.test"]);
+        self.start(&format!(
+            "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+{site_keys}    routes:
+{routes}"
+        ))
+        .await
+    }
+
+    /// [`Env::start_a_test`] with one route, at `/`, whose settings are `route` (indented).
+    pub async fn start_a_test_route(&self, route: &str) -> Rampart {
+        self.start_a_test("", &format!("      - path: /\n{route}"))
+            .await
+    }
 }
 
 /// A running in-process Rampart.
