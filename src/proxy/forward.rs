@@ -48,7 +48,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         })
         .cloned()
         .collect();
-    drop(named);
     for name in &doomed {
         headers.remove(name);
     }

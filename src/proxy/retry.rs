@@ -128,12 +128,11 @@ pub(crate) async fn forward(
     let mut last: Option<ProxyError> = None;
     // Each try goes to a different origin: the last possible one sends the headers themselves,
     // earlier ones a copy (the one origin of most routes makes the first try the last).
-    let tries = usize::try_from(settings.retries)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1)
-        .min(pool.len());
+    let origins = u32::try_from(pool.len()).unwrap_or(u32::MAX);
+    let tries = settings.retries.saturating_add(1).min(origins);
     let mut headers = Some(outgoing.headers);
     for attempt in 0..=settings.retries {
+        // Gone only after the final try, which leaves the loop.
         let Some(kept) = headers.as_ref() else { break };
         let index = match pool.pick(client_ip, kept, &tried) {
             Ok(index) => index,
@@ -157,8 +156,7 @@ pub(crate) async fn forward(
         let mut request = Request::new(body);
         *request.method_mut() = outgoing.method.clone();
         *request.version_mut() = outgoing.version;
-        let final_try = usize::try_from(attempt).map_or(true, |a| a + 1 >= tries);
-        *request.headers_mut() = if final_try {
+        *request.headers_mut() = if attempt + 1 >= tries {
             headers.take().unwrap_or_default()
         } else {
             kept.clone()

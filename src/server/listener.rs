@@ -293,7 +293,8 @@ async fn serve_tls(
     let conn = Arc::new(ConnInfo::new(peer, handshake.sni, handshake.is_h2));
     let service = service_fn(move |request| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        // Boxed: the request future is a few KiB, and hyper moves it into a task per h2 stream.
+        // Boxed: the request future is a few KiB, and hyper moves it into its h1 dispatcher or
+        // h2 stream; a box makes those moves a pointer's.
         Box::pin(async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) })
     });
     if handshake.is_h2 {
