@@ -3,12 +3,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
-use crate::config::UpstreamUrl;
 use crate::policy::AuthFailure;
 use crate::policy::rate_limit::Limited;
 
@@ -34,7 +34,7 @@ pub enum ProxyError {
     #[error("cannot connect to upstream {upstream}")]
     UpstreamConnect {
         /// The origin.
-        upstream: UpstreamUrl,
+        upstream: Arc<str>,
         /// Cause.
         #[source]
         source: ConnectError,
@@ -43,7 +43,7 @@ pub enum ProxyError {
     #[error("upstream {upstream} failed")]
     Upstream {
         /// The origin.
-        upstream: UpstreamUrl,
+        upstream: Arc<str>,
         /// Cause.
         #[source]
         source: hyper::Error,
@@ -52,7 +52,7 @@ pub enum ProxyError {
     #[error("upstream {upstream} sent no response within {timeout:?}")]
     UpstreamTimeout {
         /// The origin.
-        upstream: UpstreamUrl,
+        upstream: Arc<str>,
         /// The limit that passed.
         timeout: std::time::Duration,
     },

@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 
-use crate::config::UpstreamUrl;
-
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
 /// de-facto `Proxy-Connection` and `Keep-Alive`).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -101,43 +99,40 @@ pub(crate) fn add_forwarding(
     headers.insert(&X_REAL_IP, client);
 }
 
-/// The origin-form target for `upstream`: the path with a leading `from` replaced by `to`
-/// (`to` empty strips it), the query kept. The result always starts with `/`, and the seam
-/// never doubles or loses a slash: `/api` → `/v2/` on `/api/x` gives `/v2/x`, and `/api/` →
-/// `/v2` on `/api/x` gives `/v2/x` too.
-pub(crate) fn upstream_uri(
-    upstream: &UpstreamUrl,
-    original: &Uri,
-    replace: Option<(&str, &str)>,
-) -> Uri {
+/// The origin-form target (RFC 9112 §3.2.1) for a request to `original`: its path with a
+/// leading `from` replaced by `to` (`to` empty strips it), the query kept. The result always
+/// starts with `/` (or is `*`), and the seam never doubles or loses a slash: `/api` → `/v2/` on
+/// `/api/x` gives `/v2/x`, and `/api/` → `/v2` on `/api/x` gives `/v2/x` too.
+pub(crate) fn origin_target(original: &Uri, replace: Option<(&str, &str)>) -> Uri {
     let path = original.path();
-    let path = match replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to))) {
-        Some((rest, to)) => {
-            let to = to.trim_end_matches('/');
-            let rest = rest.trim_start_matches('/');
-            // `from` ending in `/` ate the separator; a `from` without it matched a segment
-            // prefix (`/api` on `/apix`), which still needs one.
-            let joined = if rest.is_empty() && !to.is_empty() && !original.path().ends_with('/') {
-                to.to_owned()
-            } else {
-                format!("{to}/{rest}")
-            };
-            if joined.starts_with('/') {
-                joined
-            } else {
-                format!("/{joined}")
-            }
-        }
-        None => path.to_owned(),
+    let Some((rest, to)) = replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to)))
+    else {
+        // Unchanged: the client's own target, sharing its bytes.
+        return match original.path_and_query() {
+            Some(target) if target.as_str().starts_with(['/', '*']) => Uri::from(target.clone()),
+            _ => Uri::from_static("/"),
+        };
     };
-    let target = match original.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
+    let to = to.trim_end_matches('/');
+    let rest = rest.trim_start_matches('/');
+    // `from` ending in `/` ate the separator; a `from` without it matched a segment prefix
+    // (`/api` on `/apix`), which still needs one.
+    let joined = if rest.is_empty() && !to.is_empty() && !path.ends_with('/') {
+        to.to_owned()
+    } else {
+        format!("{to}/{rest}")
     };
-    let mut parts = upstream.as_uri().clone().into_parts();
+    let mut target = if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    };
+    if let Some(query) = original.query() {
+        target.push('?');
+        target.push_str(query);
+    }
     // Built from a valid path and query, so it stays valid.
-    parts.path_and_query = PathAndQuery::try_from(target).ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| upstream.as_uri().clone())
+    PathAndQuery::try_from(target).map_or_else(|_| Uri::from_static("/"), Uri::from)
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -219,35 +214,30 @@ mod tests {
 
     #[test]
     fn strip_prefix_keeps_a_leading_slash_and_the_query() {
-        let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         let uri: Uri = "/v1/users?id=3".parse().unwrap();
+        assert_eq!(origin_target(&uri, Some(("/v1/", ""))), "/users?id=3");
+        assert_eq!(origin_target(&uri, Some(("/v1", ""))), "/users?id=3");
         assert_eq!(
-            upstream_uri(&up, &uri, Some(("/v1/", ""))).to_string(),
-            "http://127.0.0.1:9000/users?id=3"
+            origin_target(&"/v1".parse().unwrap(), Some(("/v1", ""))),
+            "/"
         );
-        assert_eq!(
-            upstream_uri(&up, &uri, Some(("/v1", ""))).to_string(),
-            "http://127.0.0.1:9000/users?id=3"
-        );
-        assert_eq!(
-            upstream_uri(&up, &"/v1".parse().unwrap(), Some(("/v1", ""))).to_string(),
-            "http://127.0.0.1:9000/"
-        );
-        assert_eq!(
-            upstream_uri(&up, &uri, None).to_string(),
-            "http://127.0.0.1:9000/v1/users?id=3"
-        );
+        assert_eq!(origin_target(&uri, None), "/v1/users?id=3");
+    }
+
+    #[test]
+    fn absolute_and_asterisk_targets_become_origin_form() {
+        let absolute: Uri = "https://a.test:8443/v1/x?q=1".parse().unwrap();
+        assert_eq!(origin_target(&absolute, None), "/v1/x?q=1");
+        assert_eq!(origin_target(&absolute, Some(("/v1/", "/"))), "/x?q=1");
+        assert_eq!(origin_target(&"https://a.test".parse().unwrap(), None), "/");
+        assert_eq!(origin_target(&"*".parse().unwrap(), None), "*");
     }
 
     #[test]
     fn replace_prefix_never_doubles_or_drops_the_slash_at_the_seam() {
-        let up = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         let at = |path: &str, from, to| {
             let uri: Uri = path.parse().unwrap();
-            upstream_uri(&up, &uri, Some((from, to)))
-                .path_and_query()
-                .unwrap()
-                .to_string()
+            origin_target(&uri, Some((from, to))).to_string()
         };
         assert_eq!(at("/api/x?q=1", "/api/", "/v2/"), "/v2/x?q=1");
         assert_eq!(at("/api/x", "/api", "/v2/"), "/v2/x");

@@ -330,15 +330,10 @@ async fn probe(upstream: &Upstream, check: &ActiveHealth, timeouts: &Timeouts) -
     let Ok(path) = check.path.parse::<http::Uri>() else {
         return false;
     };
-    let uri = forward::upstream_uri(&upstream.url, &path, None);
+    let uri = forward::origin_target(&path, None);
+    // No Host: `Upstream::send` gives a request without one the origin's authority.
     let mut request = Request::new(UpstreamBody::buffered(Bytes::new()));
     *request.method_mut() = Method::GET;
-    if let Some(authority) = uri
-        .authority()
-        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-    {
-        request.headers_mut().insert(header::HOST, authority);
-    }
     request.headers_mut().insert(
         header::USER_AGENT,
         http::HeaderValue::from_static("rampart-health-check"),

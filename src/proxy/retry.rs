@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{Timeouts, UpstreamUrl, is_idempotent};
+use crate::config::{Timeouts, is_idempotent};
 use crate::observe::Chain;
 use crate::observe::metrics::UpstreamFailure;
 use crate::policy::body_limit;
@@ -39,10 +39,12 @@ pub(crate) enum Payload {
     Streamed(UpstreamBody),
 }
 
-/// A request head ready for the hop, without its origin-specific URI.
+/// A request head ready for the hop, the same whichever origin gets it.
 pub(crate) struct Outgoing {
     /// Method.
     pub(crate) method: Method,
+    /// Origin-form target.
+    pub(crate) target: Uri,
     /// HTTP/1.1 towards origins.
     pub(crate) version: Version,
     /// Headers after the hop rewrite.
@@ -52,10 +54,11 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Takes the head of `parts` (its URI is rebuilt per origin by the caller's `uri_for`).
-    pub(crate) fn new(parts: Parts, payload: Payload) -> Self {
+    /// Takes the head of `parts`, whose URI is the origin-form target.
+    fn new(parts: Parts, payload: Payload) -> Self {
         Self {
             method: parts.method,
+            target: parts.uri,
             version: parts.version,
             headers: parts.headers,
             payload,
@@ -63,49 +66,51 @@ impl Outgoing {
     }
 }
 
-/// Reads the body into memory when that allows a retry: an idempotent method with a declared
-/// length of at most 64 KiB, or no body at all. Otherwise the body streams.
+/// The request for the hop: its body read into memory when that allows a retry (an idempotent
+/// method with a declared length of at most 64 KiB, or no body at all), else streamed.
 ///
 /// # Errors
 /// [`ProxyError::RequestBody`] when the client's body breaks, [`ProxyError::RequestBodyTimeout`]
 /// when it does not arrive before `deadline`.
 pub(crate) async fn prepare(
-    method: &Method,
-    headers: &HeaderMap,
+    head: Parts,
     body: Incoming,
     counter: Arc<AtomicU64>,
     max_body: Option<u64>,
     deadline: Instant,
-) -> Result<Payload, ProxyError> {
+) -> Result<Outgoing, ProxyError> {
     use http_body::Body as _;
-    if body.is_end_stream() {
-        return Ok(Payload::Buffered(Bytes::new()));
-    }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let body = Counted::new(body, counter);
-    match length {
-        Some(length) if is_idempotent(method) && length <= MAX_BUFFERED_BODY => {
-            let collected = tokio::time::timeout_at(deadline, body.collect()).await;
-            match collected {
-                Ok(Ok(collected)) => Ok(Payload::Buffered(collected.to_bytes())),
-                Ok(Err(source)) => Err(ProxyError::RequestBody { source }),
-                Err(_) => Err(ProxyError::RequestBodyTimeout {
-                    timeout: deadline.saturating_duration_since(Instant::now()),
-                }),
+    let payload = if body.is_end_stream() {
+        Payload::Buffered(Bytes::new())
+    } else {
+        let length = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = Counted::new(body, counter);
+        match length {
+            Some(length) if is_idempotent(&head.method) && length <= MAX_BUFFERED_BODY => {
+                let collected = tokio::time::timeout_at(deadline, body.collect()).await;
+                match collected {
+                    Ok(Ok(collected)) => Payload::Buffered(collected.to_bytes()),
+                    Ok(Err(source)) => return Err(ProxyError::RequestBody { source }),
+                    Err(_) => {
+                        return Err(ProxyError::RequestBodyTimeout {
+                            timeout: deadline.saturating_duration_since(Instant::now()),
+                        });
+                    }
+                }
             }
+            // The declared length was checked against `max_body`; an undeclared one is cut there.
+            _ => Payload::Streamed(UpstreamBody::streamed(body_limit::limit(body, max_body))),
         }
-        // The declared length was checked against `max_body`; an undeclared one is cut there.
-        _ => Ok(Payload::Streamed(UpstreamBody::streamed(
-            body_limit::limit(body, max_body),
-        ))),
-    }
+    };
+    Ok(Outgoing::new(head, payload))
 }
 
 /// Sends `outgoing` to an origin of `pool`, trying up to `retries` more origins as allowed;
-/// `uri_for` builds the target for an origin, `upstream_label` is set to the last one tried.
+/// `upstream_label` is set to the last one tried.
 ///
 /// # Errors
 /// The last try's error, or why no origin could be chosen (503).
@@ -114,7 +119,6 @@ pub(crate) async fn forward(
     outgoing: Outgoing,
     client_ip: IpAddr,
     deadline: Instant,
-    uri_for: impl Fn(&UpstreamUrl) -> Uri,
     upstream_label: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings();
@@ -126,14 +130,16 @@ pub(crate) async fn forward(
     // Filled in only when a try fails: the usual single try allocates nothing here.
     let mut tried: Vec<bool> = Vec::new();
     let mut last: Option<ProxyError> = None;
-    // Each try goes to a different origin: the last possible one sends the headers themselves,
-    // earlier ones a copy (the one origin of most routes makes the first try the last).
+    // Each try goes to a different origin: the last possible one sends the head itself, earlier
+    // ones a copy (the one origin of most routes makes the first try the last).
     let origins = u32::try_from(pool.len()).unwrap_or(u32::MAX);
     let tries = settings.retries.saturating_add(1).min(origins);
-    let mut headers = Some(outgoing.headers);
+    let mut head = Some((outgoing.headers, outgoing.target));
     for attempt in 0..=settings.retries {
         // Gone only after the final try, which leaves the loop.
-        let Some(kept) = headers.as_ref() else { break };
+        let Some((kept, target)) = head.as_ref() else {
+            break;
+        };
         let index = match pool.pick(client_ip, kept, &tried) {
             Ok(index) => index,
             // Retries ran out of origins: the client hears about the failure it got.
@@ -144,7 +150,7 @@ pub(crate) async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(last.unwrap_or(ProxyError::UpstreamTimeout {
-                upstream: upstream.url.clone(),
+                upstream: upstream.label_shared(),
                 timeout: settings.timeouts.total,
             }));
         }
@@ -156,12 +162,13 @@ pub(crate) async fn forward(
         let mut request = Request::new(body);
         *request.method_mut() = outgoing.method.clone();
         *request.version_mut() = outgoing.version;
-        *request.headers_mut() = if attempt + 1 >= tries {
-            headers.take().unwrap_or_default()
+        let (headers, target) = if attempt + 1 >= tries {
+            head.take().unwrap_or_default()
         } else {
-            kept.clone()
+            (kept.clone(), target.clone())
         };
-        *request.uri_mut() = uri_for(&upstream.url);
+        *request.headers_mut() = headers;
+        *request.uri_mut() = target;
         let timeouts = try_timeouts(&settings.timeouts, remaining);
         match upstream.send(request, &timeouts).await {
             Ok(response) => {

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -106,7 +106,8 @@ impl Upstream {
         self.max_conns.is_none_or(|max| self.in_flight() < max)
     }
 
-    /// Sends `request` on an idle connection, or a new one, and waits up to
+    /// Sends `request` (origin-form target, as hyper writes it as given) on an idle
+    /// connection, or a new one, and waits up to
     /// `timeouts.response_header` for the response head. A pooled connection found closed
     /// before the request was written is replaced transparently.
     ///
@@ -123,17 +124,19 @@ impl Upstream {
     ) -> Result<Response<ProxyBody>, SendError> {
         self.metrics.request();
         let in_flight = InFlight::enter(&self.pool);
-        let mut request = into_origin_form(request);
+        let mut request = with_host(request, &self.url);
         // Each pass either consumes one idle connection or connects anew and returns, so the
         // loop runs at most `pool_max_idle + 1` times.
         loop {
             let (mut conn, reused) = match self.pool.checkout() {
                 Some(conn) => (conn, true),
-                None => match self.connect(timeouts.connect).await {
+                // Boxed: the connect future is a few KiB that every request's future would
+                // carry, while most requests find an idle connection.
+                None => match Box::pin(self.connect(timeouts.connect)).await {
                     Ok(conn) => (conn, false),
                     Err(source) => {
                         let error = ProxyError::UpstreamConnect {
-                            upstream: self.url.clone(),
+                            upstream: self.label.clone(),
                             source,
                         };
                         return Err(self.fail(UpstreamFailure::Connect, Some(request), error));
@@ -165,7 +168,7 @@ impl Upstream {
                     Some(unsent) if reused => request = unsent,
                     unsent => {
                         let error = ProxyError::Upstream {
-                            upstream: self.url.clone(),
+                            upstream: self.label.clone(),
                             source: failed.into_error(),
                         };
                         return Err(self.fail(UpstreamFailure::Exchange, unsent, error));
@@ -173,7 +176,7 @@ impl Upstream {
                 },
                 Err(_) => {
                     let error = ProxyError::UpstreamTimeout {
-                        upstream: self.url.clone(),
+                        upstream: self.label.clone(),
                         timeout,
                     };
                     return Err(self.fail(UpstreamFailure::Timeout, None, error));
@@ -182,7 +185,7 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         let addr = self.addresses.pick().await?;
         let sender = self.connector.connect(addr, timeout).await?;
         Ok(Conn { sender, addr })
@@ -266,26 +269,17 @@ async fn maintain(
     }
 }
 
-/// hyper's HTTP/1 client writes the URI as given: origins expect origin-form (RFC 9112 §3.2.1).
-/// The caller keeps the client's `Host`; a request that had none (HTTP/1.0) gets the origin's
-/// authority, since HTTP/1.1 requires one (RFC 9112 §3.2) and origins answer 400 without it.
-fn into_origin_form(mut request: Request<UpstreamBody>) -> Request<UpstreamBody> {
+/// HTTP/1.1 requires a Host (RFC 9112 §3.2) and origins answer 400 without it. The caller
+/// keeps the client's; a request that had none (HTTP/1.0) gets the origin's authority.
+fn with_host(mut request: Request<UpstreamBody>, url: &UpstreamUrl) -> Request<UpstreamBody> {
     if !request.headers().contains_key(http::header::HOST) {
-        let host = request
-            .uri()
+        let host = url
+            .as_uri()
             .authority()
             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
         if let Some(host) = host {
             request.headers_mut().insert(http::header::HOST, host);
         }
-    }
-    if request.uri().scheme().is_some() {
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(path);
     }
     request
 }
@@ -377,34 +371,21 @@ mod tests {
     }
 
     #[test]
-    fn requests_to_origins_use_origin_form() {
-        let request = Request::builder()
-            .uri("http://127.0.0.1:9000/v1/users?id=3")
-            .body(UpstreamBody::buffered(bytes::Bytes::new()))
-            .unwrap();
-        assert_eq!(into_origin_form(request).uri(), "/v1/users?id=3");
-        let request = Request::builder()
-            .uri("http://127.0.0.1:9000")
-            .body(UpstreamBody::buffered(bytes::Bytes::new()))
-            .unwrap();
-        assert_eq!(into_origin_form(request).uri(), "/");
-    }
-
-    #[test]
     fn a_request_without_host_gets_the_origins_authority_and_one_with_host_keeps_it() {
+        let url = UpstreamUrl::parse("http://127.0.0.1:9000").unwrap();
         let bare = Request::builder()
-            .uri("http://127.0.0.1:9000/1k")
+            .uri("/1k")
             .body(UpstreamBody::buffered(bytes::Bytes::new()))
             .unwrap();
-        let bare = into_origin_form(bare);
+        let bare = with_host(bare, &url);
         assert_eq!(bare.headers()[http::header::HOST], "127.0.0.1:9000");
         let named = Request::builder()
-            .uri("http://127.0.0.1:9000/1k")
+            .uri("/1k")
             .header(http::header::HOST, "api.example.com")
             .body(UpstreamBody::buffered(bytes::Bytes::new()))
             .unwrap();
         assert_eq!(
-            into_origin_form(named).headers()[http::header::HOST],
+            with_host(named, &url).headers()[http::header::HOST],
             "api.example.com"
         );
     }
