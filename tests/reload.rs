@@ -281,3 +281,71 @@ async fn fifty_reloads_under_load_fail_no_request_and_keep_a_websocket_open() {
     );
     rampart.stop().await;
 }
+
+/// A site whose route has `rate_limit` and `max_in_flight`; `extra` adds a second site, a
+/// change that leaves the route's limits as they were.
+fn limited(origin: &Upstream, rate: &str, extra: bool) -> String {
+    let mut text = format!(
+        "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    routes:
+      - {{ path: /, upstreams: [{origin}], max_in_flight: 1, rate_limit: {{ rate: {rate}, burst: 3 }} }}
+",
+        origin = origin.url()
+    );
+    if extra {
+        text.push_str(
+            "  - hosts: [b.test]
+    tls: { cert: b.pem, key: b.key }
+    routes: [{ path: /, respond: { body: \"b\" } }]
+",
+        );
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_limits_and_renews_changed_ones() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    env.leaf("b", &["b.test"]);
+    let slow = Upstream::slow(Duration::from_secs(2)).await;
+    let rampart = env.start(&limited(&slow, "1/h", false)).await;
+    let mut client = rampart.client("a.test").await;
+
+    // The one slot is taken by a request that stays in flight across the reload.
+    let mut holder = rampart.client("a.test").await;
+    let held = tokio::spawn(async move { holder.get("a.test", "/").await.status });
+    slow.wait_requests(1).await;
+    assert_eq!(
+        client.get("a.test", "/").await.status,
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "max_in_flight 1 is taken"
+    );
+
+    // Adding a site changes nothing about this route: its slot stays taken and its bucket
+    // stays as drained (3 of 3: the held request and the refused one took a token each).
+    env.write_config(&limited(&slow, "1/h", true));
+    rampart.server().reload().expect("reload applies");
+    let refused = client.get("a.test", "/").await;
+    assert_eq!(refused.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        None,
+        "refused for the slot, not the rate: the kept slot is still taken"
+    );
+    assert_eq!(held.await.expect("held request"), http::StatusCode::OK);
+    let limited_now = client.get("a.test", "/").await;
+    assert_eq!(
+        limited_now.header("ratelimit-policy"),
+        Some("\"default\";q=3;w=10800"),
+        "the kept bucket is empty"
+    );
+
+    // A changed rate is a new limit: full buckets.
+    env.write_config(&limited(&slow, "2/h", true));
+    rampart.server().reload().expect("reload applies");
+    assert_eq!(client.get("a.test", "/").await.status, http::StatusCode::OK);
+    rampart.stop().await;
+}

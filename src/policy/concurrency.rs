@@ -24,6 +24,8 @@ pub struct Refused;
 /// A route's slots and waiting room, shared by every request of the route.
 #[derive(Debug)]
 pub struct ConcurrencyLimit {
+    /// What it was built from (a reload keeps it when this is unchanged).
+    config: Concurrency,
     slots: Arc<Semaphore>,
     queue: Option<WaitingRoom>,
 }
@@ -39,12 +41,18 @@ impl ConcurrencyLimit {
     /// The limit `config` describes.
     pub fn new(config: &Concurrency) -> Self {
         Self {
+            config: config.clone(),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             queue: config.queue.as_ref().map(|q| WaitingRoom {
                 places: Semaphore::new(q.max),
                 timeout: q.timeout,
             }),
         }
+    }
+
+    /// The `max_in_flight:` and `queue:` it was built from.
+    pub fn config(&self) -> &Concurrency {
+        &self.config
     }
 
     /// Takes a slot: at once if one is free; otherwise waits in the queue (if configured and

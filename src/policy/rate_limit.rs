@@ -2,7 +2,7 @@
 //! IP, a request header or a verified JWT claim.
 //!
 //! Built with the route table (one [`RateLimiter`] per site and per route that configures one;
-//! a reload starts with full buckets). `proxy::service` calls [`key_for`] and
+//! a reload keeps the buckets of a site or route whose `rate_limit:` did not change). `proxy::service` calls [`key_for`] and
 //! [`RateLimiter::check`] after auth, site first, then route. Memory stays bounded however many
 //! keys clients invent: every [`SWEEP_EVERY`] checks one request drops the buckets that are full
 //! again (indistinguishable from new ones), and if more than [`MAX_KEYS`] remain the whole map
@@ -99,6 +99,8 @@ type Buckets<C> = governor::RateLimiter<Key, DashMapStateStore<Key>, C, StateInf
 
 /// One set of token buckets: a site's (shared by its routes) or a route's.
 pub struct RateLimiter<C: Clock = DefaultClock> {
+    /// What it was built from (a reload keeps it when this is unchanged).
+    config: RateLimit,
     /// Replaced whole when a key flood passes `max_keys`.
     buckets: ArcSwap<Buckets<C>>,
     quota: Quota,
@@ -126,6 +128,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
         let period = config.per.checked_div(config.rate)?;
         let quota = Quota::with_period(period)?.allow_burst(burst);
         Some(Self {
+            config: config.clone(),
             buckets: ArcSwap::from_pointee(fresh(quota, &clock)),
             quota,
             clock,
@@ -137,6 +140,11 @@ impl<C: Clock + Clone> RateLimiter<C> {
             max_keys,
             sweep_every: sweep_every.max(1),
         })
+    }
+
+    /// The `rate_limit:` it was built from.
+    pub fn config(&self) -> &RateLimit {
+        &self.config
     }
 
     /// What the buckets are keyed by.

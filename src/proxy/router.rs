@@ -19,8 +19,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use crate::config::{
-    Config, HeaderRules, HostName, IpNet, PathMatch, Rewrite, RouteAction, SitePolicy,
-    UpstreamDefaults, Upstreams,
+    Concurrency, Config, HeaderRules, HostName, IpNet, PathMatch, RateLimit, Rewrite, RouteAction,
+    SitePolicy, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
@@ -58,7 +58,7 @@ pub struct SiteRoutes {
     /// Request durations of this site.
     pub duration: SiteMetrics,
     /// The site's `rate_limit:` buckets, shared by all its routes.
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// One route, ready to serve.
@@ -81,9 +81,9 @@ pub struct Route {
     /// `max_body:` in bytes (the route's, else the site's).
     pub max_body: Option<u64>,
     /// The route's `rate_limit:` buckets.
-    pub rate_limit: Option<RateLimiter>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// `max_in_flight:` slots and `queue:`.
-    pub concurrency: Option<ConcurrencyLimit>,
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
 }
 
 /// A route's action, with its live upstream pool.
@@ -100,9 +100,72 @@ pub enum Action {
     },
 }
 
+/// The rate limiters and concurrency limits of the table a reload replaces, by owner (a site, or
+/// a route by its site, path and methods). An owner whose `rate_limit:` (or `max_in_flight:`)
+/// is unchanged keeps its buckets (or slots): a reload must neither refill every client's
+/// budget nor let a second `max_in_flight` of requests in beside those still running.
+#[derive(Default)]
+struct KeptLimits {
+    rate: HashMap<String, Arc<RateLimiter>>,
+    concurrency: HashMap<String, Arc<ConcurrencyLimit>>,
+}
+
+impl KeptLimits {
+    fn of(previous: Option<&RouteTable>) -> Self {
+        let mut kept = Self::default();
+        for site in previous.iter().flat_map(|p| &p.sites) {
+            if let Some(limiter) = &site.rate_limit {
+                kept.rate.insert(site_owner(&site.name), limiter.clone());
+            }
+            for route in &site.routes {
+                let owner = route_owner(&site.name, &route.path, &route.methods);
+                if let Some(limiter) = &route.rate_limit {
+                    kept.rate.insert(owner.clone(), limiter.clone());
+                }
+                if let Some(limit) = &route.concurrency {
+                    kept.concurrency.insert(owner, limit.clone());
+                }
+            }
+        }
+        kept
+    }
+
+    /// `owner`'s buckets for `config`: the kept ones if built from the same config, else new.
+    /// Each kept limiter goes to one owner at most.
+    fn rate(&mut self, owner: &str, config: Option<&RateLimit>) -> Option<Arc<RateLimiter>> {
+        let config = config?;
+        match self.rate.remove(owner) {
+            Some(kept) if kept.config() == config => Some(kept),
+            _ => RateLimiter::new(config).map(Arc::new),
+        }
+    }
+
+    /// `owner`'s slots for `config`, kept or new as for [`KeptLimits::rate`].
+    fn concurrency(
+        &mut self,
+        owner: &str,
+        config: Option<&Concurrency>,
+    ) -> Option<Arc<ConcurrencyLimit>> {
+        let config = config?;
+        match self.concurrency.remove(owner) {
+            Some(kept) if kept.config() == config => Some(kept),
+            _ => Some(Arc::new(ConcurrencyLimit::new(config))),
+        }
+    }
+}
+
+fn site_owner(name: &str) -> String {
+    format!("site {name}")
+}
+
+fn route_owner(site: &str, path: &PathMatch, methods: &[Method]) -> String {
+    format!("route {site} {path} {methods:?}")
+}
+
 impl RouteTable {
     /// Builds the table. Routes whose upstream list (and pool settings) `previous` already had
-    /// keep that pool, so a reload does not drop idle origin connections.
+    /// keep that pool, so a reload does not drop idle origin connections; sites and routes whose
+    /// limits are unchanged keep their state (see [`KeptLimits`]).
     pub fn from_config(config: &Config, previous: Option<&RouteTable>) -> Self {
         let mut pools: HashMap<Upstreams, Arc<UpstreamPool>> = previous
             .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
@@ -119,6 +182,7 @@ impl RouteTable {
                 auth.keep_keys(&mut key_stores);
             }
         }
+        let mut limits = KeptLimits::of(previous);
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -136,7 +200,8 @@ impl RouteTable {
                 .routes
                 .iter()
                 .map(|r| {
-                    Route::from_config(&site.name, r, &config.upstream, &mut pools, &mut key_stores)
+                    let kept = (&mut pools, &mut key_stores, &mut limits);
+                    Route::from_config(&site.name, r, &config.upstream, kept)
                 })
                 .collect();
             // A stable sort keeps file order within a kind and among equal prefix lengths.
@@ -147,7 +212,7 @@ impl RouteTable {
                 routes,
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
-                rate_limit: site.policy.rate_limit.as_ref().and_then(RateLimiter::new),
+                rate_limit: limits.rate(&site_owner(&site.name), site.policy.rate_limit.as_ref()),
             });
         }
         table
@@ -258,13 +323,19 @@ impl Route {
         }
     }
 
+    /// The route `route` of `site`, reusing what `kept` holds from the table it replaces.
     fn from_config(
         site: &str,
         route: &crate::config::Route,
         defaults: &UpstreamDefaults,
-        pools: &mut HashMap<Upstreams, Arc<UpstreamPool>>,
-        key_stores: &mut KeyStores,
+        kept: (
+            &mut HashMap<Upstreams, Arc<UpstreamPool>>,
+            &mut KeyStores,
+            &mut KeptLimits,
+        ),
     ) -> Self {
+        let (pools, key_stores, limits) = kept;
+        let owner = route_owner(site, &route.path, &route.methods);
         let action = match &route.action {
             RouteAction::Proxy(upstreams) => Action::Proxy(
                 pools
@@ -286,8 +357,8 @@ impl Route {
             metrics: RouteMetrics::new(site, &route.path.to_string()),
             auth: (route.policy.auth.as_ref()).map(|a| RouteAuth::from_config(a, key_stores)),
             max_body: route.policy.max_body,
-            rate_limit: route.policy.rate_limit.as_ref().and_then(RateLimiter::new),
-            concurrency: route.policy.concurrency.as_ref().map(ConcurrencyLimit::new),
+            rate_limit: limits.rate(&owner, route.policy.rate_limit.as_ref()),
+            concurrency: limits.concurrency(&owner, route.policy.concurrency.as_ref()),
         }
     }
 }
