@@ -10,8 +10,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::http1;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -124,7 +124,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// HTTP server settings per protocol, built once.
 #[derive(Clone)]
 pub(crate) struct HttpServers {
-    h1: Arc<auto::Builder<TokioExecutor>>,
+    h1: Arc<http1::Builder>,
     h2: H2Settings,
     idle_timeout: Duration,
 }
@@ -151,9 +151,10 @@ impl H2Settings {
 
 impl HttpServers {
     pub(crate) fn new(limits: &Downstream) -> Self {
-        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
-        h1.http1()
-            .timer(TokioTimer::new())
+        // hyper's own HTTP/1 server: ALPN already chose the protocol, so hyper-util's
+        // version-sniffing wrapper would only add a layer to every read.
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
@@ -377,7 +378,7 @@ async fn serve_h2<T, S, B>(
 /// requests in flight finish, no new ones start.
 async fn serve_connection<T, S, B>(
     io: IdleIo<T>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &http1::Builder,
     service: S,
     idle_timeout: Duration,
     stop: CancellationToken,
@@ -395,7 +396,9 @@ async fn serve_connection<T, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity = io.timer();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut closing = false;
     loop {
