@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{Binary, Env, HttpClient, TlsClient, Upstream, WAIT, free_addr, plain_get, within};
@@ -337,5 +337,89 @@ async fn an_idle_connection_is_closed_at_the_idle_timeout() {
         (Duration::from_millis(200)..Duration::from_secs(3)).contains(&elapsed),
         "silent h2: closed at {elapsed:?}, not around the 300ms timeout"
     );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("downstream: { header_timeout: 300ms, idle_timeout: 30s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
+        .await;
+    let tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await;
+    let mut client = HttpClient::handshake(tls.expect("handshake")).await;
+    assert_eq!(client.get("a.test", "/").await.status, 200);
+    // Idle between requests is the idle timeout's business; the header timeout starts with
+    // the next request's first byte.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        client.get("a.test", "/").await.status,
+        200,
+        "the connection outlived the header timeout while idle"
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_trickled_past_the_header_timeout_is_cut_off() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start("downstream: { header_timeout: 500ms, idle_timeout: 30s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
+        .await;
+    // On a new connection, and after a first request on a kept-alive one.
+    for first in [None, Some("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")] {
+        let mut tls = rampart
+            .tls()
+            .alpn(&["http/1.1"])
+            .connect(rampart.https_addr(), Some("a.test"))
+            .await
+            .expect("handshake");
+        if let Some(request) = first {
+            tls.stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = [0; 12];
+            tls.stream.read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"HTTP/1.1 200");
+            // Longer than the header timeout: waiting for a next request is not a slow head.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        // A byte every 100 ms keeps the connection from going idle, never ends the head.
+        let started = Instant::now();
+        let head = b"GET / HTTP/1.1\r\nHost: a.test\r\nX-Slow: ";
+        let mut cut = false;
+        for byte in head.iter().chain(std::iter::repeat(&b'x')).take(60) {
+            if tls.stream.write_all(&[*byte]).await.is_err() || tls.stream.flush().await.is_err() {
+                cut = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if started.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        if !cut {
+            let mut rest = Vec::new();
+            let read = within(
+                WAIT,
+                "the connection to close",
+                tls.stream.read_to_end(&mut rest),
+            );
+            cut = read.await.map_or(true, |_| {
+                rest.is_empty() || !rest.starts_with(b"HTTP/1.1 200")
+            });
+        }
+        let elapsed = started.elapsed();
+        assert!(cut, "the trickled head was answered");
+        assert!(
+            (Duration::from_millis(400)..Duration::from_secs(3)).contains(&elapsed),
+            "first request {}: cut at {elapsed:?}, not around the 500ms header timeout",
+            first.is_some()
+        );
+    }
     rampart.stop().await;
 }

@@ -1,11 +1,18 @@
 //! The connection transport: closes connections on which no byte has moved for the idle
-//! timeout, and on HTTP/2 gathers the writes of one connection round into one TLS write.
+//! timeout or, on HTTP/1, whose request head is not complete within the header timeout; and on
+//! HTTP/2 gathers the writes of one connection round into one TLS write.
 //!
 //! [`IdleIo`] flags every successful read and write; the connection task waits on
 //! [`IdleIo::timer`], which looks at the flag every quarter of the timeout, and shuts the
 //! connection down gracefully when it fires, so a request that is merely waiting on a slow origin
 //! still finishes. A flag rather than a timestamp: reads and writes are the hot path, and a clock
 //! read on each cost more than the quarter-timeout of slack this allows.
+//!
+//! The header timeout runs from the first byte read between requests (no request open, see
+//! [`Activity::request`]) to the head's end, as nginx's `client_header_timeout` does; the wait for
+//! a keep-alive connection's next request is the idle timeout's business. (hyper's own header
+//! timeout starts when it begins to wait for the next head, so it closed idle keep-alive
+//! connections at the header timeout.)
 //!
 //! The h2 codec flushes after every DATA frame, so a round that answers 64 streams would cost 64
 //! TLS records and 64 `writev`s. [`IdleIo::coalescing`] instead buffers writes and defers the
@@ -45,6 +52,31 @@ pub(crate) struct Activity {
     read_any: AtomicBool,
     /// Bumped by the connection task each time it polls the connection.
     round: AtomicU32,
+    /// HTTP/1 requests from their head's end until their response ends.
+    open_requests: AtomicU32,
+    /// Set by a read while no request is open: a request head has begun.
+    head_started: AtomicBool,
+    /// Bumped as `head_started` is set, so the header check tells one head from the next.
+    heads: AtomicU32,
+}
+
+/// Why [`Activity::watch`] resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A request head begun was not complete within the header timeout.
+    Header,
+}
+
+/// One request open on an HTTP/1 connection; dropping it (as its response ends) closes it.
+#[derive(Debug)]
+pub(crate) struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open_requests.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Writes accepted but not yet passed to the inner transport.
@@ -77,23 +109,70 @@ impl Activity {
         self.round.load(Ordering::Relaxed)
     }
 
+    /// Notes bytes read: between requests they begin a request head.
+    fn read(&self) {
+        self.touch();
+        self.read_any.store(true, Ordering::Relaxed);
+        if self.open_requests.load(Ordering::Relaxed) == 0
+            && !self.head_started.load(Ordering::Relaxed)
+        {
+            self.heads.fetch_add(1, Ordering::Relaxed);
+            self.head_started.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a request head complete: the header clock stops until the returned guard, which
+    /// the response holds, is dropped.
+    pub(crate) fn request(self: &Arc<Self>) -> OpenRequest {
+        self.head_started.store(false, Ordering::Relaxed);
+        self.open_requests.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(self.clone())
+    }
+
     /// Resolves once nothing has moved for `timeout`: between `timeout` and 1.25 × `timeout`
     /// after the last byte, since the flag is looked at every quarter of it.
     ///
     /// # Cancel safety
     /// Safe: it only sleeps and reads the flag (a new call starts the quiet period afresh).
     pub(crate) async fn expired(&self, timeout: Duration) {
-        let step = (timeout / CHECKS).max(Duration::from_millis(1));
+        self.watch(timeout, None).await;
+    }
+
+    /// [`Activity::expired`] for `idle`, and with `header`, also resolves once a request head
+    /// begun (see the module doc) is not complete after `header`: between `header` and `header`
+    /// plus one check, checks coming every quarter of the shorter timeout.
+    ///
+    /// # Cancel safety
+    /// Safe, as [`Activity::expired`].
+    pub(crate) async fn watch(&self, idle: Duration, header: Option<Duration>) -> Expiry {
+        let shortest = header.map_or(idle, |header| header.min(idle));
+        let step = (shortest / CHECKS).max(Duration::from_millis(1));
         let mut quiet = Duration::ZERO;
+        // The head being timed (its number) and how long it has been seen incomplete.
+        let mut head: Option<u32> = None;
+        let mut heading = Duration::ZERO;
         loop {
             tokio::time::sleep(step).await;
             if self.moved.swap(false, Ordering::Relaxed) {
                 quiet = Duration::ZERO;
             } else {
                 quiet += step;
-                if quiet >= timeout {
-                    return;
+                if quiet >= idle {
+                    return Expiry::Idle;
                 }
+            }
+            let Some(header) = header else { continue };
+            let started = self.head_started.load(Ordering::Relaxed);
+            let number = self.heads.load(Ordering::Relaxed);
+            if started && head == Some(number) {
+                heading += step;
+                if heading >= header {
+                    return Expiry::Header;
+                }
+            } else {
+                // Begun at most one check ago, or none begun.
+                head = started.then_some(number);
+                heading = Duration::ZERO;
             }
         }
     }
@@ -119,6 +198,9 @@ impl<T> IdleIo<T> {
             moved: AtomicBool::new(false),
             read_any: AtomicBool::new(false),
             round: AtomicU32::new(0),
+            open_requests: AtomicU32::new(0),
+            head_started: AtomicBool::new(false),
+            heads: AtomicU32::new(0),
         });
         Self {
             inner,
@@ -197,8 +279,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for IdleIo<T> {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.clock.touch();
-            this.clock.read_any.store(true, Ordering::Relaxed);
+            this.clock.read();
         }
         polled
     }

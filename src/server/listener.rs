@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper::server::conn::http1;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,8 @@ use crate::observe::Chain;
 use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
-use crate::server::idle::IdleIo;
+use crate::server::idle::{Expiry, IdleIo};
+use crate::server::open_requests::OpenRequests;
 use crate::server::proxy_protocol;
 use crate::server::streams::{StreamExec, Streams};
 use crate::tls::TlsAcceptor;
@@ -127,6 +128,9 @@ pub(crate) struct HttpServers {
     h1: Arc<http1::Builder>,
     h2: H2Settings,
     idle_timeout: Duration,
+    /// HTTP/1 request heads must be complete this long after their first byte (see
+    /// `server::idle`; hyper's own header timeout would also cut idle keep-alive connections).
+    header_timeout: Duration,
 }
 
 /// HTTP/2 settings; the server is built per connection, around that connection's executor.
@@ -156,7 +160,6 @@ impl HttpServers {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(limits.header_timeout)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
         let h2 = H2Settings {
@@ -167,6 +170,7 @@ impl HttpServers {
             h1: Arc::new(h1),
             h2,
             idle_timeout: limits.idle_timeout,
+            header_timeout: limits.header_timeout,
         }
     }
 }
@@ -231,7 +235,7 @@ pub(crate) async fn accept_http(
                     async move { Ok::<_, Infallible>(answer.respond(&request)) }
                 });
                 let io = IdleIo::new(tcp);
-                serve_connection(io, &servers.h1, service, servers.idle_timeout, stop).await;
+                serve_connection(io, &servers, service, stop).await;
             }
             .instrument(info_span!("http", %peer)),
         );
@@ -304,7 +308,7 @@ async fn serve_tls(
         serve_h2(io, servers.h2, service, servers.idle_timeout, stop).await;
     } else {
         let io = IdleIo::new(tls);
-        serve_connection(io, &servers.h1, service, servers.idle_timeout, stop).await;
+        serve_connection(io, &servers, service, stop).await;
     }
 }
 
@@ -374,13 +378,13 @@ async fn serve_h2<T, S, B>(
     }
 }
 
-/// Serves HTTP on one connection until it closes, going idle or `stop` ending it gracefully:
-/// requests in flight finish, no new ones start.
+/// Serves HTTP/1.1 on one connection until it closes, going idle or `stop` ending it
+/// gracefully (requests in flight finish, no new ones start), or a request head not arriving
+/// within the header timeout, which drops it.
 async fn serve_connection<T, S, B>(
     io: IdleIo<T>,
-    builder: &http1::Builder,
+    servers: &HttpServers,
     service: S,
-    idle_timeout: Duration,
     stop: CancellationToken,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -396,9 +400,12 @@ async fn serve_connection<T, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let activity = io.timer();
-    let conn = builder
+    let service = OpenRequests::new(service, activity.clone());
+    let conn = servers
+        .h1
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
+    let (idle_timeout, header_timeout) = (servers.idle_timeout, Some(servers.header_timeout));
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -416,9 +423,12 @@ async fn serve_connection<T, S, B>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = activity.expired(idle_timeout), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            expiry = activity.watch(idle_timeout, header_timeout), if !closing => match expiry {
+                Expiry::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Expiry::Header => return debug!("request head not complete within the header timeout"),
             }
         }
     }

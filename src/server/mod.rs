@@ -8,6 +8,7 @@ mod error;
 mod http01;
 mod idle;
 mod listener;
+mod open_requests;
 mod proxy_protocol;
 mod reload;
 mod selfcheck;
