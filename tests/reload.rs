@@ -15,6 +15,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::{Env, HttpClient, Rampart, Upstream, WAIT, empty, logs, within};
 
+/// A second site, b.test: adding it changes the snapshot and nothing about a.test.
+const SITE_B: &str = "  - hosts: [b.test]
+    tls: { cert: b.pem, key: b.key }
+    routes: [{ path: /, respond: { body: \"b\" } }]
+";
+
 /// Two routes and, when `extra`, a second site: enough to change every part of a snapshot.
 fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
     let mut text = format!(
@@ -29,12 +35,7 @@ fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
         origin = origin.url()
     );
     if extra {
-        text.push_str(
-            "  - hosts: [b.test]
-    tls: { cert: b.pem, key: b.key }
-    routes: [{ path: /, respond: { body: \"b\" } }]
-",
-        );
+        text.push_str(SITE_B);
     }
     text
 }
@@ -295,12 +296,7 @@ fn limited(origin: &Upstream, rate: &str, extra: bool) -> String {
         origin = origin.url()
     );
     if extra {
-        text.push_str(
-            "  - hosts: [b.test]
-    tls: { cert: b.pem, key: b.key }
-    routes: [{ path: /, respond: { body: \"b\" } }]
-",
-        );
+        text.push_str(SITE_B);
     }
     text
 }
