@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// HTTP server settings per protocol, built once.
 #[derive(Clone)]
 pub(crate) struct HttpServers {
-    h1: Arc<http1::Builder>,
+    h1: Arc<auto::Builder<TokioExecutor>>,
     h2: H2Settings,
     idle_timeout: Duration,
     /// HTTP/1 request heads must be complete this long after their first byte (see
@@ -155,10 +155,12 @@ impl H2Settings {
 
 impl HttpServers {
     pub(crate) fn new(limits: &Downstream) -> Self {
-        // hyper's own HTTP/1 server: ALPN already chose the protocol, so hyper-util's
-        // version-sniffing wrapper would only add a layer to every read.
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
+        // hyper-util's wrapper, though ALPN already chose the protocol: it builds hyper's
+        // connection (and its 8 KiB read buffer) only once the first bytes arrive, which keeps
+        // connections that never send a request small (17 KB less each, measured).
+        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        h1.http1()
+            .timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
@@ -403,8 +405,7 @@ async fn serve_connection<T, S, B>(
     let service = OpenRequests::new(service, activity.clone());
     let conn = servers
         .h1
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     let (idle_timeout, header_timeout) = (servers.idle_timeout, Some(servers.header_timeout));
     tokio::pin!(conn);
     let mut closing = false;
