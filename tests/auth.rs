@@ -126,6 +126,7 @@ async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_t
         EcKey::new(),
     );
     env.write("jwks.json", &jwks(&[key.jwk("a")]));
+    common::logs::capture(common::logs::Format::Json, "rampart::access=info");
     let rampart = guarded(&env, &origin, "keys: jwks.json").await;
     let mut client = rampart.client("a.test").await;
     let with = |change: &dyn Fn(&mut Value)| {
@@ -167,6 +168,28 @@ async fn bad_or_missing_tokens_get_401_with_a_bearer_challenge_and_never_reach_t
         0,
         "refused requests never reach the origin"
     );
+    // Each refusal's reason is on its access log line (other tests may add their own lines).
+    let logged: Vec<serde_json::Value> = common::logs::captured()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &serde_json::Value| line["target"] == "rampart::access")
+        .collect();
+    for reason in [
+        "expired",
+        "wrong_audience",
+        "wrong_issuer",
+        "bad_signature",
+        "algorithm_not_allowed",
+        "malformed",
+        "missing",
+    ] {
+        assert!(
+            logged.iter().any(|line| line["status"] == 401
+                && line["error"] == "unauthorized"
+                && line["auth"] == reason),
+            "no access line with auth={reason}"
+        );
+    }
     rampart.stop().await;
 }
 

@@ -100,6 +100,27 @@ async fn a_valid_traceparent_is_continued_with_a_new_span_and_logged() {
     assert_eq!(line["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(line["site"], "trace.test");
     assert_eq!(line["status"], 200);
+    assert_eq!(line["error"], "-", "the origin answered");
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_of_rampart_s_own_says_why_in_the_access_log() {
+    let env = Env::new();
+    let upstream = Upstream::echo("origin").await;
+    let rampart = start(&env, &upstream).await;
+    let mut client = rampart.client("trace.test").await;
+    // A host no site serves, on this site's connection: 421.
+    let request = client
+        .request(Method::GET, "elsewhere.test", "/")
+        .header("x-request-id", "why-421")
+        .body(empty())
+        .expect("valid request");
+    assert_eq!(client.fetch(request).await.status, 421);
+    let line = access_line("why-421").await;
+    assert_eq!(line["status"], 421);
+    assert_eq!(line["error"], "no_site");
+    assert_eq!(line["auth"], "-");
     rampart.stop().await;
 }
 

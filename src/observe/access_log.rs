@@ -34,6 +34,10 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     /// Response status.
     pub status: u16,
+    /// Why Rampart answered itself instead of the origin ([`crate::proxy::ProxyError::kind`]).
+    pub error: Option<&'static str>,
+    /// Why JWT auth refused the request, for an `unauthorized` error.
+    pub auth: Option<&'static str>,
     /// Request body bytes read so far.
     pub bytes_in: Arc<AtomicU64>,
     /// W3C trace id, logged as lower-case hex (continued from the client's `traceparent` or new).
@@ -60,6 +64,8 @@ impl AccessRecord {
             site = self.site.as_deref().unwrap_or("-"),
             upstream = self.upstream.as_deref().unwrap_or("-"),
             complete,
+            error = self.error.unwrap_or("-"),
+            auth = self.auth.unwrap_or("-"),
             trace_id = %self.trace_id,
             request_id = self.request_id.to_str().unwrap_or("-"),
             "request"

@@ -189,6 +189,26 @@ impl ProxyError {
         }
     }
 
+    /// A stable name for the access log's `error` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoSite { .. } => "no_site",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::UpstreamConnect { .. } => "upstream_connect",
+            Self::Upstream { .. } => "upstream_failed",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            Self::UpstreamsBusy => "upstreams_busy",
+            Self::RequestBody { .. } => "request_body",
+            Self::RequestBodyTimeout { .. } => "request_body_timeout",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+        }
+    }
+
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {

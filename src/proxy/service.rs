@@ -105,6 +105,8 @@ impl Proxy {
             site: None,
             upstream: None,
             status: 0,
+            error: None,
+            auth: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
             trace_id: ids.trace_id,
             request_id: ids.request_id.clone(),
@@ -166,6 +168,10 @@ impl Proxy {
                 response
             }
             Err(err) => {
+                record.error = Some(err.kind());
+                if let ProxyError::Unauthorized { failure } = &err {
+                    record.auth = Some(failure.reason());
+                }
                 let site = record.site.as_deref().unwrap_or("-");
                 match err.side() {
                     Side::Upstream => {
