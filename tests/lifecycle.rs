@@ -345,7 +345,7 @@ async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
     let env = Env::new();
     env.leaf("a", &["a.test"]);
     let rampart = env
-        .start("downstream: { header_timeout: 300ms, idle_timeout: 30s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
+        .start("downstream: { header_timeout: 300ms, idle_timeout: 60s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
         .await;
     let tls = rampart
         .tls()
@@ -355,8 +355,9 @@ async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
     let mut client = HttpClient::handshake(tls.expect("handshake")).await;
     assert_eq!(client.get("a.test", "/").await.status, 200);
     // Idle between requests is the idle timeout's business; the header timeout starts with
-    // the next request's first byte.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // the next request's first byte. 31 s: past hyper's own 30 s default header timeout too,
+    // which applies whenever hyper has a timer.
+    tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(
         client.get("a.test", "/").await.status,
         200,

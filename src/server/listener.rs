@@ -159,8 +159,11 @@ impl HttpServers {
         // connection (and its 8 KiB read buffer) only once the first bytes arrive, which keeps
         // connections that never send a request small (17 KB less each, measured).
         let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        // No hyper timer: hyper's header read timeout (30 s by default once a timer is set)
+        // also times the wait between keep-alive requests; ours runs from a head's first byte
+        // (see `serve_connection`).
         h1.http1()
-            .timer(TokioTimer::new())
+            .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
