@@ -105,27 +105,31 @@ pub(crate) fn add_forwarding(
 /// `/api/x` gives `/v2/x`, and `/api/` → `/v2` on `/api/x` gives `/v2/x` too.
 pub(crate) fn origin_target(original: &Uri, replace: Option<(&str, &str)>) -> Uri {
     let path = original.path();
-    let Some((rest, to)) = replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to)))
-    else {
-        // Unchanged: the client's own target, sharing its bytes.
-        return match original.path_and_query() {
-            Some(target) if target.as_str().starts_with(['/', '*']) => Uri::from(target.clone()),
-            _ => Uri::from_static("/"),
-        };
-    };
-    let to = to.trim_end_matches('/');
-    let rest = rest.trim_start_matches('/');
-    // `from` ending in `/` ate the separator; a `from` without it matched a segment prefix
-    // (`/api` on `/apix`), which still needs one.
-    let joined = if rest.is_empty() && !to.is_empty() && !path.ends_with('/') {
-        to.to_owned()
-    } else {
-        format!("{to}/{rest}")
-    };
-    let mut target = if joined.starts_with('/') {
-        joined
-    } else {
-        format!("/{joined}")
+    let replaced = replace.and_then(|(from, to)| Some((path.strip_prefix(from)?, to)));
+    let mut target = match replaced {
+        // Unchanged and already origin-form: the client's own target, sharing its bytes.
+        None => match original.path_and_query() {
+            Some(target) if target.as_str().starts_with(['/', '*']) => {
+                return Uri::from(target.clone());
+            }
+            _ => path.to_owned(),
+        },
+        Some((rest, to)) => {
+            let to = to.trim_end_matches('/');
+            let rest = rest.trim_start_matches('/');
+            // `from` ending in `/` ate the separator; a `from` without it matched a segment
+            // prefix (`/api` on `/apix`), which still needs one.
+            let joined = if rest.is_empty() && !to.is_empty() && !path.ends_with('/') {
+                to.to_owned()
+            } else {
+                format!("{to}/{rest}")
+            };
+            if joined.starts_with('/') {
+                joined
+            } else {
+                format!("/{joined}")
+            }
+        }
     };
     if let Some(query) = original.query() {
         target.push('?');
@@ -230,6 +234,10 @@ mod tests {
         assert_eq!(origin_target(&absolute, None), "/v1/x?q=1");
         assert_eq!(origin_target(&absolute, Some(("/v1/", "/"))), "/x?q=1");
         assert_eq!(origin_target(&"https://a.test".parse().unwrap(), None), "/");
+        assert_eq!(
+            origin_target(&"https://a.test?q=1".parse().unwrap(), None),
+            "/?q=1"
+        );
         assert_eq!(origin_target(&"*".parse().unwrap(), None), "*");
     }
 

@@ -185,7 +185,7 @@ impl Upstream {
         }
     }
 
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+    async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
         let addr = self.addresses.pick().await?;
         let sender = self.connector.connect(addr, timeout).await?;
         Ok(Conn { sender, addr })

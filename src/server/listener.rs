@@ -359,18 +359,14 @@ async fn serve_h2<T, S, B>(
                 streams.poll(cx);
                 if conn.is_none() && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
             }) => return,
-            () = stop.cancelled(), if !closing => {
+            () = async {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = activity.expired(idle_timeout) => {}
+                }
+            }, if !closing => {
                 // hyper's h2 server finishes its handshake before it closes; a client that never
                 // sent the preface would hold the connection until it went away.
-                if !activity.has_read() {
-                    return;
-                }
-                if let Some(open) = conn.as_mut().as_pin_mut() {
-                    open.graceful_shutdown();
-                }
-                closing = true;
-            }
-            () = activity.expired(idle_timeout), if !closing => {
                 if !activity.has_read() {
                     return;
                 }
@@ -409,7 +405,6 @@ async fn serve_connection<T, S, B>(
     let conn = servers
         .h1
         .serve_connection_with_upgrades(TokioIo::new(io), service);
-    let (idle_timeout, header_timeout) = (servers.idle_timeout, Some(servers.header_timeout));
     tokio::pin!(conn);
     let mut closing = false;
     loop {
@@ -427,7 +422,7 @@ async fn serve_connection<T, S, B>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            expiry = activity.watch(idle_timeout, header_timeout), if !closing => match expiry {
+            expiry = activity.watch(servers.idle_timeout, Some(servers.header_timeout)), if !closing => match expiry {
                 Expiry::Idle => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
