@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use common::client::{Body, BoxError, HttpClient};
-use common::{Env, Upstream, WAIT, empty, full, within};
+use common::{Env, Rampart, Upstream, WAIT, empty, full, within};
 
 /// The value of a `rampart_policy_*_requests_total` counter of `a.test`'s route `route`
 /// (0 when absent). The registry is process-wide: tests that read one use routes of their own.
@@ -300,19 +300,21 @@ async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
     rampart.stop().await;
 }
 
+/// A sink origin behind a.test with `max_body: 4KiB`.
+async fn max_body_4kib(env: &Env) -> (Upstream, Rampart) {
+    let origin = Upstream::sink().await;
+    let route = format!(
+        "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
+        origin.url()
+    );
+    let rampart = env.start_a_test("", &route).await;
+    (origin, rampart)
+}
+
 #[tokio::test]
 async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
     let env = Env::new();
-    let origin = Upstream::sink().await;
-    let rampart = env
-        .start_a_test(
-            "",
-            &format!(
-                "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
-                origin.url()
-            ),
-        )
-        .await;
+    let (origin, rampart) = max_body_4kib(&env).await;
     let mut client = rampart.client("a.test").await;
     let request = client
         .request(Method::POST, "a.test", "/")
@@ -334,16 +336,7 @@ async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
 #[tokio::test]
 async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
     let env = Env::new();
-    let origin = Upstream::sink().await;
-    let rampart = env
-        .start_a_test(
-            "",
-            &format!(
-                "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
-                origin.url()
-            ),
-        )
-        .await;
+    let (origin, rampart) = max_body_4kib(&env).await;
     for client in [
         rampart.client_h1("a.test").await,
         rampart.client("a.test").await,
