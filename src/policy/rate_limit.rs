@@ -2,8 +2,9 @@
 //! IP, a request header or a verified JWT claim.
 //!
 //! Built with the route table (one [`RateLimiter`] per site and per route that configures one;
-//! a reload keeps the buckets of a site or route whose `rate_limit:` did not change). `proxy::service` calls [`key_for`] and
-//! [`RateLimiter::check`] after auth, site first, then route. Memory stays bounded however many
+//! a reload keeps the buckets of a site or route whose `rate_limit:` did not change, see
+//! `proxy::router`). `proxy::service` calls [`key_for`] and [`RateLimiter::check`] after auth,
+//! site first, then route. Memory stays bounded however many
 //! keys clients invent: every [`SWEEP_EVERY`] checks one request drops the buckets that are full
 //! again (indistinguishable from new ones), and if more than [`MAX_KEYS`] remain the whole map
 //! is replaced by an empty one — under such a flood, forgetting counts is better than running

@@ -116,8 +116,8 @@ impl Proxy {
         // The route's concurrency slot, if it has a limit: rides on the response body.
         let mut permit = None;
         let mut matched = (None, None);
-        // The steps that never wait are plain functions, so the only futures nested in this one
-        // are the waits themselves: a request future's size is moved and boxed per request.
+        // Routing never waits, so it is a plain function: one nested future less in every
+        // request's (whose whole size is moved and boxed per request).
         let routed = Self::route(
             &table,
             request,
@@ -249,7 +249,8 @@ impl Proxy {
         metrics.0 = &route.metrics;
         matched.1 = Some(route);
         // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
-        // route (429) → concurrency (429, taken by the caller). A declared oversized body is refused before anything.
+        // route (429) → concurrency (429, taken by the caller). A declared oversized body is
+        // refused before anything.
         body_limit::check_length(request.headers(), route.max_body)
             .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
         // JWT auth before anything reaches the origin; the claims key `jwt:CLAIM` rate limits.

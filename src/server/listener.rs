@@ -422,12 +422,14 @@ async fn serve_connection<T, S, B>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            expiry = activity.watch(servers.idle_timeout, Some(servers.header_timeout)), if !closing => match expiry {
-                Expiry::Idle => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+            expiry = activity.watch(servers.idle_timeout, Some(servers.header_timeout)),
+                if !closing =>
+            {
+                if expiry == Expiry::Header {
+                    return debug!("request head not complete within the header timeout");
                 }
-                Expiry::Header => return debug!("request head not complete within the header timeout"),
+                conn.as_mut().graceful_shutdown();
+                closing = true;
             }
         }
     }
