@@ -179,6 +179,14 @@ impl UpstreamBody {
             data: (!data.is_empty()).then_some(data),
         }
     }
+
+    /// The whole body when it is in memory (empty for none), else `None`.
+    pub(crate) fn as_buffered(&self) -> Option<&[u8]> {
+        match self {
+            Self::Buffered { data } => Some(data.as_deref().unwrap_or_default()),
+            Self::Streamed { .. } => None,
+        }
+    }
 }
 
 /// A request body's failure: the client's connection, or the body limit

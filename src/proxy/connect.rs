@@ -1,9 +1,10 @@
 //! Opens one HTTP/1.1 connection to an origin: TCP (TCP_NODELAY), TLS for `https://` origins,
-//! then hyper's client handshake.
+//! then either a lean `wire::Wire` or hyper's client handshake.
 //!
 //! A [`Connector`] is built with its `Upstream` (reading the route's `ca:` file once) and used by
-//! `upstream::Upstream::send` when the pool has no idle connection. Each connection's I/O runs in
-//! a task on the upstream's `TaskTracker`; it ends when the connection closes.
+//! `upstream::Upstream::send` when the pool has no idle connection. The I/O of each hyper
+//! connection runs in a task on the upstream's `TaskTracker`; it ends when the connection closes.
+//! A lean connection has no task: the request that uses it does its I/O.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,7 @@ use tracing::{debug, error, warn};
 use crate::config::UpstreamUrl;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::error::ConnectError;
+use crate::proxy::wire::{OriginIo, Wire};
 
 /// How an origin is reached once an address is chosen.
 #[derive(Clone)]
@@ -82,13 +83,36 @@ impl Connector {
         timeout: Duration,
     ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         // One limit for TCP, TLS and the HTTP handshake: an origin slow at any step is as bad.
-        match tokio::time::timeout(timeout, self.dial(addr)).await {
+        let connected = tokio::time::timeout(timeout, async {
+            let io = self.dial(addr).await?;
+            self.handshake(addr, io).await
+        });
+        match connected.await {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout { addr, timeout }),
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    /// Connects to `addr` for lean exchanges (see `wire`).
+    ///
+    /// # Errors
+    /// As [`Connector::connect`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the half-made connection.
+    pub(crate) async fn connect_wire(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Wire, ConnectError> {
+        match tokio::time::timeout(timeout, self.dial(addr)).await {
+            Ok(io) => io.map(|io| Wire::new(io, addr)),
+            Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+        }
+    }
+
+    /// TCP, then TLS for an `https://` origin.
+    async fn dial(&self, addr: SocketAddr) -> Result<OriginIo, ConnectError> {
         match &self.tls {
             Tls::NoRoots(path) => {
                 return Err(ConnectError::Roots {
@@ -111,20 +135,17 @@ impl Connector {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|source| ConnectError::Tls { addr, source })?;
-                self.handshake(addr, tls).await
+                Ok(OriginIo::Tls(Box::new(tls)))
             }
-            Tls::Plain | Tls::NoRoots(_) | Tls::BadName => self.handshake(addr, tcp).await,
+            Tls::Plain | Tls::NoRoots(_) | Tls::BadName => Ok(OriginIo::Plain(tcp)),
         }
     }
 
-    async fn handshake<I>(
+    async fn handshake(
         &self,
         addr: SocketAddr,
-        io: I,
-    ) -> Result<SendRequest<UpstreamBody>, ConnectError>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+        io: OriginIo,
+    ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
         let (sender, connection) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;

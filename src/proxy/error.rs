@@ -44,9 +44,9 @@ pub enum ProxyError {
     Upstream {
         /// The origin.
         upstream: Arc<str>,
-        /// Cause.
+        /// Cause: hyper's error, or a lean exchange's (`WireError`).
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The origin sent no response head in time.
     #[error("upstream {upstream} sent no response within {timeout:?}")]

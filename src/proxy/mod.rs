@@ -3,9 +3,10 @@
 //! `service` is the entry point called per request by the HTTP server; `router` maps the host and
 //! path to a route; `balance` chooses a route's origin and `health` says which may take requests;
 //! `retry` sends with retries; `upstream` sends to one origin over its `pool` of connections,
-//! opened by `connect` to addresses from `resolve`; `forward` rewrites headers for the hop;
-//! `trace` continues or starts the W3C trace; `body` meters bodies for the access log;
-//! `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
+//! opened by `connect` to addresses from `resolve`, speaking HTTP/1.1 itself (`wire`) when the
+//! request body is in memory and through hyper's client otherwise; `forward` rewrites headers
+//! for the hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access
+//! log; `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
 mod balance;
@@ -21,6 +22,7 @@ mod router;
 mod service;
 pub mod trace;
 mod upstream;
+mod wire;
 
 pub use balance::UpstreamPool;
 pub use body::{BodyError, IdleElapsed, Metered, ProxyBody};
@@ -28,3 +30,4 @@ pub use error::{ConnectError, ProxyError, Side};
 pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};
 pub use upstream::Upstream;
+pub use wire::WireError;

@@ -1,10 +1,13 @@
 //! The idle HTTP/1.1 connections of one origin, and the response body that gives its
 //! connection back.
 //!
-//! `upstream::Upstream::send` checks a connection out ([`Pool::checkout`]) and wraps the origin's
-//! response body in a [`PooledBody`], which checks it back in only when the body ended cleanly.
-//! The upstream's maintenance task calls [`Pool::sweep`] and [`Pool::retain`]. The idle list is
-//! a `std::sync::Mutex` held for a push or pop, never across an `.await`.
+//! Two kinds of connection, each in its own idle list: lean ones (`wire::Wire`) for requests
+//! whose body is in memory, and hyper's for streamed bodies and upgrades.
+//! `upstream::Upstream::send` checks a connection out ([`Pool::checkout`],
+//! [`Pool::checkout_wire`]); the response body ([`PooledBody`], `wire::WireBody`) checks it back
+//! in only when it ended cleanly. The upstream's maintenance task calls [`Pool::sweep`] and
+//! [`Pool::retain`]. The idle lists are `std::sync::Mutex`es held for a push or pop, never
+//! across an `.await`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,13 +25,16 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::proxy::body::UpstreamBody;
+use crate::proxy::wire::Wire;
 
 /// One origin's idle connections and its count of requests in flight.
 #[derive(Debug)]
 pub(crate) struct Pool {
     /// Oldest first: checkout pops the newest (LIFO keeps few connections warm), expiry
     /// trims the front.
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<VecDeque<Idle<Conn>>>,
+    /// The same for lean connections.
+    wires: Mutex<VecDeque<Idle<Wire>>>,
     max_idle: usize,
     idle_timeout: Duration,
     in_flight: AtomicUsize,
@@ -44,8 +50,8 @@ pub(crate) struct Conn {
 }
 
 #[derive(Debug)]
-struct Idle {
-    conn: Conn,
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
@@ -54,6 +60,7 @@ impl Pool {
     pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(VecDeque::new()),
+            wires: Mutex::new(VecDeque::new()),
             max_idle,
             idle_timeout,
             in_flight: AtomicUsize::new(0),
@@ -72,7 +79,7 @@ impl Pool {
     /// polled it back to ready; taking one that is already ready saves waiting for that task.
     pub(crate) fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = lock(&self.idle);
         self.trim_expired(&mut idle, now);
         if let Some(ready) = idle.iter().rposition(|entry| entry.conn.sender.is_ready()) {
             return idle.remove(ready).map(|entry| entry.conn);
@@ -85,15 +92,30 @@ impl Pool {
         None
     }
 
+    /// The most recently used idle lean connection that the origin has not closed meanwhile.
+    pub(crate) fn checkout_wire(&self) -> Option<Wire> {
+        let now = Instant::now();
+        let mut idle = lock(&self.wires);
+        self.trim_expired(&mut idle, now);
+        while let Some(entry) = idle.pop_back() {
+            if entry.conn.is_reusable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
     /// Drops idle connections past `idle_timeout` (the cheap periodic sweep).
     pub(crate) fn sweep(&self) {
-        let mut idle = self.lock();
-        self.trim_expired(&mut idle, Instant::now());
+        let now = Instant::now();
+        self.trim_expired(&mut lock(&self.idle), now);
+        self.trim_expired(&mut lock(&self.wires), now);
     }
 
     /// Keeps only idle connections whose address passes `keep`.
     pub(crate) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.lock().retain(|entry| keep(entry.conn.addr));
+        lock(&self.idle).retain(|entry| keep(entry.conn.addr));
+        lock(&self.wires).retain(|entry| keep(entry.conn.addr));
     }
 
     /// Puts `conn` back unless it is closed; the oldest goes when more than `max_idle` wait.
@@ -101,7 +123,18 @@ impl Pool {
         if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.lock();
+        self.push(&self.idle, conn);
+    }
+
+    /// Puts a lean connection back; the oldest goes when more than `max_idle` wait.
+    fn checkin_wire(&self, wire: Wire) {
+        if self.max_idle > 0 {
+            self.push(&self.wires, wire);
+        }
+    }
+
+    fn push<C>(&self, list: &Mutex<VecDeque<Idle<C>>>, conn: C) {
+        let mut idle = lock(list);
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }
@@ -111,7 +144,7 @@ impl Pool {
         });
     }
 
-    fn trim_expired(&self, idle: &mut VecDeque<Idle>, now: Instant) {
+    fn trim_expired<C>(&self, idle: &mut VecDeque<Idle<C>>, now: Instant) {
         // Entries are in check-in order, so the expired ones are all at the front.
         while idle
             .front()
@@ -120,13 +153,11 @@ impl Pool {
             idle.pop_front();
         }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        // A panic while holding this lock leaves the list consistent (push/pop only).
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock<C>(list: &Mutex<VecDeque<Idle<C>>>) -> std::sync::MutexGuard<'_, VecDeque<Idle<C>>> {
+    // A panic while holding this lock leaves the list consistent (push/pop only).
+    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counts one request in flight for as long as it lives.
@@ -138,6 +169,11 @@ impl InFlight {
     pub(crate) fn enter(pool: &Arc<Pool>) -> Self {
         pool.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(pool.clone())
+    }
+
+    /// Gives a lean connection whose exchange has ended back to the pool.
+    pub(crate) fn checkin_wire(&self, wire: Wire) {
+        self.0.checkin_wire(wire);
     }
 }
 

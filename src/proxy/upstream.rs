@@ -3,8 +3,9 @@
 //!
 //! Created with the route table (by `balance::UpstreamPool`) and live as long as it does.
 //! Requests run on the request's own task: checkout, connect if needed, send; no task or box per
-//! request. Each connection's I/O runs in one task, and each upstream has one maintenance task
-//! (idle expiry, DNS re-resolution) that ends when the `Upstream` is dropped.
+//! request. A request whose body is in memory also does its connection's I/O (`wire`); a hyper
+//! connection's I/O runs in a task of its own. Each upstream has one maintenance task (idle
+//! expiry, DNS re-resolution) that ends when the `Upstream` is dropped.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,7 +17,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams};
+use crate::config::{
+    Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams, is_idempotent,
+};
 use crate::observe::Chain;
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::body::{IdleTimeout, UpstreamBody};
@@ -24,6 +27,7 @@ use crate::proxy::connect::Connector;
 use crate::proxy::error::ConnectError;
 use crate::proxy::pool::{Conn, InFlight, Pool, PooledBody};
 use crate::proxy::resolve::Addresses;
+use crate::proxy::wire::{self, Wire};
 use crate::proxy::{ProxyBody, ProxyError};
 
 /// One origin and its connection pool.
@@ -106,10 +110,10 @@ impl Upstream {
         self.max_conns.is_none_or(|max| self.in_flight() < max)
     }
 
-    /// Sends `request` (origin-form target, as hyper writes it as given) on an idle
-    /// connection, or a new one, and waits up to
-    /// `timeouts.response_header` for the response head. A pooled connection found closed
-    /// before the request was written is replaced transparently.
+    /// Sends `request` (origin-form target, written as given) on an idle connection, or a new
+    /// one, and waits up to `timeouts.response_header` for the response head. A pooled
+    /// connection found closed before the request was written is replaced transparently.
+    /// A request whose body is in memory takes the lean path ([`Upstream::send_lean`]).
     ///
     /// # Errors
     /// A [`SendError`] saying what failed and, when the request was provably never sent (no
@@ -122,6 +126,11 @@ impl Upstream {
         request: Request<UpstreamBody>,
         timeouts: &Timeouts,
     ) -> Result<Response<ProxyBody>, SendError> {
+        if request.body().as_buffered().is_some()
+            && wire::suits(request.method(), request.headers())
+        {
+            return self.send_lean(request, timeouts).await;
+        }
         self.metrics.request();
         let in_flight = InFlight::enter(&self.pool);
         let mut request = with_host(request, &self.url);
@@ -169,7 +178,7 @@ impl Upstream {
                     unsent => {
                         let error = ProxyError::Upstream {
                             upstream: self.label.clone(),
-                            source: failed.into_error(),
+                            source: Box::new(failed.into_error()),
                         };
                         return Err(self.fail(UpstreamFailure::Exchange, unsent, error));
                     }
@@ -183,6 +192,71 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// [`Upstream::send`] for a request whose body is in memory, over a lean connection (see
+    /// `wire`). A pooled connection that the origin closed before answering is replaced when
+    /// the request is idempotent; it may have reached the origin otherwise.
+    async fn send_lean(
+        &self,
+        request: Request<UpstreamBody>,
+        timeouts: &Timeouts,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        self.metrics.request();
+        let request = with_host(request, &self.url);
+        let idempotent = is_idempotent(request.method());
+        // Each pass either consumes one idle connection or connects anew and returns, so the
+        // loop runs at most `pool_max_idle + 1` times.
+        loop {
+            let (wire, reused) = match self.pool.checkout_wire() {
+                Some(wire) => (wire, true),
+                // Boxed, as in `send`: most requests find an idle connection.
+                None => match Box::pin(self.connect_wire(timeouts.connect)).await {
+                    Ok(wire) => (wire, false),
+                    Err(source) => {
+                        let error = ProxyError::UpstreamConnect {
+                            upstream: self.label.clone(),
+                            source,
+                        };
+                        return Err(self.fail(UpstreamFailure::Connect, Some(request), error));
+                    }
+                },
+            };
+            let body = request.body().as_buffered().unwrap_or_default();
+            let exchange = wire.exchange(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                body,
+                InFlight::enter(&self.pool),
+            );
+            let timeout = timeouts.response_header;
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(Ok(response)) => {
+                    return Ok(response.map(|body| IdleTimeout::new(body, timeouts.idle).boxed()));
+                }
+                Ok(Err(error)) if reused && idempotent && error.before_response() => {}
+                Ok(Err(error)) => {
+                    let error = ProxyError::Upstream {
+                        upstream: self.label.clone(),
+                        source: Box::new(error),
+                    };
+                    return Err(self.fail(UpstreamFailure::Exchange, None, error));
+                }
+                Err(_) => {
+                    let error = ProxyError::UpstreamTimeout {
+                        upstream: self.label.clone(),
+                        timeout,
+                    };
+                    return Err(self.fail(UpstreamFailure::Timeout, None, error));
+                }
+            }
+        }
+    }
+
+    async fn connect_wire(&self, timeout: Duration) -> Result<Wire, ConnectError> {
+        let addr = self.addresses.pick().await?;
+        self.connector.connect_wire(addr, timeout).await
     }
 
     async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
