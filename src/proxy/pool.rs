@@ -123,20 +123,25 @@ impl Pool {
         if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
-        self.push(&self.idle, conn);
+        let others = lock(&self.wires).len();
+        self.push(&self.idle, others, conn);
     }
 
     /// Puts a lean connection back; the oldest goes when more than `max_idle` wait.
     fn checkin_wire(&self, wire: Wire) {
         if self.max_idle > 0 {
-            self.push(&self.wires, wire);
+            let others = lock(&self.idle).len();
+            self.push(&self.wires, others, wire);
         }
     }
 
-    fn push<C>(&self, list: &Mutex<VecDeque<Idle<C>>>, conn: C) {
+    /// Adds `conn` to `list`, keeping both lists together within `max_idle` (`others` idle in
+    /// the other list): the oldest of `list` makes room, or `conn` is dropped if `list` has none.
+    /// One lock at a time, so the two lists can never wait on each other.
+    fn push<C>(&self, list: &Mutex<VecDeque<Idle<C>>>, others: usize, conn: C) {
         let mut idle = lock(list);
-        if idle.len() >= self.max_idle {
-            idle.pop_front();
+        if idle.len() + others >= self.max_idle && idle.pop_front().is_none() {
+            return;
         }
         idle.push_back(Idle {
             conn,

@@ -953,6 +953,22 @@ mod tests {
         assert!(pool.checkout_wire().is_none(), "closed while idle");
     }
 
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_max_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(60)));
+        let in_flight = InFlight::enter(&pool);
+        let first = connect(addr).await;
+        let _first = listener.accept().await.unwrap();
+        let second = connect(addr).await;
+        let _second = listener.accept().await.unwrap();
+        in_flight.checkin_wire(first);
+        in_flight.checkin_wire(second);
+        assert!(pool.checkout_wire().is_some());
+        assert!(pool.checkout_wire().is_none(), "pool_max_idle 1");
+    }
+
     #[test]
     fn a_request_states_its_own_length_and_drops_the_clients_framing() {
         let mut headers = HeaderMap::new();
