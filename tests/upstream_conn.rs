@@ -1,7 +1,8 @@
 //! Rampart's side of origin connections, over real sockets: `https://` origins verified against
 //! the route's `ca:` (and refused without it), connection reuse, a pooled connection the origin
-//! closed, a client leaving mid-download, and host-name origins re-resolved through a real DNS
-//! server (pebble-challtestsrv) when their A record changes.
+//! closed, a client leaving mid-download, the ways an origin may frame a response, and host-name
+//! origins re-resolved through a real DNS server (pebble-challtestsrv) when their A record
+//! changes.
 
 mod common;
 
@@ -156,6 +157,112 @@ async fn host_name_upstream_follows_its_a_record_when_re_resolved() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("requests never reached the new address; answers: {seen:?}");
+}
+
+/// Raw HTTP/1.1 answers by path, written as an origin might frame them.
+fn framed_answer(method: &str, path: &str) -> &'static [u8] {
+    match (method, path) {
+        ("GET", "/chunked") => {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;note=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 11\r\n\r\n"
+        }
+        ("HEAD", "/head") => b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
+        ("GET", "/early") => {
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        }
+        ("GET", "/close") => b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+        _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    }
+}
+
+#[tokio::test]
+async fn every_framing_an_origin_may_use_reaches_the_client_intact() -> Result<(), BoxError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = Env::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let mut line = head.split(' ');
+                    let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+                    if tcp.write_all(framed_answer(method, path)).await.is_err() || path == "/close"
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let rampart = one_route(&env, &format!("http://{addr}"), "", "").await;
+    let mut client = rampart.client_h1("a.test").await;
+
+    // Chunked, with a chunk extension and a trailer: the data arrives whole.
+    let response = client
+        .send(
+            client
+                .request(http::Method::GET, "a.test", "/chunked")
+                .body(empty())?,
+        )
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await?;
+    assert_eq!(collected.to_bytes(), "hello world");
+
+    // HEAD: the origin's Content-Length describes a body that is never sent.
+    let reply = client
+        .fetch(
+            client
+                .request(http::Method::HEAD, "a.test", "/head")
+                .body(empty())?,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-length"), Some("1234"));
+    assert!(reply.body.is_empty());
+
+    // An interim 103 is skipped; the final answer follows on the same connection.
+    let reply = client.get("a.test", "/early").await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "ok")
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one origin connection so far"
+    );
+
+    // A body that ends when the origin closes: whole, and that connection is not reused.
+    let reply = client.get("a.test", "/close").await;
+    assert_eq!(reply.text(), "until the end");
+    let reply = client.get("a.test", "/early").await;
+    assert_eq!(reply.text(), "ok");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after the close"
+    );
+    server.abort();
+    Ok(())
 }
 
 /// One site, `a.test`, with one route `/` to `upstream` (`route_extra` indented as route keys),
