@@ -79,6 +79,19 @@ async fn sequential_requests_reuse_one_origin_connection() {
 }
 
 #[tokio::test]
+async fn sequential_requests_reuse_one_tls_origin_connection() {
+    let env = Env::new();
+    let origin = Origin::start("127.0.0.1:0", Some(tls_identity(&env)), "secure").await;
+    let upstream = format!("https://127.0.0.1:{}", origin.addr.port());
+    let rampart = one_route(&env, &upstream, "ca: upstream-ca.pem", "").await;
+    for _ in 0..5 {
+        let reply = rampart.client_h1("a.test").await.get("a.test", "/").await;
+        assert_eq!(reply.text(), "secure");
+    }
+    assert_eq!(*origin.accepted.borrow(), 1, "origin connections accepted");
+}
+
+#[tokio::test]
 async fn pooled_connection_the_origin_closed_while_idle_does_not_fail_the_next_request() {
     let env = Env::new();
     let origin = Origin::start("127.0.0.1:0", None, "plain").await;

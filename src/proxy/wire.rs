@@ -183,21 +183,20 @@ impl Wire {
     }
 
     /// Whether an idle connection can take a request. An origin only sends on an idle
-    /// keep-alive connection to close it, so anything readable (data or end of stream) rules
-    /// it out. No system call unless readiness is left from the last read.
+    /// keep-alive connection to close it, so anything readable (data, a TLS alert, end of
+    /// stream) rules it out. No system call unless readiness is left from the last read; then a
+    /// peek, which reads nothing a TLS session would miss.
     pub(crate) fn is_reusable(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         match self.io.tcp().poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => match &self.io {
-                OriginIo::Plain(tcp) => matches!(
-                    tcp.try_read(&mut [0u8; 1]),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock
-                ),
-                // Bytes under TLS cannot be looked at without decrypting them.
-                OriginIo::Tls(_) => false,
-            },
+            Poll::Ready(Ok(())) => {
+                let mut byte = [MaybeUninit::uninit(); 1];
+                let mut peeked = ReadBuf::uninit(&mut byte);
+                // Pending means nothing to read: the readiness was stale (and is now cleared).
+                self.io.tcp().poll_peek(&mut cx, &mut peeked).is_pending()
+            }
         }
     }
 
