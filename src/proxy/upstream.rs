@@ -426,6 +426,52 @@ mod tests {
         assert!(upstream.has_capacity());
     }
 
+    /// An origin whose every connection answers its first request and then, as if its
+    /// keep-alive timeout struck just as the next request arrived, closes without answering.
+    async fn one_answer_per_connection() -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    tcp.write_all(answer).await.unwrap();
+                    // The next request is read, then the connection closes unanswered.
+                    let _ = tcp.read(&mut buf).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_the_origin_closed_on_unanswered_goes_on_a_new_connection() {
+        let (upstream, timeouts) = upstream(&one_answer_per_connection().await, None);
+        for _ in 0..3 {
+            let response = upstream.send(get(), &timeouts).await.ok().unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "hello");
+        }
+        // A POST may have reached the origin before it closed: it is not sent again.
+        let post = Request::post("/")
+            .header(http::header::HOST, "origin")
+            .body(UpstreamBody::buffered(Bytes::new()))
+            .unwrap();
+        let Err(failed) = upstream.send(post, &timeouts).await else {
+            panic!("the pooled connection closes unanswered");
+        };
+        assert_eq!(failed.failure, UpstreamFailure::Exchange);
+    }
+
     #[tokio::test]
     async fn a_failed_connect_hands_the_request_back_for_another_origin() {
         // Bound and dropped at once: nothing listens there any more.

@@ -126,8 +126,11 @@ pub enum WireError {
         /// Whether no byte of a response had arrived.
         before_response: bool,
     },
-    /// The origin closed the connection before its response was complete.
-    #[error("the upstream closed the connection {0}")]
+    /// The origin closed the connection without sending a byte of a response.
+    #[error("the upstream closed the connection before responding")]
+    NoResponse,
+    /// The origin closed the connection in the middle of its response.
+    #[error("the upstream closed the connection in the middle of the response {0}")]
     Closed(&'static str),
     /// The response head is not valid HTTP/1.x.
     #[error("invalid response head: {0}")]
@@ -157,16 +160,14 @@ impl WireError {
             Self::Io {
                 before_response, ..
             } => *before_response,
-            Self::Closed(when) => *when == CLOSED_BEFORE_RESPONSE,
+            Self::NoResponse => true,
             _ => false,
         }
     }
 }
 
-const CLOSED_BEFORE_RESPONSE: &str = "before responding";
-
-/// Whether a request can take the lean path: its body is in memory (`body`), it asks for no
-/// upgrade, and its target is origin-form (not CONNECT's authority-form).
+/// Whether a request whose body is in memory can take the lean path: it asks for no upgrade,
+/// and its target is origin-form (not CONNECT's authority-form).
 pub(crate) fn suits(method: &Method, headers: &HeaderMap) -> bool {
     *method != Method::CONNECT && !headers.contains_key(header::UPGRADE)
 }
@@ -241,9 +242,9 @@ impl Wire {
             self.read.reserve(READ_SIZE);
             match self.io.read_buf(&mut self.read).await {
                 Ok(0) if received || !self.read.is_empty() => {
-                    return Err(WireError::Closed("in the middle of the response head"));
+                    return Err(WireError::Closed("head"));
                 }
-                Ok(0) => return Err(WireError::Closed(CLOSED_BEFORE_RESPONSE)),
+                Ok(0) => return Err(WireError::NoResponse),
                 Ok(_) => received = true,
                 Err(source) => {
                     return Err(WireError::Io {
@@ -680,9 +681,7 @@ impl Body for WireBody {
                 }
                 Ok(0) => {
                     this.wire = None;
-                    return Poll::Ready(Some(Err(WireError::Closed(
-                        "in the middle of the response body",
-                    ))));
+                    return Poll::Ready(Some(Err(WireError::Closed("body"))));
                 }
                 Ok(_) => {}
                 Err(source) => {
