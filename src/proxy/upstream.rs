@@ -208,6 +208,9 @@ impl Upstream {
         // Each pass either consumes one idle connection or connects anew and returns, so the
         // loop runs at most `pool_max_idle + 1` times.
         loop {
+            // Counted before connecting, as `max_conns` and `least_conn` need; a failed pass
+            // drops its count with its exchange and the next one counts again at once.
+            let in_flight = InFlight::enter(&self.pool);
             let (wire, reused) = match self.pool.checkout_wire() {
                 Some(wire) => (wire, true),
                 // Boxed, as in `send`: most requests find an idle connection.
@@ -228,7 +231,7 @@ impl Upstream {
                 request.uri(),
                 request.headers(),
                 body,
-                InFlight::enter(&self.pool),
+                in_flight,
             );
             let timeout = timeouts.response_header;
             match tokio::time::timeout(timeout, exchange).await {
@@ -470,6 +473,28 @@ mod tests {
             panic!("the pooled connection closes unanswered");
         };
         assert_eq!(failed.failure, UpstreamFailure::Exchange);
+    }
+
+    #[tokio::test]
+    async fn a_request_counts_in_flight_while_it_connects() {
+        // Accepts TCP and never answers the TLS handshake: the connect stays pending.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (upstream, timeouts) = upstream(&format!("https://{addr}"), Some(1));
+        let upstream = Arc::new(upstream);
+        let sending = tokio::spawn({
+            let upstream = upstream.clone();
+            async move { upstream.send(get(), &timeouts).await.is_ok() }
+        });
+        let (_tcp, _) = listener.accept().await.unwrap();
+        assert_eq!(upstream.in_flight(), 1, "counted during the handshake");
+        assert!(
+            !upstream.has_capacity(),
+            "max_conns 1 is taken while connecting"
+        );
+        sending.abort();
+        let _ = sending.await;
+        assert_eq!(upstream.in_flight(), 0);
     }
 
     #[tokio::test]
