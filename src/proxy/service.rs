@@ -442,7 +442,8 @@ mod tests {
 
     /// Every request's future is boxed and moved whole at each nesting level, so a large wait
     /// nested in it costs every request. Connecting (about 4 KiB: TCP, TLS and the HTTP
-    /// handshake) is boxed for that reason; unboxed it took this future to about 9 KiB.
+    /// handshake) is boxed for that reason; unboxed it took this future to about 9 KiB. The
+    /// hyper origin path is boxed too and `Upstream::send` is a plain function: 4.6 KiB, was 5.5.
     #[test]
     fn a_request_future_stays_small() {
         let size = future_size(
@@ -450,6 +451,6 @@ mod tests {
                 proxy.serve(request, &conn).await
             },
         );
-        assert!(size <= 6 * 1024, "a request's future is {size} bytes");
+        assert!(size <= 5 * 1024, "a request's future is {size} bytes");
     }
 }

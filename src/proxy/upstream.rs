@@ -10,6 +10,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper::{Request, Response};
@@ -121,16 +122,29 @@ impl Upstream {
     ///
     /// # Cancel safety
     /// Dropping the future drops the request and its connection; nothing leaks.
-    pub(crate) async fn send(
+    pub(crate) fn send<'a>(
+        &'a self,
+        request: Request<UpstreamBody>,
+        timeouts: &'a Timeouts,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, SendError>> + Send + 'a {
+        // A plain function choosing a future, not an `async fn` awaiting one: every request's
+        // future carries this one, and an extra async level would add its own copy of the
+        // request. The hyper path is boxed for the same reason (most requests are lean).
+        if request.body().as_buffered().is_some()
+            && wire::suits(request.method(), request.headers())
+        {
+            Either::Left(self.send_lean(request, timeouts))
+        } else {
+            Either::Right(Box::pin(self.send_hyper(request, timeouts)))
+        }
+    }
+
+    /// [`Upstream::send`] through hyper's client: streamed bodies and upgrades.
+    async fn send_hyper(
         &self,
         request: Request<UpstreamBody>,
         timeouts: &Timeouts,
     ) -> Result<Response<ProxyBody>, SendError> {
-        if request.body().as_buffered().is_some()
-            && wire::suits(request.method(), request.headers())
-        {
-            return self.send_lean(request, timeouts).await;
-        }
         self.metrics.request();
         let in_flight = InFlight::enter(&self.pool);
         let mut request = with_host(request, &self.url);
