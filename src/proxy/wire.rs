@@ -993,5 +993,8 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let any = Uri::from_static("*");
+        encode(&Method::OPTIONS, &any, &HeaderMap::new(), b"", &mut out);
+        assert_eq!(out, b"OPTIONS * HTTP/1.1\r\n\r\n");
     }
 }
