@@ -260,3 +260,35 @@ impl Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::proxy::wire::OriginIo;
+
+    #[tokio::test]
+    async fn pool_max_idle_bounds_both_kinds_of_connection_together() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(60)));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake::<_, UpstreamBody>(TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        pool.checkin(Conn { sender, addr });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _accepted = listener.accept().await.unwrap();
+        InFlight::enter(&pool).checkin_wire(Wire::new(OriginIo::Plain(tcp), addr));
+        assert!(
+            pool.checkout_wire().is_none(),
+            "pool_max_idle 1 is taken by the hyper connection"
+        );
+        assert!(pool.checkout().is_some());
+    }
+}
