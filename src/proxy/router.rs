@@ -100,34 +100,56 @@ pub enum Action {
     },
 }
 
-/// The rate limiters and concurrency limits of the table a reload replaces, by owner (a site, or
-/// a route by its site, path and methods). An owner whose `rate_limit:` (or `max_in_flight:`)
-/// is unchanged keeps its buckets (or slots): a reload must neither refill every client's
-/// budget nor let a second `max_in_flight` of requests in beside those still running.
+/// What a new table takes over from the one a reload replaces: the pools of unchanged
+/// upstream lists (idle origin connections stay open), the `jwks_url` key sets of unchanged
+/// auth configs (and their refresh tasks), and the limiters of owners (a site, or a route by
+/// its site, path and methods) whose `rate_limit:` or `max_in_flight:` is unchanged: a reload
+/// must neither refill every client's budget nor let a second `max_in_flight` of requests in
+/// beside those still running.
 #[derive(Default)]
-struct KeptLimits {
+struct Carried {
+    pools: HashMap<Upstreams, Arc<UpstreamPool>>,
+    key_stores: KeyStores,
     rate: HashMap<String, Arc<RateLimiter>>,
     concurrency: HashMap<String, Arc<ConcurrencyLimit>>,
 }
 
-impl KeptLimits {
-    fn of(previous: Option<&RouteTable>) -> Self {
-        let mut kept = Self::default();
+impl Carried {
+    /// What `previous` offers to a table built from `config`.
+    fn of(previous: Option<&RouteTable>, config: &Config) -> Self {
+        let mut carried = Self {
+            pools: previous
+                .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
+                .map(RouteTable::pools)
+                .unwrap_or_default(),
+            ..Self::default()
+        };
         for site in previous.iter().flat_map(|p| &p.sites) {
             if let Some(limiter) = &site.rate_limit {
-                kept.rate.insert(site_owner(&site.name), limiter.clone());
+                carried.rate.insert(site_owner(&site.name), limiter.clone());
             }
             for route in &site.routes {
+                if let Some(auth) = &route.auth {
+                    auth.keep_keys(&mut carried.key_stores);
+                }
                 let owner = route_owner(&site.name, &route.path, &route.methods);
                 if let Some(limiter) = &route.rate_limit {
-                    kept.rate.insert(owner.clone(), limiter.clone());
+                    carried.rate.insert(owner.clone(), limiter.clone());
                 }
                 if let Some(limit) = &route.concurrency {
-                    kept.concurrency.insert(owner, limit.clone());
+                    carried.concurrency.insert(owner, limit.clone());
                 }
             }
         }
-        kept
+        carried
+    }
+
+    /// The pool for `upstreams`: the kept one, else new (and then shared by later routes).
+    fn pool(&mut self, upstreams: &Upstreams, defaults: &UpstreamDefaults) -> Arc<UpstreamPool> {
+        self.pools
+            .entry(upstreams.clone())
+            .or_insert_with(|| Arc::new(UpstreamPool::new(upstreams, defaults)))
+            .clone()
     }
 
     /// `owner`'s buckets for `config`: the kept ones if built from the same config, else new.
@@ -140,7 +162,7 @@ impl KeptLimits {
         }
     }
 
-    /// `owner`'s slots for `config`, kept or new as for [`KeptLimits::rate`].
+    /// `owner`'s slots for `config`, kept or new as for [`Carried::rate`].
     fn concurrency(
         &mut self,
         owner: &str,
@@ -163,26 +185,9 @@ fn route_owner(site: &str, path: &PathMatch, methods: &[Method]) -> String {
 }
 
 impl RouteTable {
-    /// Builds the table. Routes whose upstream list (and pool settings) `previous` already had
-    /// keep that pool, so a reload does not drop idle origin connections; sites and routes whose
-    /// limits are unchanged keep their state (see [`KeptLimits`]).
+    /// Builds the table, taking over from `previous` what is unchanged (see `Carried`).
     pub fn from_config(config: &Config, previous: Option<&RouteTable>) -> Self {
-        let mut pools: HashMap<Upstreams, Arc<UpstreamPool>> = previous
-            .filter(|p| p.upstream.as_ref() == Some(&config.upstream))
-            .map(RouteTable::pools)
-            .unwrap_or_default();
-        // A reload keeps `jwks_url` key sets (and their refresh tasks) whose config is unchanged.
-        let mut key_stores = KeyStores::default();
-        for auth in previous
-            .iter()
-            .flat_map(|p| &p.sites)
-            .flat_map(|s| &s.routes)
-        {
-            if let Some(auth) = &auth.auth {
-                auth.keep_keys(&mut key_stores);
-            }
-        }
-        let mut limits = KeptLimits::of(previous);
+        let mut carried = Carried::of(previous, config);
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -199,10 +204,7 @@ impl RouteTable {
             let mut routes: Vec<Route> = site
                 .routes
                 .iter()
-                .map(|r| {
-                    let kept = (&mut pools, &mut key_stores, &mut limits);
-                    Route::from_config(&site.name, r, &config.upstream, kept)
-                })
+                .map(|r| Route::from_config(&site.name, r, &config.upstream, &mut carried))
                 .collect();
             // A stable sort keeps file order within a kind and among equal prefix lengths.
             routes.sort_by_key(|r| precedence(&r.path));
@@ -212,7 +214,7 @@ impl RouteTable {
                 routes,
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
-                rate_limit: limits.rate(&site_owner(&site.name), site.policy.rate_limit.as_ref()),
+                rate_limit: carried.rate(&site_owner(&site.name), site.policy.rate_limit.as_ref()),
             });
         }
         table
@@ -323,26 +325,16 @@ impl Route {
         }
     }
 
-    /// The route `route` of `site`, reusing what `kept` holds from the table it replaces.
+    /// The route `route` of `site`, reusing what `carried` holds from the table it replaces.
     fn from_config(
         site: &str,
         route: &crate::config::Route,
         defaults: &UpstreamDefaults,
-        kept: (
-            &mut HashMap<Upstreams, Arc<UpstreamPool>>,
-            &mut KeyStores,
-            &mut KeptLimits,
-        ),
+        carried: &mut Carried,
     ) -> Self {
-        let (pools, key_stores, limits) = kept;
         let owner = route_owner(site, &route.path, &route.methods);
         let action = match &route.action {
-            RouteAction::Proxy(upstreams) => Action::Proxy(
-                pools
-                    .entry(upstreams.clone())
-                    .or_insert_with(|| Arc::new(UpstreamPool::new(upstreams, defaults)))
-                    .clone(),
-            ),
+            RouteAction::Proxy(upstreams) => Action::Proxy(carried.pool(upstreams, defaults)),
             RouteAction::Respond { status, body } => Action::Respond {
                 status: *status,
                 body: body.clone(),
@@ -355,10 +347,11 @@ impl Route {
             headers: route.policy.headers.clone(),
             action,
             metrics: RouteMetrics::new(site, &route.path.to_string()),
-            auth: (route.policy.auth.as_ref()).map(|a| RouteAuth::from_config(a, key_stores)),
+            auth: (route.policy.auth.as_ref())
+                .map(|a| RouteAuth::from_config(a, &mut carried.key_stores)),
             max_body: route.policy.max_body,
-            rate_limit: limits.rate(&owner, route.policy.rate_limit.as_ref()),
-            concurrency: limits.concurrency(&owner, route.policy.concurrency.as_ref()),
+            rate_limit: carried.rate(&owner, route.policy.rate_limit.as_ref()),
+            concurrency: carried.concurrency(&owner, route.policy.concurrency.as_ref()),
         }
     }
 }
