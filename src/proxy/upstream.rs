@@ -157,13 +157,7 @@ impl Upstream {
                 // carry, while most requests find an idle connection.
                 None => match Box::pin(self.connect(timeouts.connect)).await {
                     Ok(conn) => (conn, false),
-                    Err(source) => {
-                        let error = ProxyError::UpstreamConnect {
-                            upstream: self.label.clone(),
-                            source,
-                        };
-                        return Err(self.fail(UpstreamFailure::Connect, Some(request), error));
-                    }
+                    Err(source) => return Err(self.connect_failed(request, source)),
                 },
             };
             // A connection checked in as its last response ended may still be finishing that
@@ -189,21 +183,9 @@ impl Upstream {
                 Ok(Err(mut failed)) => match failed.take_message() {
                     // hyper found the pooled connection closed before writing a byte.
                     Some(unsent) if reused => request = unsent,
-                    unsent => {
-                        let error = ProxyError::Upstream {
-                            upstream: self.label.clone(),
-                            source: Box::new(failed.into_error()),
-                        };
-                        return Err(self.fail(UpstreamFailure::Exchange, unsent, error));
-                    }
+                    unsent => return Err(self.exchange_failed(unsent, failed.into_error())),
                 },
-                Err(_) => {
-                    let error = ProxyError::UpstreamTimeout {
-                        upstream: self.label.clone(),
-                        timeout,
-                    };
-                    return Err(self.fail(UpstreamFailure::Timeout, None, error));
-                }
+                Err(_) => return Err(self.timed_out(timeout)),
             }
         }
     }
@@ -227,16 +209,10 @@ impl Upstream {
             let in_flight = InFlight::enter(&self.pool);
             let (wire, reused) = match self.pool.checkout_wire() {
                 Some(wire) => (wire, true),
-                // Boxed, as in `send`: most requests find an idle connection.
+                // Boxed, as in `send_hyper`: most requests find an idle connection.
                 None => match Box::pin(self.connect_wire(timeouts.connect)).await {
                     Ok(wire) => (wire, false),
-                    Err(source) => {
-                        let error = ProxyError::UpstreamConnect {
-                            upstream: self.label.clone(),
-                            source,
-                        };
-                        return Err(self.fail(UpstreamFailure::Connect, Some(request), error));
-                    }
+                    Err(source) => return Err(self.connect_failed(request, source)),
                 },
             };
             let body = request.body().as_buffered().unwrap_or_default();
@@ -253,20 +229,8 @@ impl Upstream {
                     return Ok(response.map(|body| IdleTimeout::new(body, timeouts.idle).boxed()));
                 }
                 Ok(Err(error)) if reused && idempotent && error.before_response() => {}
-                Ok(Err(error)) => {
-                    let error = ProxyError::Upstream {
-                        upstream: self.label.clone(),
-                        source: Box::new(error),
-                    };
-                    return Err(self.fail(UpstreamFailure::Exchange, None, error));
-                }
-                Err(_) => {
-                    let error = ProxyError::UpstreamTimeout {
-                        upstream: self.label.clone(),
-                        timeout,
-                    };
-                    return Err(self.fail(UpstreamFailure::Timeout, None, error));
-                }
+                Ok(Err(error)) => return Err(self.exchange_failed(None, error)),
+                Err(_) => return Err(self.timed_out(timeout)),
             }
         }
     }
@@ -280,6 +244,37 @@ impl Upstream {
         let addr = self.addresses.pick().await?;
         let sender = self.connector.connect(addr, timeout).await?;
         Ok(Conn { sender, addr })
+    }
+
+    /// No connection could be made: the request was never sent and goes back to the caller.
+    fn connect_failed(&self, request: Request<UpstreamBody>, source: ConnectError) -> SendError {
+        let error = ProxyError::UpstreamConnect {
+            upstream: self.label.clone(),
+            source,
+        };
+        self.fail(UpstreamFailure::Connect, Some(request), error)
+    }
+
+    /// The exchange broke (`unsent`: the request, when hyper never wrote it).
+    fn exchange_failed(
+        &self,
+        unsent: Option<Request<UpstreamBody>>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SendError {
+        let error = ProxyError::Upstream {
+            upstream: self.label.clone(),
+            source: Box::new(source),
+        };
+        self.fail(UpstreamFailure::Exchange, unsent, error)
+    }
+
+    /// No response head within `timeout`.
+    fn timed_out(&self, timeout: Duration) -> SendError {
+        let error = ProxyError::UpstreamTimeout {
+            upstream: self.label.clone(),
+            timeout,
+        };
+        self.fail(UpstreamFailure::Timeout, None, error)
     }
 
     fn fail(
