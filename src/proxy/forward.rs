@@ -139,7 +139,8 @@ pub(crate) fn origin_target(original: &Uri, replace: Option<(&str, &str)>) -> Ur
     PathAndQuery::try_from(target).map_or_else(|_| Uri::from_static("/"), Uri::from)
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of the `Connection` fields (comma-separated lists), trimmed.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()

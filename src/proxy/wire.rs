@@ -13,7 +13,7 @@
 //! the final transfer coding; else Content-Length; else until the origin closes (and then the
 //! connection is not reused). Interim 1xx responses are skipped, as hyper's client does.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::proxy::forward;
 use crate::proxy::pool::InFlight;
 
 /// Most header fields a response head may carry (hyper's client default too).
@@ -270,7 +271,8 @@ impl Wire {
                 .map_err(|_| WireError::InvalidField)?;
             headers.append(name, value);
         }
-        let keep_alive = head.version == Version::HTTP_11 && !has_token(&headers, "close");
+        let keep_alive = head.version == Version::HTTP_11
+            && !forward::connection_tokens(&headers).any(|t| t.eq_ignore_ascii_case("close"));
         let framing = if head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
@@ -378,21 +380,11 @@ fn encode(method: &Method, target: &Uri, headers: &HeaderMap, body: &[u8], out: 
     }
     // Methods that usually carry a body state an empty one: some origins refuse them with 411.
     if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-}
-
-/// Whether a comma-separated `Connection` list holds `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// `Some(true)` when chunked is the final transfer coding, `Some(false)` for any other final
