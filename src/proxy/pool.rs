@@ -291,4 +291,20 @@ mod tests {
         );
         assert!(pool.checkout().is_some());
     }
+
+    #[tokio::test]
+    async fn pool_max_idle_bounds_one_kind_of_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = Arc::new(Pool::new(1, Duration::from_secs(60)));
+        let in_flight = InFlight::enter(&pool);
+        let first = TcpStream::connect(addr).await.unwrap();
+        let _first = listener.accept().await.unwrap();
+        let second = TcpStream::connect(addr).await.unwrap();
+        let _second = listener.accept().await.unwrap();
+        in_flight.checkin_wire(Wire::new(OriginIo::Plain(first), addr));
+        in_flight.checkin_wire(Wire::new(OriginIo::Plain(second), addr));
+        assert!(pool.checkout_wire().is_some());
+        assert!(pool.checkout_wire().is_none(), "pool_max_idle 1");
+    }
 }
