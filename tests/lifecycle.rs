@@ -134,10 +134,7 @@ async fn shutdown_lets_an_in_flight_request_finish_and_reports_a_clean_drain() {
 #[tokio::test]
 async fn plain_http_redirects_with_308_to_https_keeping_path_and_query() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
-        .await;
+    let rampart = start_a_test_answering_ok(&env, "").await;
     let http = rampart.http_addr();
     let https_port = rampart.https_addr().port();
     for (host, path) in [
@@ -161,10 +158,7 @@ async fn plain_http_redirects_with_308_to_https_keeping_path_and_query() {
 #[tokio::test]
 async fn plain_http_serves_acme_challenge_tokens_and_404s_unknown_ones() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
-        .await;
+    let rampart = start_a_test_answering_ok(&env, "").await;
     let http = rampart.http_addr();
     let path = "/.well-known/acme-challenge/tok-123_ABC";
     assert_eq!(
@@ -256,10 +250,7 @@ async fn run_exits_64_on_an_invalid_config_naming_the_file_and_line() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_handshake_timeout() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("downstream: { handshake_timeout: 300ms }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200 } }]\n")
-        .await;
+    let rampart = start_a_test_answering_ok(&env, "{ handshake_timeout: 300ms }").await;
     let mut tcp = TcpStream::connect(rampart.https_addr())
         .await
         .expect("connect");
@@ -291,10 +282,7 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_handshake_
 #[tokio::test]
 async fn an_idle_connection_is_closed_at_the_idle_timeout() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("downstream: { idle_timeout: 300ms }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
-        .await;
+    let rampart = start_a_test_answering_ok(&env, "{ idle_timeout: 300ms }").await;
     for alpn in ["http/1.1", "h2"] {
         let tls = rampart
             .tls()
@@ -343,10 +331,8 @@ async fn an_idle_connection_is_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("downstream: { header_timeout: 300ms, idle_timeout: 60s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
-        .await;
+    let rampart =
+        start_a_test_answering_ok(&env, "{ header_timeout: 300ms, idle_timeout: 60s }").await;
     let tls = rampart
         .tls()
         .alpn(&["http/1.1"])
@@ -369,10 +355,8 @@ async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
 #[tokio::test]
 async fn a_request_head_trickled_past_the_header_timeout_is_cut_off() {
     let env = Env::new();
-    env.leaf("a", &["a.test"]);
-    let rampart = env
-        .start("downstream: { header_timeout: 500ms, idle_timeout: 30s }\nsites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: \"ok\\n\" } }]\n")
-        .await;
+    let rampart =
+        start_a_test_answering_ok(&env, "{ header_timeout: 500ms, idle_timeout: 30s }").await;
     // On a new connection, and after a first request on a kept-alive one.
     for first in [None, Some("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")] {
         let mut tls = rampart
@@ -423,4 +407,19 @@ async fn a_request_head_trickled_past_the_header_timeout_is_cut_off() {
         );
     }
     rampart.stop().await;
+}
+
+/// Starts Rampart with one site, `a.test`, answering `ok` itself, with `downstream` (a YAML flow
+/// mapping, or "" for the defaults).
+async fn start_a_test_answering_ok(env: &Env, downstream: &str) -> common::Rampart {
+    env.leaf("a", &["a.test"]);
+    let downstream = if downstream.is_empty() {
+        String::new()
+    } else {
+        format!("downstream: {downstream}\n")
+    };
+    env.start(&format!(
+        "{downstream}sites:\n  - hosts: [a.test]\n    tls: {{ cert: a.pem, key: a.key }}\n    routes: [{{ path: /, respond: {{ status: 200, body: \"ok\\n\" }} }}]\n"
+    ))
+    .await
 }
