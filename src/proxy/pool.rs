@@ -6,7 +6,7 @@
 //! `upstream::Upstream::send` checks a connection out ([`Pool::checkout`],
 //! [`Pool::checkout_wire`]); the response body ([`PooledBody`], `wire::WireBody`) checks it back
 //! in only when it ended cleanly. The upstream's maintenance task calls [`Pool::sweep`] and
-//! [`Pool::retain`]. The idle lists are `std::sync::Mutex`es held for a push or pop, never
+//! [`Pool::retain`]. The idle lists share one `std::sync::Mutex`, held for a push or pop, never
 //! across an `.await`.
 
 use std::collections::VecDeque;
@@ -30,11 +30,8 @@ use crate::proxy::wire::Wire;
 /// One origin's idle connections and its count of requests in flight.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    /// Oldest first: checkout pops the newest (LIFO keeps few connections warm), expiry
-    /// trims the front.
-    idle: Mutex<VecDeque<Idle<Conn>>>,
-    /// The same for lean connections.
-    wires: Mutex<VecDeque<Idle<Wire>>>,
+    /// Both kinds under one lock: `max_idle` bounds them together.
+    idle: Mutex<IdleLists>,
     max_idle: usize,
     idle_timeout: Duration,
     in_flight: AtomicUsize,
@@ -49,6 +46,20 @@ pub(crate) struct Conn {
     pub(crate) addr: SocketAddr,
 }
 
+/// Each list oldest first: checkout pops the newest (LIFO keeps few connections warm), expiry
+/// trims the front.
+#[derive(Debug, Default)]
+struct IdleLists {
+    conns: VecDeque<Idle<Conn>>,
+    wires: VecDeque<Idle<Wire>>,
+}
+
+impl IdleLists {
+    fn len(&self) -> usize {
+        self.conns.len() + self.wires.len()
+    }
+}
+
 #[derive(Debug)]
 struct Idle<C> {
     conn: C,
@@ -59,8 +70,7 @@ impl Pool {
     /// An empty pool keeping at most `max_idle` connections for up to `idle_timeout` each.
     pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(VecDeque::new()),
-            wires: Mutex::new(VecDeque::new()),
+            idle: Mutex::default(),
             max_idle,
             idle_timeout,
             in_flight: AtomicUsize::new(0),
@@ -78,9 +88,9 @@ impl Pool {
     /// A connection is checked in as its response body ends, a moment before its task has
     /// polled it back to ready; taking one that is already ready saves waiting for that task.
     pub(crate) fn checkout(&self) -> Option<Conn> {
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        self.trim_expired(&mut idle, now);
+        let mut lists = self.lock();
+        let idle = &mut lists.conns;
+        self.trim_expired(idle, Instant::now());
         if let Some(ready) = idle.iter().rposition(|entry| entry.conn.sender.is_ready()) {
             return idle.remove(ready).map(|entry| entry.conn);
         }
@@ -94,9 +104,9 @@ impl Pool {
 
     /// The most recently used idle lean connection that the origin has not closed meanwhile.
     pub(crate) fn checkout_wire(&self) -> Option<Wire> {
-        let now = Instant::now();
-        let mut idle = lock(&self.wires);
-        self.trim_expired(&mut idle, now);
+        let mut lists = self.lock();
+        let idle = &mut lists.wires;
+        self.trim_expired(idle, Instant::now());
         while let Some(entry) = idle.pop_back() {
             if entry.conn.is_reusable() {
                 return Some(entry.conn);
@@ -108,14 +118,16 @@ impl Pool {
     /// Drops idle connections past `idle_timeout` (the cheap periodic sweep).
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
-        self.trim_expired(&mut lock(&self.idle), now);
-        self.trim_expired(&mut lock(&self.wires), now);
+        let mut lists = self.lock();
+        self.trim_expired(&mut lists.conns, now);
+        self.trim_expired(&mut lists.wires, now);
     }
 
     /// Keeps only idle connections whose address passes `keep`.
     pub(crate) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        lock(&self.idle).retain(|entry| keep(entry.conn.addr));
-        lock(&self.wires).retain(|entry| keep(entry.conn.addr));
+        let mut lists = self.lock();
+        lists.conns.retain(|entry| keep(entry.conn.addr));
+        lists.wires.retain(|entry| keep(entry.conn.addr));
     }
 
     /// Puts `conn` back unless it is closed; the oldest goes when more than `max_idle` wait.
@@ -123,30 +135,36 @@ impl Pool {
         if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
-        let others = lock(&self.wires).len();
-        self.push(&self.idle, others, conn);
+        self.push(conn, |lists| &mut lists.conns);
     }
 
     /// Puts a lean connection back; the oldest goes when more than `max_idle` wait.
     fn checkin_wire(&self, wire: Wire) {
         if self.max_idle > 0 {
-            let others = lock(&self.idle).len();
-            self.push(&self.wires, others, wire);
+            self.push(wire, |lists| &mut lists.wires);
         }
     }
 
-    /// Adds `conn` to `list`, keeping both lists together within `max_idle` (`others` idle in
-    /// the other list): the oldest of `list` makes room, or `conn` is dropped if `list` has none.
-    /// One lock at a time, so the two lists can never wait on each other.
-    fn push<C>(&self, list: &Mutex<VecDeque<Idle<C>>>, others: usize, conn: C) {
-        let mut idle = lock(list);
-        if idle.len() + others >= self.max_idle && idle.pop_front().is_none() {
+    /// Adds `conn` to its kind's list (`list`), keeping both within `max_idle`: the oldest of
+    /// its kind makes room, or `conn` is dropped if its kind has none idle.
+    fn push<C>(&self, conn: C, list: impl FnOnce(&mut IdleLists) -> &mut VecDeque<Idle<C>>) {
+        let mut lists = self.lock();
+        let full = lists.len() >= self.max_idle;
+        let idle = list(&mut lists);
+        if full && idle.pop_front().is_none() {
             return;
         }
         idle.push_back(Idle {
             conn,
             since: Instant::now(),
         });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleLists> {
+        // A panic while holding this lock leaves the lists consistent (push/pop only).
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn trim_expired<C>(&self, idle: &mut VecDeque<Idle<C>>, now: Instant) {
@@ -158,11 +176,6 @@ impl Pool {
             idle.pop_front();
         }
     }
-}
-
-fn lock<C>(list: &Mutex<VecDeque<Idle<C>>>) -> std::sync::MutexGuard<'_, VecDeque<Idle<C>>> {
-    // A panic while holding this lock leaves the list consistent (push/pop only).
-    list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Counts one request in flight for as long as it lives.
