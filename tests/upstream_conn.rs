@@ -1,6 +1,6 @@
 //! Rampart's side of origin connections, over real sockets: `https://` origins verified against
 //! the route's `ca:` (and refused without it), connection reuse, a pooled connection the origin
-//! closed, a client leaving mid-download, the ways an origin may frame a response, and host-name
+//! closed, a client leaving mid-download or hanging up while the origin thinks, the ways an origin may frame a response, and host-name
 //! origins re-resolved through a real DNS server (pebble-challtestsrv) when their A record
 //! changes.
 
@@ -139,6 +139,94 @@ async fn client_leaving_mid_download_closes_the_origin_connection_instead_of_poo
         2,
         "the broken connection was not reused"
     );
+    Ok(())
+}
+
+/// Sends `GET /hang` on a raw HTTP/1.1 connection, waits until the origin has it, then hangs
+/// up: `politely` with a TLS close_notify and FIN (keeping the socket), or by dropping the
+/// connection. Rampart must abandon the request, closing its origin connection, long before
+/// the response header timeout (30 s) would.
+async fn hang_up_while_the_origin_thinks(politely: bool) -> Result<(), BoxError> {
+    use tokio::io::AsyncWriteExt;
+
+    let env = Env::new();
+    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
+    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let mut tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await?
+        .stream;
+    tls.write_all(b"GET /hang HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await?;
+    let mut hanging = origin.hanging.clone();
+    within(
+        WAIT,
+        "the request at the origin",
+        hanging.wait_for(|n| *n == 1),
+    )
+    .await?;
+    let kept = if politely {
+        tls.shutdown().await?;
+        Some(tls)
+    } else {
+        drop(tls);
+        None
+    };
+    let mut open = origin.open.clone();
+    within(
+        WAIT,
+        "the origin connection to close",
+        open.wait_for(|n| *n == 0),
+    )
+    .await?;
+    drop(kept);
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_dropping_its_connection_while_the_origin_thinks_abandons_the_origin_request()
+-> Result<(), BoxError> {
+    hang_up_while_the_origin_thinks(false).await
+}
+
+#[tokio::test]
+async fn client_closing_tls_while_the_origin_thinks_abandons_the_origin_request()
+-> Result<(), BoxError> {
+    hang_up_while_the_origin_thinks(true).await
+}
+
+#[tokio::test]
+async fn a_request_arriving_while_the_previous_one_is_answered_is_answered_next()
+-> Result<(), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = Env::new();
+    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
+    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let mut tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await?
+        .stream;
+    // The second request is sent while the origin holds the first (300 ms): unread bytes on
+    // the socket while a request is open are not a hang-up.
+    tls.write_all(b"GET /slow HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answers = Vec::new();
+    within(WAIT, "both answers", tls.read_to_end(&mut answers)).await?;
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "answers: {answers}"
+    );
+    assert!(answers.ends_with("plain"), "answers: {answers}");
     Ok(())
 }
 
@@ -327,6 +415,8 @@ struct Origin {
     addr: SocketAddr,
     accepted: watch::Receiver<usize>,
     open: watch::Receiver<usize>,
+    /// Requests for `/hang` received (never answered).
+    hanging: watch::Receiver<usize>,
     close_idle: watch::Sender<u64>,
     task: JoinHandle<()>,
 }
@@ -343,19 +433,22 @@ impl Origin {
         let (open_tx, open) = watch::channel(0);
         let open_tx = Arc::new(open_tx);
         let (close_idle, close_rx) = watch::channel(0u64);
+        let (hanging_tx, hanging) = watch::channel(0);
+        let hanging_tx = Arc::new(hanging_tx);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 accepted_tx.send_modify(|n| *n += 1);
                 open_tx.send_modify(|n| *n += 1);
                 let (open_tx, close_rx, tls) = (open_tx.clone(), close_rx.clone(), tls.clone());
+                let hanging = hanging_tx.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(tls) => {
                             if let Ok(stream) = tls.accept(tcp).await {
-                                serve_conn(stream, text, close_rx).await;
+                                serve_conn(stream, text, close_rx, hanging).await;
                             }
                         }
-                        None => serve_conn(tcp, text, close_rx).await,
+                        None => serve_conn(tcp, text, close_rx, hanging).await,
                     }
                     open_tx.send_modify(|n| *n -= 1);
                 });
@@ -365,6 +458,7 @@ impl Origin {
             addr,
             accepted,
             open,
+            hanging,
             close_idle,
             task,
         }
@@ -394,21 +488,19 @@ impl Drop for Origin {
     }
 }
 
-async fn serve_conn<I>(io: I, text: &'static str, mut close: watch::Receiver<u64>)
-where
+/// Serves `text`, except `/big` (64 MiB), `/slow` (`text` after 300 ms) and `/hang` (counted
+/// in `hanging`, never answered).
+async fn serve_conn<I>(
+    io: I,
+    text: &'static str,
+    mut close: watch::Receiver<u64>,
+    hanging: Arc<watch::Sender<usize>>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request: Request<Incoming>| async move {
-        let body = if request.uri().path() == "/big" {
-            let chunks = std::iter::repeat_n(Bytes::from(vec![0u8; 64 * 1024]), 1024)
-                .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
-            StreamBody::new(futures_util::stream::iter(chunks)).boxed()
-        } else {
-            http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
-                .map_err(|never| match never {})
-                .boxed()
-        };
-        Ok::<_, Infallible>(Response::new(body))
+    let service = service_fn(move |request: Request<Incoming>| {
+        let hanging = hanging.clone();
+        async move { origin_answer(request, text, &hanging).await }
     });
     let conn = http1::Builder::new().serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -421,6 +513,31 @@ where
             let _ = conn.await;
         }
     }
+}
+
+async fn origin_answer(
+    request: Request<Incoming>,
+    text: &'static str,
+    hanging: &watch::Sender<usize>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    match request.uri().path() {
+        "/hang" => {
+            hanging.send_modify(|n| *n += 1);
+            std::future::pending().await
+        }
+        "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+        _ => {}
+    }
+    let body = if request.uri().path() == "/big" {
+        let chunks = std::iter::repeat_n(Bytes::from(vec![0u8; 64 * 1024]), 1024)
+            .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+        StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+    } else {
+        http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    Ok(Response::new(body))
 }
 
 /// "one" on 127.0.0.2:PORT and "two" on 127.0.0.3:PORT (the same port, so one URL names both).

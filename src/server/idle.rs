@@ -121,6 +121,11 @@ impl Activity {
         }
     }
 
+    /// Whether an HTTP/1 request is being answered (from its head's end to its response's).
+    pub(crate) fn has_open_request(&self) -> bool {
+        self.open_requests.load(Ordering::Relaxed) > 0
+    }
+
     /// Marks a request head complete: the header clock stops until the returned guard, which
     /// the response holds, is dropped.
     pub(crate) fn request(self: &Arc<Self>) -> OpenRequest {

@@ -23,6 +23,7 @@ use crate::observe::Chain;
 use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
+use crate::server::hangup::{Hangup, SharedTcp};
 use crate::server::idle::{Expiry, IdleIo};
 use crate::server::open_requests::OpenRequests;
 use crate::server::proxy_protocol;
@@ -164,6 +165,9 @@ impl HttpServers {
         // (see `serve_connection`).
         h1.http1()
             .header_read_timeout(None)
+            // hyper's watch for a client hanging up mid-request costs a read buffer per
+            // request; `server::hangup` watches instead.
+            .half_close(true)
             .keep_alive(true)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers);
@@ -240,7 +244,8 @@ pub(crate) async fn accept_http(
                     async move { Ok::<_, Infallible>(answer.respond(&request)) }
                 });
                 let io = IdleIo::new(tcp);
-                serve_connection(io, &servers, service, stop).await;
+                // Answers here never wait: nothing to abandon when a client hangs up.
+                serve_connection(io, &servers, service, None, stop).await;
             }
             .instrument(info_span!("http", %peer)),
         );
@@ -293,6 +298,8 @@ async fn serve_tls(
             },
         };
     }
+    let tcp = SharedTcp::new(tcp);
+    let hangup = tcp.hangup();
     let (tls, handshake) = tokio::select! {
         () = stop.cancelled() => return,
         accepted = acceptor.accept(tcp) => match accepted {
@@ -313,7 +320,7 @@ async fn serve_tls(
         serve_h2(io, servers.h2, service, servers.idle_timeout, stop).await;
     } else {
         let io = IdleIo::new(tls);
-        serve_connection(io, &servers, service, stop).await;
+        serve_connection(io, &servers, service, Some(hangup), stop).await;
     }
 }
 
@@ -380,12 +387,14 @@ async fn serve_h2<T, S, B>(
 }
 
 /// Serves HTTP/1.1 on one connection until it closes, going idle or `stop` ending it
-/// gracefully (requests in flight finish, no new ones start), or a request head not arriving
-/// within the header timeout, which drops it.
+/// gracefully (requests in flight finish, no new ones start), a request head not arriving
+/// within the header timeout, or the client hanging up while a request is answered
+/// (`hangup`, when the transport allows watching for it), which drop it.
 async fn serve_connection<T, S, B>(
     io: IdleIo<T>,
     servers: &HttpServers,
     service: S,
+    mut hangup: Option<Hangup>,
     stop: CancellationToken,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -411,10 +420,21 @@ async fn serve_connection<T, S, B>(
         tokio::select! {
             result = std::future::poll_fn(|cx| {
                 activity.next_round();
-                conn.as_mut().poll(cx)
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                // After the connection's poll, so a request it just opened is watched. hyper
+                // reads nothing while a request is open (`half_close`), so the watch has the
+                // socket to itself; dropping the connection drops the answer in progress.
+                match &mut hangup {
+                    Some(hangup) if activity.has_open_request() => hangup.poll(cx).map(|()| None),
+                    _ => Poll::Pending,
+                }
             }) => {
-                if let Err(err) = result {
-                    debug!(error = %err, "connection ended with an error");
+                match result {
+                    Some(Err(err)) => debug!(error = %err, "connection ended with an error"),
+                    Some(Ok(())) => {}
+                    None => debug!("client hung up while its request was answered"),
                 }
                 return;
             }

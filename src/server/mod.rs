@@ -5,6 +5,7 @@
 pub mod activation;
 mod admin;
 mod error;
+mod hangup;
 mod http01;
 mod idle;
 mod listener;
