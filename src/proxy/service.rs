@@ -3,6 +3,7 @@
 //! Called by the HTTP server on the connection's task for every decrypted request. Reads the
 //! route table snapshot once per request; upgrade tunnels run on the server's task tracker.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -83,12 +84,16 @@ impl Proxy {
         self.table.store(Arc::new(table));
     }
 
-    /// Answers one request: never fails, errors become their status response.
+    /// Answers one request: never fails, errors become their status response (`Infallible`
+    /// makes this future hyper's service future as it is). It owns the proxy handle and the
+    /// connection's info so that it is the request's whole future: a wrapping `async` block
+    /// would hold it and copy all of it once more per request.
     pub async fn serve(
-        &self,
+        self,
         request: Request<Incoming>,
-        conn: &ConnInfo,
-    ) -> Response<Metered<ProxyBody>> {
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response<Metered<ProxyBody>>, Infallible> {
+        let conn = &*conn;
         let table = self.table.load_full();
         let host = request_host(&request);
         let ids = RequestIds::from_headers(request.headers());
@@ -205,7 +210,7 @@ impl Proxy {
         record.status = response.status().as_u16();
         metrics.0.count(record.status);
         metrics.1.observe(record.started.elapsed());
-        response.map(|body| Metered::new(body, record).holding(permit))
+        Ok(response.map(|body| Metered::new(body, record).holding(permit)))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -278,7 +283,8 @@ impl Proxy {
         record: &mut AccessRecord,
         ids: &RequestIds,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let deadline = Instant::now() + pool.settings().timeouts.total;
+        // From the request's start (one clock read less per request).
+        let deadline = record.started + pool.settings().timeouts.total;
         let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
         // The head moves into each step's future rather than living beside it in this one.
         let counter = record.bytes_in.clone();
@@ -447,8 +453,8 @@ mod tests {
     #[test]
     fn a_request_future_stays_small() {
         let size = future_size(
-            |proxy: Proxy, (request, conn): (Request<Incoming>, ConnInfo)| async move {
-                proxy.serve(request, &conn).await
+            |proxy: Proxy, (request, conn): (Request<Incoming>, Arc<ConnInfo>)| {
+                proxy.serve(request, conn)
             },
         );
         assert!(size <= 5 * 1024, "a request's future is {size} bytes");

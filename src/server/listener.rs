@@ -309,10 +309,9 @@ async fn serve_tls(
     };
     let conn = Arc::new(ConnInfo::new(peer, handshake.sni, handshake.is_h2));
     let service = service_fn(move |request| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
         // Boxed: the request future is a few KiB, and hyper moves it into its h1 dispatcher or
         // h2 stream; a box makes those moves a pointer's.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.serve(request, &conn).await) })
+        Box::pin(proxy.clone().serve(request, conn.clone()))
     });
     if handshake.is_h2 {
         // h2 multiplexes streams whose answers are best sent together.
