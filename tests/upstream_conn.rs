@@ -24,10 +24,11 @@ use rustls::ServerConfig;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::client::TlsStream;
 
 use common::{BoxError, Env, Rampart, WAIT, empty, within};
 
@@ -152,12 +153,7 @@ async fn hang_up_while_the_origin_thinks(politely: bool) -> Result<(), BoxError>
     let env = Env::new();
     let origin = Origin::start("127.0.0.1:0", None, "plain").await;
     let rampart = one_route(&env, &origin.url(), "", "").await;
-    let mut tls = rampart
-        .tls()
-        .alpn(&["http/1.1"])
-        .connect(rampart.https_addr(), Some("a.test"))
-        .await?
-        .stream;
+    let mut tls = raw_h1(&rampart).await?;
     tls.write_all(b"GET /hang HTTP/1.1\r\nhost: a.test\r\n\r\n")
         .await?;
     let mut hanging = origin.hanging.clone();
@@ -205,12 +201,7 @@ async fn a_request_arriving_while_the_previous_one_is_answered_is_answered_next(
     let env = Env::new();
     let origin = Origin::start("127.0.0.1:0", None, "plain").await;
     let rampart = one_route(&env, &origin.url(), "", "").await;
-    let mut tls = rampart
-        .tls()
-        .alpn(&["http/1.1"])
-        .connect(rampart.https_addr(), Some("a.test"))
-        .await?
-        .stream;
+    let mut tls = raw_h1(&rampart).await?;
     // The second request is sent while the origin holds the first (300 ms): unread bytes on
     // the socket while a request is open are not a hang-up.
     tls.write_all(b"GET /slow HTTP/1.1\r\nhost: a.test\r\n\r\n")
@@ -364,6 +355,17 @@ async fn every_framing_an_origin_may_use_reaches_the_client_intact() -> Result<(
     );
     server.abort();
     Ok(())
+}
+
+/// A TLS connection to `rampart` for `a.test` that has negotiated HTTP/1.1, to write requests
+/// on by hand.
+async fn raw_h1(rampart: &Rampart) -> std::io::Result<TlsStream<TcpStream>> {
+    let tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await?;
+    Ok(tls.stream)
 }
 
 /// One site, `a.test`, with one route `/` to `upstream` (`route_extra` indented as route keys),
