@@ -69,8 +69,7 @@ async fn https_upstream_outside_the_system_roots_is_refused_without_its_ca() {
 #[tokio::test]
 async fn sequential_requests_reuse_one_origin_connection() {
     let env = Env::new();
-    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
-    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let (origin, rampart) = plain_behind_rampart(&env).await;
     for _ in 0..5 {
         // A new client connection each time: reuse must not depend on the downstream side.
         let reply = rampart.client_h1("a.test").await.get("a.test", "/").await;
@@ -95,8 +94,7 @@ async fn sequential_requests_reuse_one_tls_origin_connection() {
 #[tokio::test]
 async fn pooled_connection_the_origin_closed_while_idle_does_not_fail_the_next_request() {
     let env = Env::new();
-    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
-    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let (origin, rampart) = plain_behind_rampart(&env).await;
     let mut client = rampart.client_h1("a.test").await;
     assert_eq!(client.get("a.test", "/").await.text(), "plain");
     origin.close_idle().await;
@@ -114,8 +112,7 @@ async fn pooled_connection_the_origin_closed_while_idle_does_not_fail_the_next_r
 async fn client_leaving_mid_download_closes_the_origin_connection_instead_of_pooling_it()
 -> Result<(), BoxError> {
     let env = Env::new();
-    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
-    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let (origin, rampart) = plain_behind_rampart(&env).await;
     let mut client = rampart.client_h1("a.test").await;
     let request = client
         .request(http::Method::GET, "a.test", "/big")
@@ -126,13 +123,7 @@ async fn client_leaving_mid_download_closes_the_origin_connection_instead_of_poo
     assert!(first.is_some_and(|frame| frame.is_ok()), "download started");
     drop(body);
     client.abort();
-    let mut open = origin.open.clone();
-    within(
-        WAIT,
-        "the origin connection to close",
-        open.wait_for(|n| *n == 0),
-    )
-    .await?;
+    origin.all_closed("the origin connection to close").await;
     let reply = rampart.client_h1("a.test").await.get("a.test", "/").await;
     assert_eq!(reply.text(), "plain");
     assert_eq!(
@@ -151,8 +142,7 @@ async fn hang_up_while_the_origin_thinks(politely: bool) -> Result<(), BoxError>
     use tokio::io::AsyncWriteExt;
 
     let env = Env::new();
-    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
-    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let (origin, rampart) = plain_behind_rampart(&env).await;
     let mut tls = raw_h1(&rampart).await?;
     tls.write_all(b"GET /hang HTTP/1.1\r\nhost: a.test\r\n\r\n")
         .await?;
@@ -170,13 +160,7 @@ async fn hang_up_while_the_origin_thinks(politely: bool) -> Result<(), BoxError>
         drop(tls);
         None
     };
-    let mut open = origin.open.clone();
-    within(
-        WAIT,
-        "the origin connection to close",
-        open.wait_for(|n| *n == 0),
-    )
-    .await?;
+    origin.all_closed("the origin connection to close").await;
     drop(kept);
     Ok(())
 }
@@ -199,8 +183,7 @@ async fn a_request_arriving_while_the_previous_one_is_answered_is_answered_next(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let env = Env::new();
-    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
-    let rampart = one_route(&env, &origin.url(), "", "").await;
+    let (_origin, rampart) = plain_behind_rampart(&env).await;
     let mut tls = raw_h1(&rampart).await?;
     // The second request is sent while the origin holds the first (300 ms): unread bytes on
     // the socket while a request is open are not a hang-up.
@@ -368,6 +351,13 @@ async fn raw_h1(rampart: &Rampart) -> std::io::Result<TlsStream<TcpStream>> {
     Ok(tls.stream)
 }
 
+/// A plain-HTTP origin answering "plain", and Rampart in front of it (`one_route`).
+async fn plain_behind_rampart(env: &Env) -> (Origin, Rampart) {
+    let origin = Origin::start("127.0.0.1:0", None, "plain").await;
+    let rampart = one_route(env, &origin.url(), "", "").await;
+    (origin, rampart)
+}
+
 /// One site, `a.test`, with one route `/` to `upstream` (`route_extra` indented as route keys),
 /// after `top` (top-level keys).
 async fn one_route(env: &Env, upstream: &str, route_extra: &str, top: &str) -> Rampart {
@@ -473,14 +463,15 @@ impl Origin {
     /// Closes every idle connection and waits until they are gone.
     async fn close_idle(&self) {
         self.close_idle.send_modify(|n| *n += 1);
+        self.all_closed("idle origin connections to close").await;
+    }
+
+    /// Waits (up to `WAIT`, failing the test with `what`) until no connection to it is open.
+    async fn all_closed(&self, what: &str) {
         let mut open = self.open.clone();
-        within(
-            WAIT,
-            "idle origin connections to close",
-            open.wait_for(|n| *n == 0),
-        )
-        .await
-        .expect("origin alive");
+        within(WAIT, what, open.wait_for(|n| *n == 0))
+            .await
+            .expect("origin alive");
     }
 }
 
