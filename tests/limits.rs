@@ -188,6 +188,37 @@ async fn a_queued_request_goes_through_when_a_slot_frees() {
 }
 
 #[tokio::test]
+async fn time_queued_for_a_slot_does_not_count_against_the_total_timeout() {
+    let env = Env::new();
+    let origin = Upstream::download(1024, Some(0)).await;
+    let rampart = env.start_a_test(
+        "",
+        &format!(
+            "      - {{ path: /, upstreams: [{}], max_in_flight: 1, queue: {{ max: 1, timeout: 10s }}, timeouts: {{ response_header: 1s, total: 1s }} }}\n",
+            origin.url()
+        ),
+    )
+    .await;
+    let mut first = rampart.client("a.test").await;
+    let held = open_get(&mut first, "/").await;
+    origin.wait_requests(1).await;
+    let mut second = rampart.client("a.test").await;
+    let queued = tokio::spawn(async move {
+        let response = open_get(&mut second, "/").await;
+        (second, response)
+    });
+    // Longer than `total` in the queue; the tries to the origin have all of it left after.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(held);
+    let (_second, response) = within(WAIT, "the queued request", queued)
+        .await
+        .expect("the task finishes");
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    rampart.stop().await;
+}
+
+#[tokio::test]
 async fn a_rate_limit_allows_exactly_the_burst_then_answers_429_with_ratelimit_headers() {
     let env = Env::new();
     let origin = Upstream::echo("o").await;

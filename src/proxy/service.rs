@@ -283,8 +283,9 @@ impl Proxy {
         record: &mut AccessRecord,
         ids: &RequestIds,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // From the request's start (one clock read less per request).
-        let deadline = record.started + pool.settings().timeouts.total;
+        // From here, not the request's start: `total` bounds the tries, not a wait in the
+        // route's concurrency queue.
+        let deadline = Instant::now() + pool.settings().timeouts.total;
         let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
         // The head moves into each step's future rather than living beside it in this one.
         let counter = record.bytes_in.clone();
