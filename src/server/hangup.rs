@@ -173,6 +173,12 @@ impl Hangup {
         }
     }
 
+    /// Between requests: a recheck armed for the last one would only wake the task for
+    /// nothing and hold back the next request's first look.
+    pub(crate) fn rest(&mut self) {
+        self.recheck = None;
+    }
+
     /// Whether the client's FIN has arrived (behind bytes not read yet).
     fn read_closed(&self, cx: &mut Context<'_>) -> bool {
         let ready = std::pin::pin!(self.tcp.ready(Interest::READABLE));

@@ -299,7 +299,6 @@ async fn serve_tls(
         };
     }
     let tcp = SharedTcp::new(tcp);
-    let hangup = tcp.hangup();
     let (tls, handshake) = tokio::select! {
         () = stop.cancelled() => return,
         accepted = acceptor.accept(tcp) => match accepted {
@@ -318,6 +317,7 @@ async fn serve_tls(
         let io = IdleIo::coalescing(tls);
         serve_h2(io, servers.h2, service, servers.idle_timeout, stop).await;
     } else {
+        let hangup = tls.get_ref().0.hangup();
         let io = IdleIo::new(tls);
         serve_connection(io, &servers, service, Some(hangup), stop).await;
     }
@@ -427,7 +427,11 @@ async fn serve_connection<T, S, B>(
                 // socket to itself; dropping the connection drops the answer in progress.
                 match &mut hangup {
                     Some(hangup) if activity.has_open_request() => hangup.poll(cx).map(|()| None),
-                    _ => Poll::Pending,
+                    Some(hangup) => {
+                        hangup.rest();
+                        Poll::Pending
+                    }
+                    None => Poll::Pending,
                 }
             }) => {
                 match result {
