@@ -329,6 +329,47 @@ async fn an_idle_connection_is_closed_at_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn client_connections_have_tcp_keep_alive_so_vanished_peers_are_found() {
+    let env = Env::new();
+    let rampart = start_a_test_answering_ok(&env, "").await;
+    let tls = rampart
+        .tls()
+        .alpn(&["h2"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("handshake");
+    let client = tls.stream.get_ref().0.local_addr().expect("client address");
+    let mut client_h2 = HttpClient::handshake(tls).await;
+    assert_eq!(client_h2.get("a.test", "/").await.status, 200);
+    // Rampart's end of this connection, as the kernel lists it: "tr" is the pending timer, 2
+    // meaning keep-alive (proc_net(5)); with no keep-alive an idle socket has none (0).
+    let server = rampart.https_addr();
+    let hex = |addr: SocketAddr| {
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            panic!("loopback IPv4 expected, got {addr}")
+        };
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        )
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let row = table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == local && f[2] == remote)
+        .unwrap_or_else(|| panic!("no socket {local} -> {remote} in:\n{table}"));
+    let timer = row[5].split(':').next().unwrap_or_default();
+    assert_eq!(
+        timer, "02",
+        "Rampart's socket has no keep-alive timer: {row:?}"
+    );
+    rampart.stop().await;
+}
+
+#[tokio::test]
 async fn a_keep_alive_connection_may_idle_past_the_header_timeout() {
     let env = Env::new();
     let rampart =

@@ -87,6 +87,8 @@ impl Server {
             proxy_protocol: proxy_protocol.map(Arc::new),
             timeout: downstream.handshake_timeout,
         };
+        listener::keep_alive(&listeners.https);
+        listener::keep_alive(&listeners.http);
         tasks.spawn(listener::accept_https(
             listeners.https,
             acceptor,
