@@ -40,6 +40,9 @@ fn config(ws: &Upstream, origin: &Upstream, extra: bool) -> String {
     text
 }
 
+/// What this binary's tests capture (the first capture decides for all of them).
+const LOG_FILTER: &str = "rampart=warn";
+
 /// `rampart_config_reloads_total{result="failure"}` from the process-wide registry.
 fn failed_reloads() -> f64 {
     let text = rampart::observe::metrics::encode_text();
@@ -60,7 +63,7 @@ fn failed_reloads() -> f64 {
 
 #[tokio::test]
 async fn invalid_reload_keeps_serving_the_old_configuration() {
-    logs::capture(logs::Format::Text, "rampart=error");
+    logs::capture(logs::Format::Text, LOG_FILTER);
     let env = Env::new();
     env.leaf("a", &["a.test"]);
     let (ws, one, two) = (
@@ -343,5 +346,26 @@ async fn a_reload_keeps_unchanged_limits_and_renews_changed_ones() {
     env.write_config(&limited(&slow, "2/h", true));
     rampart.server().reload().expect("reload applies");
     assert_eq!(client.get("a.test", "/").await.status, http::StatusCode::OK);
+    rampart.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_changing_downstream_settings_says_they_need_a_restart() {
+    logs::capture(logs::Format::Text, LOG_FILTER);
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let origin = Upstream::echo("one").await;
+    let site = format!(
+        "sites:\n  - hosts: [a.test]\n    tls: {{ cert: a.pem, key: a.key }}\n    upstreams: [{}]\n",
+        origin.url()
+    );
+    let rampart = env.start(&site).await;
+    env.write_config(&format!("downstream: {{ idle_timeout: 5s }}\n{site}"));
+    rampart.server().reload().expect("a valid file applies");
+    let logged = logs::captured();
+    assert!(
+        logged.contains("downstream settings changed: restart Rampart to apply them"),
+        "{logged}"
+    );
     rampart.stop().await;
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use http::Version;
-use rustls::{AlertDescription, ProtocolVersion};
+use rustls::{AlertDescription, CipherSuite, ProtocolVersion};
 
 use common::{Env, HttpClient, Rampart, Upstream, tls_alert, tls_connect};
 
@@ -359,4 +359,41 @@ async fn sessions_resume_with_tls13_tickets_and_tls12_session_ids() {
         assert_eq!(kind, rustls::HandshakeKind::Resumed, "{version:?}");
     }
     sites.rampart.stop().await;
+}
+
+#[tokio::test]
+async fn cipher_suites_limit_what_handshakes_negotiate() {
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let site = "sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key }\n    routes: [{ path: /, respond: { status: 200, body: ok } }]\n";
+    let suite = |tls: &common::Tls| {
+        let suite = tls.stream.get_ref().1.negotiated_cipher_suite();
+        suite.expect("a finished handshake has a suite").suite()
+    };
+    // Our client prefers AES-256 (rustls's order), and by default Rampart follows the client.
+    let rampart = env.start(site).await;
+    let tls = rampart.connect("a.test").await.expect("handshake");
+    assert_eq!(suite(&tls), CipherSuite::TLS13_AES_256_GCM_SHA384);
+    rampart.stop().await;
+
+    let rampart = env
+        .start(&format!(
+            "downstream:\n  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n{site}"
+        ))
+        .await;
+    let tls13 = rampart.connect("a.test").await.expect("TLS 1.3 handshake");
+    assert_eq!(suite(&tls13), CipherSuite::TLS13_AES_128_GCM_SHA256);
+    let tls12 = rampart
+        .tls()
+        .tls12_only()
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        suite(&tls12),
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+    let mut client = HttpClient::handshake(tls13).await;
+    assert_eq!(client.get("a.test", "/").await.text(), "ok");
+    rampart.stop().await;
 }

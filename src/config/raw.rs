@@ -85,6 +85,7 @@ pub(super) struct RawDownstream {
     pub(super) max_header_bytes: Text,
     pub(super) max_headers: Spanned<i64>,
     pub(super) h2_max_streams: Spanned<i64>,
+    pub(super) cipher_suites: Option<List<String>>,
 }
 
 /// `upstream:`
@@ -246,6 +247,7 @@ impl Default for RawDownstream {
             max_header_bytes: text("64KiB"),
             max_headers: unplaced(100),
             h2_max_streams: unplaced(256),
+            cipher_suites: None,
         }
     }
 }

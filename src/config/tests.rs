@@ -92,6 +92,7 @@ downstream:
   max_header_bytes: 16KiB
   max_headers: 50
   h2_max_streams: 10
+  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
 upstream:
   connect_timeout: 2s
   response_header_timeout: 1m30s
@@ -156,6 +157,10 @@ sites:
             max_header_bytes: 16 * 1024,
             max_headers: 50,
             h2_max_streams: 10,
+            cipher_suites: vec![
+                "TLS_AES_128_GCM_SHA256".to_owned(),
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()
+            ],
         }
     );
     assert_eq!(
@@ -261,6 +266,7 @@ fn omitted_keys_take_their_defaults() {
             max_header_bytes: 65_536,
             max_headers: 100,
             h2_max_streams: 256,
+            cipher_suites: Vec::new(),
         }
     );
     assert_eq!(
@@ -512,6 +518,37 @@ fn acme_settings_are_checked() {
         reason.starts_with("cannot read /etc/rampart/nothing.pem"),
         "{reason}"
     );
+}
+
+#[test]
+fn cipher_suites_are_iana_names_including_a_tls13_one() {
+    let (place, reason) = only_problem(&format!(
+        "downstream:\n  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA265]\n{SITE}"
+    ));
+    assert_eq!(place, at(2, 43, "downstream.cipher_suites[1]"));
+    assert!(
+        reason.starts_with("`TLS_AES_128_GCM_SHA265` is not one of TLS_AES_256_GCM_SHA384, "),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("did you mean `TLS_AES_128_GCM_SHA256`?"),
+        "{reason}"
+    );
+    // rustls's spelling of a TLS 1.3 suite is not the name operators know from OpenSSL.
+    let (place, _) = only_problem(&format!(
+        "downstream:\n  cipher_suites: [TLS13_AES_128_GCM_SHA256]\n{SITE}"
+    ));
+    assert_eq!(place, at(2, 19, "downstream.cipher_suites[0]"));
+    let (place, reason) = only_problem(&format!(
+        "downstream:\n  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n{SITE}"
+    ));
+    assert_eq!(place, at(2, 18, "downstream.cipher_suites"));
+    assert!(
+        reason.starts_with("name at least one TLS 1.3 suite"),
+        "{reason}"
+    );
+    let (place, _) = only_problem(&format!("downstream:\n  cipher_suites: []\n{SITE}"));
+    assert_eq!(place, at(2, 18, "downstream.cipher_suites"));
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::config::error::{Problem, closest};
 use crate::config::raw::{
-    RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
+    List, RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
 };
 use crate::config::{
     Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, UpstreamDefaults, humane,
@@ -258,6 +258,7 @@ impl Checker {
         );
         let max_headers = self.count(&raw.max_headers, "downstream.max_headers");
         let h2_max_streams = self.count(&raw.h2_max_streams, "downstream.h2_max_streams");
+        let cipher_suites = self.cipher_suites(&raw.cipher_suites);
         Some(Downstream {
             handshake_timeout: handshake_timeout?,
             header_timeout: header_timeout?,
@@ -265,7 +266,50 @@ impl Checker {
             max_header_bytes: max_header_bytes?,
             max_headers: max_headers?,
             h2_max_streams: h2_max_streams?,
+            cipher_suites: cipher_suites?,
         })
+    }
+
+    /// IANA cipher suite names rustls offers, at least one for TLS 1.3 (a TLS 1.3 client would
+    /// find nothing in common otherwise); none given means all of them.
+    fn cipher_suites(&mut self, raw: &Option<List<String>>) -> Option<Vec<String>> {
+        let Some(list) = raw else {
+            return Some(Vec::new());
+        };
+        let known: Vec<(&str, bool)> = crate::tls::cipher_suite_names().collect();
+        let mut all = Some(Vec::new());
+        let mut tls13 = false;
+        for (index, entry) in list.value.iter().enumerate() {
+            let name = entry.value.trim();
+            let found = known
+                .iter()
+                .find(|(known, _)| *known == name)
+                .ok_or_else(|| {
+                    let names = known.iter().map(|(n, _)| *n);
+                    let hint = closest(name, names.clone())
+                        .map(|g| format!("; did you mean `{g}`?"))
+                        .unwrap_or_default();
+                    let names: Vec<&str> = names.collect();
+                    format!("`{name}` is not one of {}{hint}", names.join(", "))
+                });
+            let at = format!("downstream.cipher_suites[{index}]");
+            match self.check(&entry.referenced, &at, found) {
+                Some((name, is_tls13)) => {
+                    tls13 |= *is_tls13;
+                    all.iter_mut().for_each(|a| a.push((*name).to_owned()));
+                }
+                None => all = None,
+            }
+        }
+        if all.is_some() && !tls13 {
+            self.report(
+                &list.referenced,
+                "downstream.cipher_suites",
+                "name at least one TLS 1.3 suite (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 or TLS_CHACHA20_POLY1305_SHA256)",
+            );
+            return None;
+        }
+        all
     }
 
     fn upstream(&mut self, raw: &RawUpstream) -> Option<UpstreamDefaults> {

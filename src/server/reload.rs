@@ -111,9 +111,15 @@ impl Reloader {
         let mut current = self.lock();
         let previous = current.as_ref();
         if let Some(previous) = previous {
+            // The listeners, their TLS and HTTP settings are built once, at start.
             if previous.config.listen != config.listen {
                 warn!(
                     "listen addresses changed: restart Rampart to apply them; the other changes apply now"
+                );
+            }
+            if previous.config.downstream != config.downstream {
+                warn!(
+                    "downstream settings changed: restart Rampart to apply them; the other changes apply now"
                 );
             }
         }

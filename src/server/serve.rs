@@ -78,8 +78,12 @@ impl Server {
             return Err(err);
         }
 
-        let acceptor = TlsAcceptor::new(certs.clone(), downstream.handshake_timeout)
-            .map_err(ServerError::TlsConfig)?;
+        let acceptor = TlsAcceptor::new(
+            certs.clone(),
+            downstream.handshake_timeout,
+            &downstream.cipher_suites,
+        )
+        .map_err(ServerError::TlsConfig)?;
         let servers = HttpServers::new(&downstream);
         // The bound port, not the configured one: they differ when the config says port 0.
         let http01 = Http01::new(challenges.clone(), https_addr.port());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::server::ServerSessionMemoryCache;
-use rustls::{ProtocolVersion, ServerConfig};
+use rustls::{CipherSuite, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -32,6 +32,37 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         kx_group::X25519,
         kx_group::SECP256R1,
     ];
+    Arc::new(provider)
+}
+
+/// The cipher suites an operator may name (`downstream.cipher_suites`), by IANA name, TLS 1.3
+/// first: rustls's default set. The flag says whether it is a TLS 1.3 suite.
+pub fn cipher_suite_names() -> impl Iterator<Item = (&'static str, bool)> {
+    aws_lc_rs::DEFAULT_CIPHER_SUITES
+        .iter()
+        .filter_map(|suite| Some((iana_name(*suite)?, suite.tls13().is_some())))
+}
+
+/// rustls spells TLS 1.3 suites `TLS13_...`; IANA (and OpenSSL, nginx) `TLS_...`.
+fn iana_name(suite: SupportedCipherSuite) -> Option<&'static str> {
+    let name = suite.suite().as_str()?;
+    Some(match suite.suite() {
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        _ => name,
+    })
+}
+
+/// [`crypto_provider`] offering only `names` (IANA names, checked by the config), or all of
+/// its suites when `names` is empty.
+fn provider_with_suites(names: &[String]) -> Arc<CryptoProvider> {
+    let mut provider = Arc::unwrap_or_clone(crypto_provider());
+    if !names.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|suite| iana_name(*suite).is_some_and(|n| names.iter().any(|w| w == n)));
+    }
     Arc::new(provider)
 }
 
@@ -74,12 +105,17 @@ pub enum HandshakeError {
 }
 
 impl TlsAcceptor {
-    /// TLS 1.2 and 1.3, ALPN h2 and http/1.1, resumption by rotating tickets and a bounded cache.
+    /// TLS 1.2 and 1.3 with the `cipher_suites` named (all when empty), ALPN h2 and http/1.1,
+    /// resumption by rotating tickets and a bounded cache.
     ///
     /// # Errors
-    /// When the provider lacks the protocol versions (a build problem) or the ticketer cannot start.
-    pub fn new(store: CertStore, handshake_timeout: Duration) -> Result<Self, rustls::Error> {
-        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+    /// When no suite is left for the protocol versions, or the ticketer cannot start.
+    pub fn new(
+        store: CertStore,
+        handshake_timeout: Duration,
+        cipher_suites: &[String],
+    ) -> Result<Self, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(provider_with_suites(cipher_suites))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SniResolver::new(store.clone())));

@@ -14,7 +14,7 @@ mod resolver;
 mod selfcheck;
 mod store;
 
-pub use acceptor::{Handshake, TlsAcceptor, crypto_provider};
+pub use acceptor::{Handshake, TlsAcceptor, cipher_suite_names, crypto_provider};
 pub use error::TlsError;
 pub use internal::InternalCa;
 pub use resolver::SniResolver;
