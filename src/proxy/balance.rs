@@ -156,14 +156,29 @@ impl UpstreamPool {
         tried: &[bool],
     ) -> Result<usize, ProxyError> {
         let health = &self.origins.health;
-        let now = health.now_ms();
+        // Closed circuits need no time: the clock is read only when one is open or probing.
+        // A circuit opening meanwhile reads as open until the moment 0, which it is.
+        let now = if health.all_closed() {
+            0
+        } else {
+            health.now_ms()
+        };
+        let untried = |i: usize| !tried.get(i).copied().unwrap_or(false);
+        // The usual route has one origin: when it can take the request there is nothing to
+        // choose, and no candidate list to build.
+        if self.len() == 1
+            && untried(0)
+            && health.admission(0, now) == Admission::Closed
+            && self.upstream(0).has_capacity()
+        {
+            return Ok(0);
+        }
         let key = match &self.settings.balance {
             Balance::IpHash => Some(stable_hash(&ip_bytes(client_ip))),
             Balance::HeaderHash(name) => headers.get(name).map(|v| stable_hash(v.as_bytes())),
             _ => None,
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let untried = |i: usize| !tried.get(i).copied().unwrap_or(false);
         // One allocation per pick: the candidates, rebuilt never; an origin whose half-open probe
         // someone else took is only marked ineligible.
         let mut candidates: Vec<Candidate> = (0..self.len())
@@ -202,7 +217,7 @@ impl UpstreamPool {
         }
         let every = self.settings.health.as_ref().map(|h| h.every);
         Err(ProxyError::NoHealthyUpstream {
-            retry_after: health.retry_after(now, every),
+            retry_after: health.retry_after(health.now_ms(), every),
         })
     }
 

@@ -100,6 +100,15 @@ impl PoolHealth {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Whether no origin's circuit is open or has a probe out, so [`PoolHealth::admission`]
+    /// does not need the time.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.origins.iter().all(|origin| {
+            origin.open_until.load(Ordering::Acquire) == 0
+                && origin.probe_since.load(Ordering::Acquire) == 0
+        })
+    }
+
     /// Whether origin `index` may take a request at `now_ms`.
     pub(crate) fn admission(&self, index: usize, now_ms: u64) -> Admission {
         self.origins[index].admission(now_ms, self.passive.cooldown)
@@ -112,11 +121,11 @@ impl PoolHealth {
 
     /// Feeds one request outcome to the breaker of origin `index`.
     pub(crate) fn report(&self, index: usize, outcome: Outcome) {
-        let now = self.now_ms();
         let origin = &self.origins[index];
+        // The clock only for a failure: a success (every request, usually) needs no time.
         let transition = match outcome {
             Outcome::Success => origin.on_success(),
-            Outcome::Failure => origin.on_failure(&self.passive, now),
+            Outcome::Failure => origin.on_failure(&self.passive, self.now_ms()),
         };
         let upstream = self.labels[index].as_str();
         match transition {

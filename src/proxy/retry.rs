@@ -109,8 +109,8 @@ pub(crate) async fn prepare(
     Ok(Outgoing::new(head, payload))
 }
 
-/// Sends `outgoing` to an origin of `pool`, trying up to `retries` more origins as allowed;
-/// `upstream_label` is set to the last one tried.
+/// Sends `outgoing` to an origin of `pool`, trying up to `retries` more origins as allowed,
+/// all within `timeouts.total` from `start`; `upstream_label` is set to the last one tried.
 ///
 /// # Errors
 /// The last try's error, or why no origin could be chosen (503).
@@ -118,10 +118,14 @@ pub(crate) async fn forward(
     pool: &UpstreamPool,
     outgoing: Outgoing,
     client_ip: IpAddr,
-    deadline: Instant,
+    start: Instant,
     upstream_label: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings();
+    let deadline = start + settings.timeouts.total;
+    // No body was read into memory, so no time has passed worth a clock read before the
+    // first try (routing takes microseconds).
+    let fresh = matches!(&outgoing.payload, Payload::Buffered(bytes) if bytes.is_empty());
     let idempotent = is_idempotent(&outgoing.method);
     let (buffered, mut streamed) = match outgoing.payload {
         Payload::Buffered(bytes) => (Some(bytes), None),
@@ -147,7 +151,12 @@ pub(crate) async fn forward(
         };
         let upstream = pool.upstream(index);
         *upstream_label = Some(upstream.label_shared());
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let now = if attempt == 0 && fresh {
+            start
+        } else {
+            Instant::now()
+        };
+        let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
             return Err(last.unwrap_or(ProxyError::UpstreamTimeout {
                 upstream: upstream.label_shared(),
@@ -170,7 +179,8 @@ pub(crate) async fn forward(
         *request.headers_mut() = headers;
         *request.uri_mut() = target;
         let timeouts = try_timeouts(&settings.timeouts, remaining);
-        match upstream.send(request, &timeouts).await {
+        let head_by = now + timeouts.response_header;
+        match upstream.send_by(request, &timeouts, head_by).await {
             Ok(response) => {
                 let failed = settings.passive.include_5xx && response.status().is_server_error();
                 pool.report(

@@ -138,10 +138,16 @@ impl Proxy {
                 Ok(routed) => routed,
                 Err(err) => break 'answer Err(err),
             };
+            // Forwarding's clock starts here: `total` bounds the tries, not a wait in the
+            // route's concurrency queue; without one, the request's start is as good.
+            let mut start = record.started;
             // Concurrency last: a request refused by an earlier step never holds a slot.
             if let Some(limit) = &route.concurrency {
                 match limit.acquire().await {
-                    Ok(slot) => permit = Some(slot),
+                    Ok(slot) => {
+                        permit = Some(slot);
+                        start = Instant::now();
+                    }
                     Err(_) => {
                         route.metrics.concurrency_limited.inc();
                         break 'answer Err(ProxyError::ConcurrencyLimited);
@@ -155,8 +161,18 @@ impl Proxy {
                         trusted_peer: contains_ip(&table.trusted_proxies, conn.peer.ip()),
                         client_ip,
                     };
-                    self.forward(pool, site, route, request, conn, hop, &mut record, &ids)
-                        .await
+                    self.forward(
+                        pool,
+                        site,
+                        route,
+                        request,
+                        conn,
+                        hop,
+                        &mut record,
+                        &ids,
+                        start,
+                    )
+                    .await
                 }
             }
         };
@@ -282,27 +298,23 @@ impl Proxy {
         hop: Hop,
         record: &mut AccessRecord,
         ids: &RequestIds,
+        start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        // From here, not the request's start: `total` bounds the tries, not a wait in the
-        // route's concurrency queue.
-        let deadline = Instant::now() + pool.settings().timeouts.total;
+        let deadline = start + pool.settings().timeouts.total;
         let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
         // The head moves into each step's future rather than living beside it in this one.
         let counter = record.bytes_in.clone();
         let outgoing = retry::prepare(head, body, counter, route.max_body, deadline).await?;
-        let mut response = retry::forward(
-            pool,
-            outgoing,
-            hop.client_ip,
-            deadline,
-            &mut record.upstream,
-        )
-        .await
-        .map_err(|error| match route.max_body {
-            // The origin saw a body cut short, never a complete oversized one.
-            Some(max) if body_limit::is_exceeded(&error) => ProxyError::BodyTooLarge { max },
-            _ => error,
-        })?;
+        let mut response =
+            retry::forward(pool, outgoing, hop.client_ip, start, &mut record.upstream)
+                .await
+                .map_err(|error| match route.max_body {
+                    // The origin saw a body cut short, never a complete oversized one.
+                    Some(max) if body_limit::is_exceeded(&error) => {
+                        ProxyError::BodyTooLarge { max }
+                    }
+                    _ => error,
+                })?;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match downstream_upgrade {
             Some(downstream) if switching => {
@@ -331,6 +343,9 @@ fn hop_head(
     let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
+    // Room for what this step adds (Host, four forwarding fields, trace ids) in one growth
+    // of the map rather than one per insert.
+    parts.headers.reserve(8);
     // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(value) = parts
