@@ -38,8 +38,8 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
     /// Why JWT auth refused the request, for an `unauthorized` error.
     pub auth: Option<&'static str>,
-    /// Request body bytes read so far.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes read so far; none for a request without a body.
+    pub bytes_in: Option<Arc<AtomicU64>>,
     /// W3C trace id, logged as lower-case hex (continued from the client's `traceparent` or new).
     pub trace_id: TraceId,
     /// `X-Request-Id`, the client's or a generated one; always visible ASCII.
@@ -58,7 +58,7 @@ impl AccessRecord {
             method = %self.method,
             path = %self.path,
             status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_in = self.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
             bytes_out,
             latency_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             site = self.site.as_deref().unwrap_or("-"),

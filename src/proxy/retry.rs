@@ -67,7 +67,8 @@ impl Outgoing {
 }
 
 /// The request for the hop: its body read into memory when that allows a retry (an idempotent
-/// method with a declared length of at most 64 KiB, or no body at all), else streamed.
+/// method with a declared length of at most 64 KiB, or no body at all), else streamed. Body
+/// bytes are added to `counter`, which a request with a body must bring.
 ///
 /// # Errors
 /// [`ProxyError::RequestBody`] when the client's body breaks, [`ProxyError::RequestBodyTimeout`]
@@ -75,7 +76,7 @@ impl Outgoing {
 pub(crate) async fn prepare(
     head: Parts,
     body: Incoming,
-    counter: Arc<AtomicU64>,
+    counter: Option<Arc<AtomicU64>>,
     max_body: Option<u64>,
     deadline: Instant,
 ) -> Result<Outgoing, ProxyError> {
@@ -83,6 +84,7 @@ pub(crate) async fn prepare(
     let payload = if body.is_end_stream() {
         Payload::Buffered(Bytes::new())
     } else {
+        let counter = counter.unwrap_or_default();
         let length = head
             .headers
             .get(header::CONTENT_LENGTH)

@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -112,7 +111,7 @@ impl Proxy {
             status: 0,
             error: None,
             auth: None,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_in: None,
             trace_id: ids.trace_id,
             request_id: ids.request_id.clone(),
         };
@@ -303,7 +302,9 @@ impl Proxy {
         let deadline = start + pool.settings().timeouts.total;
         let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
         // The head moves into each step's future rather than living beside it in this one.
-        let counter = record.bytes_in.clone();
+        // A counter only for a request with a body (most have none).
+        let counter = (!http_body::Body::is_end_stream(&body))
+            .then(|| record.bytes_in.get_or_insert_default().clone());
         let outgoing = retry::prepare(head, body, counter, route.max_body, deadline).await?;
         let mut response =
             retry::forward(pool, outgoing, hop.client_ip, start, &mut record.upstream)

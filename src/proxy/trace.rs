@@ -101,7 +101,7 @@ impl TraceContext {
         hex_into(&mut text[3..35], &self.trace_id);
         hex_into(&mut text[36..52], &self.span_id);
         hex_into(&mut text[53..55], &[self.flags]);
-        HeaderValue::from_bytes(&text).expect("hex and dashes are a valid field value")
+        shared_value(text)
     }
 }
 
@@ -154,7 +154,14 @@ fn is_usable_request_id(id: &[u8]) -> bool {
 fn new_request_id(random: &[u8]) -> HeaderValue {
     let mut text = [0u8; 32];
     hex_into(&mut text, &random[..16]);
-    HeaderValue::from_bytes(&text).expect("hex is a valid field value")
+    shared_value(text)
+}
+
+/// A value of hex and dashes, made to be cloned: the request and the access log share it.
+/// (Bytes made from a `Vec`, as `from_bytes` makes them, allocate again on their first clone.)
+fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("hex and dashes are a valid field value")
 }
 
 fn non_zero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
