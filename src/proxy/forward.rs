@@ -145,9 +145,21 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &st
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .flat_map(tokens)
+}
+
+/// The tokens of one `Connection` field value.
+pub(crate) fn tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Whether a field called `name` ends at this hop: a hop-by-hop field, `Upgrade`, or one that
+/// `Connection` names (`named`, its tokens). For a message that is not tunnelled.
+pub(crate) fn is_hop_by_hop<'a>(name: &str, mut named: impl Iterator<Item = &'a str>) -> bool {
+    // `HeaderName == str` compares without regard to case.
+    HOP_BY_HOP.iter().any(|hop| hop == name)
+        || header::UPGRADE == name
+        || named.any(|token| token.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -271,8 +271,7 @@ impl Wire {
                 .map_err(|_| WireError::InvalidField)?;
             headers.append(name, value);
         }
-        let keep_alive = head.version == Version::HTTP_11
-            && !forward::connection_tokens(&headers).any(|t| t.eq_ignore_ascii_case("close"));
+        let keep_alive = head.version == Version::HTTP_11 && !head.close;
         let framing = if head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
@@ -315,8 +314,11 @@ impl Wire {
 struct ParsedHead {
     status: StatusCode,
     version: Version,
-    /// Names, and where each value lies in the buffer.
+    /// Names, and where each value lies in the buffer: the end-to-end fields, and
+    /// Transfer-Encoding for the framing.
     fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+    /// Whether `Connection` says `close`.
+    close: bool,
     /// Bytes the head takes, blank line included.
     len: usize,
 }
@@ -344,9 +346,24 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    // Hop-by-hop fields (RFC 9110 §7.6.1) end here, so they are not even made into header
+    // names: most origins send `Connection: keep-alive`, and `Keep-Alive` with it.
+    let fields_raw = &*response.headers;
+    let connection = || {
+        fields_raw
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .filter_map(|f| std::str::from_utf8(f.value).ok())
+            .flat_map(forward::tokens)
+    };
+    let close = connection().any(|t| t.eq_ignore_ascii_case("close"));
     let start = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
+    let mut fields = Vec::with_capacity(fields_raw.len());
+    for field in fields_raw {
+        let framing = field.name.eq_ignore_ascii_case("transfer-encoding");
+        if !framing && forward::is_hop_by_hop(field.name, connection()) {
+            continue;
+        }
         let name =
             HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| WireError::InvalidField)?;
         let offset = field.value.as_ptr() as usize - start;
@@ -356,6 +373,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
         status,
         version,
         fields,
+        close,
         len,
     }))
 }
@@ -865,6 +883,30 @@ mod tests {
         let (pool, response) = answered(b"HTTP/1.1 200 OK\r\n\r\nall of it").await;
         assert_eq!(collect(response.unwrap()).await.unwrap().0, "all of it");
         assert!(pool.checkout_wire().is_none());
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_stop_at_the_head_and_the_rest_stay_in_order() {
+        let (addr, _) = origin(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+                  x-hop: 1\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\n\
+                  x-a: 1\r\nx-a: 2\r\ncontent-length: 2\r\n\r\nok",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            usize::MAX,
+        )
+        .await;
+        let pool = pool();
+        let response = get(connect(addr).await, Method::GET, &pool).await.unwrap();
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-a", "content-length"]);
+        let values: Vec<_> = response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(collect(response).await.unwrap().0, "ok");
+        let wire = pool.checkout_wire().expect("keep-alive is not close");
+        let next = get(wire, Method::GET, &pool).await.unwrap();
+        assert_eq!(next.status(), StatusCode::NO_CONTENT);
     }
 
     #[tokio::test]
