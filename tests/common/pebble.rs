@@ -88,24 +88,6 @@ impl Pebble {
         let (port, management_port, challtestsrv_port) =
             (free_tcp_port(), free_tcp_port(), free_tcp_port());
         let dns_port = free_dns_port();
-        let mac_keys: serde_json::Map<String, serde_json::Value> = options
-            .eab
-            .iter()
-            .map(|(kid, key)| (kid.clone(), key.clone().into()))
-            .collect();
-        let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{port}"),
-            "managementListenAddress": format!("127.0.0.1:{management_port}"),
-            "certificate": "localhost.pem",
-            "privateKey": "localhost.key",
-            "httpPort": options.http_port,
-            "tlsPort": options.tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": options.eab.is_some(),
-            "externalAccountMACKeys": mac_keys,
-            "certificateValidityPeriod": options.validity_secs,
-        }});
-        fs::write(dir.path().join("pebble.json"), config.to_string()).expect("write pebble.json");
 
         // -defaultIPv6 "": otherwise the validator dials [::1] first, where nothing listens.
         let challtestsrv = Command::new(&challtestsrv_bin)
@@ -136,8 +118,45 @@ impl Pebble {
             &mut harness.challtestsrv,
             &harness.dir.path().join("challtestsrv.log"),
         );
-        harness.start_pebble().await;
+        // A port found free may be taken by another test's socket before Pebble binds it: the
+        // first start then tries new ones (a restart must keep them, and its directory URL).
+        for attempt in 1.. {
+            harness.write_config();
+            match harness.spawn_pebble() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("address already in use") => {
+                    harness.port = free_tcp_port();
+                    harness.management_port = free_tcp_port();
+                }
+                Err(log) => panic!("pebble did not start:\n{log}"),
+            }
+        }
+        harness.root = harness.fetch_root().await;
         harness
+    }
+
+    /// Writes `pebble.json` for the current ports and options.
+    fn write_config(&self) {
+        let options = &self.options;
+        let mac_keys: serde_json::Map<String, serde_json::Value> = options
+            .eab
+            .iter()
+            .map(|(kid, key)| (kid.clone(), key.clone().into()))
+            .collect();
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{}", self.port),
+            "managementListenAddress": format!("127.0.0.1:{}", self.management_port),
+            "certificate": "localhost.pem",
+            "privateKey": "localhost.key",
+            "httpPort": options.http_port,
+            "tlsPort": options.tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": options.eab.is_some(),
+            "externalAccountMACKeys": mac_keys,
+            "certificateValidityPeriod": options.validity_secs,
+        }});
+        fs::write(self.dir.path().join("pebble.json"), config.to_string())
+            .expect("write pebble.json");
     }
 
     /// Kills and restarts Pebble on the same ports: it forgets every account, order and
@@ -194,6 +213,14 @@ impl Pebble {
     }
 
     async fn start_pebble(&mut self) {
+        if let Err(log) = self.spawn_pebble() {
+            panic!("pebble did not start again on its ports:\n{log}");
+        }
+        self.root = self.fetch_root().await;
+    }
+
+    /// Starts Pebble and waits until both its ports listen; its log if it exits first.
+    fn spawn_pebble(&mut self) -> Result<(), String> {
         let pebble_bin = binary("PEBBLE", "pebble");
         let log = self.dir.path().join("pebble.log");
         let mut child = Command::new(&pebble_bin)
@@ -216,10 +243,16 @@ impl Pebble {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| panic!("{INSTALL_HINT} ({}: {error})", pebble_bin.display()));
-        wait_listening(self.port, &mut child, &log);
-        wait_listening(self.management_port, &mut child, &log);
+        let listening = try_wait_listening(self.port, &mut child, &log)
+            .and_then(|()| try_wait_listening(self.management_port, &mut child, &log));
+        if listening.is_err() {
+            // Exited already, or stalled: it must not outlive the attempt.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        listening?;
         self.pebble = Some(child);
-        self.root = self.fetch_root().await;
+        Ok(())
     }
 
     async fn fetch_root(&self) -> CertificateDer<'static> {
@@ -384,22 +417,31 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
 
 /// Polls until `port` accepts a connection; panics with the child's log if it dies or stalls.
 fn wait_listening(port: u16, child: &mut Child, log: &Path) {
+    if let Err(problem) = try_wait_listening(port, child, log) {
+        panic!("{problem}");
+    }
+}
+
+/// Polls until `port` accepts a connection; the child's log if it dies or stalls.
+fn try_wait_listening(port: u16, child: &mut Child, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            return Ok(());
         }
+        let log = || fs::read_to_string(log).unwrap_or_default();
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
+            return Err(format!(
                 "child exited with {status} before listening on {port}:\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
+                log()
+            ));
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port} after {READY_TIMEOUT:?}:\n{}",
-            fs::read_to_string(log).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "nothing listens on {port} after {READY_TIMEOUT:?}:\n{}",
+                log()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
