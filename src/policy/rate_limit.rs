@@ -184,7 +184,7 @@ impl<C: Clock + Clone> RateLimiter<C> {
     /// Runs on the request that crosses the mark; concurrent requests never wait for it.
     fn sweep_now_and_then(&self) {
         let checks = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
-        if checks % self.sweep_every != 0 || self.sweeping.swap(true, Ordering::Acquire) {
+        if !checks.is_multiple_of(self.sweep_every) || self.sweeping.swap(true, Ordering::Acquire) {
             return;
         }
         let buckets = self.buckets.load_full();
