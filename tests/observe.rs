@@ -170,3 +170,36 @@ async fn x_request_id_is_kept_when_present_and_set_when_absent() {
     assert_ne!(a, b, "each request gets its own id");
     rampart.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_whose_client_leaves_before_the_answer_is_logged_as_499() {
+    let env = Env::new();
+    let upstream = Upstream::holding("origin").await;
+    let rampart = start(&env, &upstream).await;
+    for (n, h2) in [(1, true), (2, false)] {
+        let mut client = if h2 {
+            rampart.client("trace.test").await
+        } else {
+            rampart.client_h1("trace.test").await
+        };
+        let id = format!("left-early-{n}");
+        let request = client
+            .request(Method::GET, "trace.test", "/hold")
+            .header("x-request-id", id.as_str())
+            .body(empty())
+            .expect("valid request");
+        // Sent on its own task, so that dropping the client below leaves it unanswered.
+        let pending = tokio::spawn(async move {
+            let _ = client.send(request).await;
+        });
+        upstream.wait_requests(n).await;
+        pending.abort();
+        let line = access_line(&id).await;
+        assert_eq!(line["status"], 499, "h2 {h2}: {line}");
+        assert_eq!(line["error"], "client_closed", "h2 {h2}: {line}");
+        assert_eq!(line["complete"], false, "h2 {h2}: {line}");
+        assert_eq!(line["path"], "/hold", "h2 {h2}: {line}");
+    }
+    upstream.open_gate();
+    rampart.stop().await;
+}

@@ -99,7 +99,7 @@ impl Proxy {
         // Step 1: every later step (log, X-Real-IP, rate keys, ip_hash) uses this, not the peer.
         let client_ip =
             client_ip::resolve(conn.peer.ip(), request.headers(), &table.trusted_proxies);
-        let mut record = AccessRecord {
+        let mut unanswered = Unanswered(Some(AccessRecord {
             started: Instant::now(),
             peer: client_ip,
             sni: conn.sni.clone(),
@@ -114,7 +114,8 @@ impl Proxy {
             bytes_in: None,
             trace_id: ids.trace_id,
             request_id: ids.request_id.clone(),
-        };
+        }));
+        let record = unanswered.record();
         // Handles pre-created with the table; the route sets the ones that matched.
         let mut metrics = (&table.unmatched, &table.unmatched_duration);
         // The route's concurrency slot, if it has a limit: rides on the response body.
@@ -128,7 +129,7 @@ impl Proxy {
             conn,
             client_ip,
             host.as_deref(),
-            &mut record,
+            record,
             &mut metrics,
             &mut matched,
         );
@@ -160,18 +161,8 @@ impl Proxy {
                         trusted_peer: contains_ip(&table.trusted_proxies, conn.peer.ip()),
                         client_ip,
                     };
-                    self.forward(
-                        pool,
-                        site,
-                        route,
-                        request,
-                        conn,
-                        hop,
-                        &mut record,
-                        &ids,
-                        start,
-                    )
-                    .await
+                    self.forward(pool, site, route, request, conn, hop, record, &ids, start)
+                        .await
                 }
             }
         };
@@ -225,6 +216,7 @@ impl Proxy {
         record.status = response.status().as_u16();
         metrics.0.count(record.status);
         metrics.1.observe(record.started.elapsed());
+        let record = unanswered.answered();
         Ok(response.map(|body| Metered::new(body, record).holding(permit)))
     }
 
@@ -405,6 +397,37 @@ fn check_rate_limits(
     }
     Ok(())
 }
+
+/// A request's record until it has a response, which then logs it (see [`Metered`]). A
+/// request abandoned before that (the client closed its connection or reset its stream, and
+/// hyper dropped the request's future) is logged as it goes: status 499, nginx's "client closed
+/// request", with `client_closed` as the reason.
+struct Unanswered(Option<AccessRecord>);
+
+impl Unanswered {
+    fn record(&mut self) -> &mut AccessRecord {
+        self.0
+            .as_mut()
+            .expect("taken only by `answered`, which consumes the guard")
+    }
+
+    fn answered(mut self) -> AccessRecord {
+        self.0.take().expect("taken only here")
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.0.take() {
+            record.status = CLIENT_CLOSED;
+            record.error = Some("client_closed");
+            record.emit(0, false);
+        }
+    }
+}
+
+/// nginx's status for a request whose client left before the response (never sent).
+const CLIENT_CLOSED: u16 = 499;
 
 /// Who the request came from, as the forwarding fields need it.
 #[derive(Clone, Copy, Debug)]
