@@ -38,12 +38,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let named: Vec<&str> = connection_tokens(headers).collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| {
-            if *name == header::UPGRADE {
-                return !keep_upgrade;
-            }
-            HOP_BY_HOP.contains(name) || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
-        })
+        .filter(|name| is_hop_by_hop(name.as_str(), named.iter().copied(), keep_upgrade))
         .cloned()
         .collect();
     for name in &doomed {
@@ -153,13 +148,18 @@ pub(crate) fn tokens(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// Whether a field called `name` ends at this hop: a hop-by-hop field, `Upgrade`, or one that
-/// `Connection` names (`named`, its tokens). For a message that is not tunnelled.
-pub(crate) fn is_hop_by_hop<'a>(name: &str, mut named: impl Iterator<Item = &'a str>) -> bool {
+/// Whether a field called `name` ends at this hop: a hop-by-hop field, one that `Connection`
+/// names (`named`, its tokens), or `Upgrade` unless the message is tunnelled (`keep_upgrade`).
+pub(crate) fn is_hop_by_hop<'a>(
+    name: &str,
+    mut named: impl Iterator<Item = &'a str>,
+    keep_upgrade: bool,
+) -> bool {
     // `HeaderName == str` compares without regard to case.
-    HOP_BY_HOP.iter().any(|hop| hop == name)
-        || header::UPGRADE == name
-        || named.any(|token| token.eq_ignore_ascii_case(name))
+    if header::UPGRADE == name {
+        return !keep_upgrade;
+    }
+    HOP_BY_HOP.iter().any(|hop| hop == name) || named.any(|token| token.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

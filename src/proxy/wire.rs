@@ -361,7 +361,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
     let mut fields = Vec::with_capacity(fields_raw.len());
     for field in fields_raw {
         let framing = field.name.eq_ignore_ascii_case("transfer-encoding");
-        if !framing && forward::is_hop_by_hop(field.name, connection()) {
+        if !framing && forward::is_hop_by_hop(field.name, connection(), false) {
             continue;
         }
         let name =
