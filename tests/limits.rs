@@ -139,27 +139,54 @@ async fn requests_cancelled_mid_flight_never_leak_a_slot() {
     rampart.stop().await;
 }
 
-#[tokio::test]
-async fn a_queued_request_goes_through_when_a_slot_frees() {
-    let env = Env::new();
+/// A route of one slot and a queue of one (plus `extra` route keys): the first request holds
+/// the slot (its response open), the second is sent on a task of its own and will queue.
+struct Queued {
+    origin: Upstream,
+    rampart: Rampart,
+    _first: HttpClient,
+    held: http::Response<hyper::body::Incoming>,
+    queued: tokio::task::JoinHandle<(HttpClient, http::Response<hyper::body::Incoming>)>,
+}
+
+async fn one_held_one_queued(env: &Env, extra: &str) -> Queued {
     let origin = Upstream::download(1024, Some(0)).await;
-    let rampart = env.start_a_test(
-        "",
-        &format!(
-            "      - {{ path: /, upstreams: [{}], max_in_flight: 1, queue: {{ max: 1, timeout: 10s }} }}\n",
-            origin.url()
-        ),
-    )
-    .await;
+    let rampart = env
+        .start_a_test(
+            "",
+            &format!(
+                "      - {{ path: /, upstreams: [{}], max_in_flight: 1, queue: {{ max: 1, timeout: 10s }}{extra} }}\n",
+                origin.url()
+            ),
+        )
+        .await;
     let mut first = rampart.client("a.test").await;
     let held = open_get(&mut first, "/").await;
     origin.wait_requests(1).await;
-
     let mut second = rampart.client("a.test").await;
     let queued = tokio::spawn(async move {
         let response = open_get(&mut second, "/").await;
         (second, response)
     });
+    Queued {
+        origin,
+        rampart,
+        _first: first,
+        held,
+        queued,
+    }
+}
+
+#[tokio::test]
+async fn a_queued_request_goes_through_when_a_slot_frees() {
+    let env = Env::new();
+    let Queued {
+        origin,
+        rampart,
+        _first,
+        held,
+        queued,
+    } = one_held_one_queued(&env, "").await;
     // A third finds the slot taken and the queue full: refused at once.
     let mut third = rampart.client("a.test").await;
     let mut refused = third.get("a.test", "/").await;
@@ -190,26 +217,21 @@ async fn a_queued_request_goes_through_when_a_slot_frees() {
 #[tokio::test]
 async fn time_queued_for_a_slot_does_not_count_against_the_total_timeout() {
     let env = Env::new();
-    let origin = Upstream::download(1024, Some(0)).await;
-    let rampart = env.start_a_test(
-        "",
-        &format!(
-            "      - {{ path: /, upstreams: [{}], max_in_flight: 1, queue: {{ max: 1, timeout: 10s }}, timeouts: {{ response_header: 1s, total: 1s }} }}\n",
-            origin.url()
-        ),
-    )
-    .await;
-    let mut first = rampart.client("a.test").await;
-    let held = open_get(&mut first, "/").await;
-    origin.wait_requests(1).await;
-    let mut second = rampart.client("a.test").await;
-    let queued = tokio::spawn(async move {
-        let response = open_get(&mut second, "/").await;
-        (second, response)
-    });
+    // Every part bound: the origin and first client must live until the end.
+    let Queued {
+        origin,
+        rampart,
+        _first,
+        held,
+        queued,
+    } = one_held_one_queued(&env, ", timeouts: { response_header: 1s, total: 1s }").await;
     // Longer than `total` in the queue; the tries to the origin have all of it left after.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    drop(held);
+    // Read to its end, so the queued request goes out on the same, pooled, connection: a
+    // new one would start its own wait for the head and hide a deadline counted from before
+    // the queue.
+    origin.open_gate();
+    held.into_body().collect().await.expect("the held body");
     let (_second, response) = within(WAIT, "the queued request", queued)
         .await
         .expect("the task finishes");
