@@ -34,6 +34,8 @@ use crate::proxy::UpstreamPool;
 pub struct RouteTable {
     sites: Vec<SiteRoutes>,
     by_host: HashMap<HostName, usize>,
+    /// `*.parent` hosts by their parent, so a lookup builds no key.
+    by_wildcard_parent: HashMap<Box<str>, usize>,
     default: Option<usize>,
     /// The pool settings the table's pools were built with.
     upstream: Option<UpstreamDefaults>,
@@ -196,7 +198,10 @@ impl RouteTable {
         // Metric handles are looked up here, once per snapshot, never per request.
         for (index, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
-                table.by_host.insert(host.clone(), index);
+                match host.as_str().strip_prefix("*.") {
+                    Some(parent) => table.by_wildcard_parent.insert(parent.into(), index),
+                    None => table.by_host.insert(host.clone(), index),
+                };
             }
             if site.default {
                 table.default = Some(index);
@@ -226,12 +231,13 @@ impl RouteTable {
         let Some(name) = name else {
             return self.default;
         };
-        // Per request: the exact lookup allocates nothing; only a miss builds the wildcard key.
+        // Per request, so neither lookup allocates (clients that send an IP address as the
+        // host miss both every time).
         self.by_host
             .get(name)
             .or_else(|| {
                 let (_, parent) = name.split_once('.')?;
-                self.by_host.get(format!("*.{parent}").as_str())
+                self.by_wildcard_parent.get(parent)
             })
             .copied()
             .or(self.default)
@@ -262,6 +268,7 @@ impl Default for RouteTable {
         Self {
             sites: Vec::new(),
             by_host: HashMap::new(),
+            by_wildcard_parent: HashMap::new(),
             default: None,
             upstream: None,
             trusted_proxies: Vec::new(),
