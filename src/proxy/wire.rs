@@ -265,7 +265,10 @@ impl Wire {
         in_flight: InFlight,
     ) -> Result<Response<WireBody>, WireError> {
         let bytes = self.read.split_to(head.len).freeze();
-        let mut headers = HeaderMap::with_capacity(head.fields.len());
+        // hyper's HTTP/1.1 server keeps the response's map for the connection's next request,
+        // to which the hop adds up to eight fields: room for those now spares that request a
+        // rehash of the map (see `hop_head`).
+        let mut headers = HeaderMap::with_capacity(head.fields.len().max(12));
         for (name, value) in head.fields {
             let value = HeaderValue::from_maybe_shared(bytes.slice(value))
                 .map_err(|_| WireError::InvalidField)?;
@@ -357,11 +360,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
             .flat_map(forward::tokens)
     };
     let close = connection().any(|t| t.eq_ignore_ascii_case("close"));
+    // Most origins name only `keep-alive`, itself hop-by-hop: then no field needs the tokens,
+    // and the loop below does not rescan the head for them once per field.
+    let names_fields = connection().any(|t| !t.eq_ignore_ascii_case("keep-alive"));
     let start = buf.as_ptr() as usize;
     let mut fields = Vec::with_capacity(fields_raw.len());
     for field in fields_raw {
         let framing = field.name.eq_ignore_ascii_case("transfer-encoding");
-        if !framing && forward::is_hop_by_hop(field.name, connection(), false) {
+        let named = names_fields.then(connection).into_iter().flatten();
+        if !framing && forward::is_hop_by_hop(field.name, named, false) {
             continue;
         }
         let name =
