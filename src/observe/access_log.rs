@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -26,8 +26,9 @@ pub struct AccessRecord {
     pub host: Option<Arc<str>>,
     /// Request method.
     pub method: Method,
-    /// Request path (no query: queries often carry secrets).
-    pub path: String,
+    /// Request target, shared with the request rather than copied; only its path is logged
+    /// (queries often carry secrets).
+    pub target: Uri,
     /// The site that served it.
     pub site: Option<Arc<str>>,
     /// The origin it went to.
@@ -56,7 +57,7 @@ impl AccessRecord {
             sni = self.sni.as_deref().unwrap_or("-"),
             host = self.host.as_deref().unwrap_or("-"),
             method = %self.method,
-            path = %self.path,
+            path = %self.target.path(),
             status = self.status,
             bytes_in = self.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
             bytes_out,

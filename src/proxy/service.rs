@@ -105,7 +105,7 @@ impl Proxy {
             sni: conn.sni.clone(),
             host: host.clone(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            target: request.uri().clone(),
             site: None,
             upstream: None,
             status: 0,

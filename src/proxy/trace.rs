@@ -4,6 +4,7 @@
 //! continued with a new span id, anything else starts a new trace; the request id is the
 //! client's when it sent a usable one, else a random one. Parsing and formatting are pure.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore as _;
 
@@ -20,6 +21,8 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const MAX_REQUEST_ID: usize = 128;
 /// `00-` + 32 + `-` + 16 + `-` + 2: the length of a version-00 `traceparent`.
 const TRACEPARENT_LEN: usize = 55;
+/// A request id we make: 16 random bytes in lower-case hex.
+const REQUEST_ID_LEN: usize = 32;
 
 /// One position in a trace: the trace, this hop's span, and the trace flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,11 +100,17 @@ impl TraceContext {
 
     /// The version-00 header value.
     pub fn to_header(&self) -> HeaderValue {
-        let mut text = *b"00-................................-................-..";
+        let mut text = [0; TRACEPARENT_LEN];
+        self.write_header(&mut text);
+        value_of(Bytes::from_owner(text))
+    }
+
+    /// The version-00 header value, into `text`.
+    fn write_header(&self, text: &mut [u8; TRACEPARENT_LEN]) {
+        *text = *b"00-................................-................-..";
         hex_into(&mut text[3..35], &self.trace_id);
         hex_into(&mut text[36..52], &self.span_id);
         hex_into(&mut text[53..55], &[self.flags]);
-        shared_value(text)
     }
 }
 
@@ -121,13 +130,22 @@ impl RequestIds {
             Some(parent) => parent.child(*span_id),
             None => TraceContext::start(*trace_id, *span_id),
         };
+        // Both values we may make share one buffer: one allocation per request, not two.
+        let mut text = [0; TRACEPARENT_LEN + REQUEST_ID_LEN];
+        let (traceparent, new_id) = text
+            .split_first_chunk_mut::<TRACEPARENT_LEN>()
+            .expect("room for a traceparent");
+        context.write_header(traceparent);
+        hex_into(new_id, &request_id[..16]);
+        let text = Bytes::from_owner(text);
         let request_id = headers
             .get(&X_REQUEST_ID)
             .filter(|v| is_usable_request_id(v.as_bytes()))
             .cloned()
-            .unwrap_or_else(|| new_request_id(request_id));
+            .unwrap_or_else(|| value_of(text.slice(TRACEPARENT_LEN..)));
+        let traceparent = value_of(text.slice(..TRACEPARENT_LEN));
         Self {
-            traceparent: context.to_header(),
+            traceparent,
             trace_id: TraceId(context.trace_id),
             request_id,
             continued: incoming.is_some(),
@@ -150,18 +168,11 @@ fn is_usable_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// Random bytes (16 of them) in lower-case hex.
-fn new_request_id(random: &[u8]) -> HeaderValue {
-    let mut text = [0u8; 32];
-    hex_into(&mut text, &random[..16]);
-    shared_value(text)
-}
-
-/// A value of hex and dashes, made to be cloned: the request and the access log share it.
-/// (Bytes made from a `Vec`, as `from_bytes` makes them, allocate again on their first clone.)
-fn shared_value<const N: usize>(text: [u8; N]) -> HeaderValue {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-        .expect("hex and dashes are a valid field value")
+/// A value of hex and dashes from bytes made to be cloned: the request and the access log
+/// share it. (Bytes made from a `Vec`, as `from_bytes` makes them, allocate again on their
+/// first clone; `Bytes::from_owner` and its slices do not.)
+fn value_of(text: Bytes) -> HeaderValue {
+    HeaderValue::from_maybe_shared(text).expect("hex and dashes are a valid field value")
 }
 
 fn non_zero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
@@ -292,6 +303,15 @@ mod tests {
         assert!(!ids.continued);
         assert_ne!(ids.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ids.request_id.len(), 32);
+        // Both made values come from one buffer: each is its own well-formed part of it.
+        let made = TraceContext::parse(ids.traceparent.to_str().unwrap()).expect("valid");
+        assert_eq!(made.trace_id, ids.trace_id.0);
+        let id = ids.request_id.as_bytes();
+        assert!(
+            id.iter()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{id:?}"
+        );
         ids.insert_into(&mut headers);
         assert_eq!(headers[&TRACEPARENT], ids.traceparent);
         assert!(!headers.contains_key(&TRACESTATE));
