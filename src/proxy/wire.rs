@@ -359,10 +359,13 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
             .filter_map(|f| std::str::from_utf8(f.value).ok())
             .flat_map(forward::tokens)
     };
-    let close = connection().any(|t| t.eq_ignore_ascii_case("close"));
-    // Most origins name only `keep-alive`, itself hop-by-hop: then no field needs the tokens,
-    // and the loop below does not rescan the head for them once per field.
-    let names_fields = connection().any(|t| !t.eq_ignore_ascii_case("keep-alive"));
+    // One pass over the tokens. Most origins name only `keep-alive`, itself hop-by-hop: then
+    // no field needs the tokens, and the loop below does not rescan the head for them.
+    let (mut close, mut names_fields) = (false, false);
+    for token in connection() {
+        close |= token.eq_ignore_ascii_case("close");
+        names_fields |= !token.eq_ignore_ascii_case("keep-alive");
+    }
     let start = buf.as_ptr() as usize;
     let mut fields = Vec::with_capacity(fields_raw.len());
     for field in fields_raw {
