@@ -236,10 +236,11 @@ impl Proxy {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20).
         let conn_site = table.site_for(conn.sni.as_deref());
-        let request_site = if host.is_some() {
-            table.site_for(host)
-        } else {
-            conn_site
+        let request_site = match host {
+            None => conn_site,
+            // Most requests name the host their handshake named: one lookup serves both.
+            Some(host) if conn.sni.as_deref() == Some(host) => conn_site,
+            Some(host) => table.site_for(Some(host)),
         };
         let Some(site) = conn_site
             .filter(|s| Some(*s) == request_site)
