@@ -15,7 +15,9 @@ use http::StatusCode;
 use prometheus_parse::{Sample, Scrape, Value};
 use rampart::{Listeners, Server};
 
-use common::{Env, HttpClient, Reply, TlsClient, Upstream, plain_get, refused_addr, tls_alert};
+use common::{
+    Env, HttpClient, Reply, TlsClient, Upstream, empty, plain_get, refused_addr, tls_alert,
+};
 use pebble::{Pebble, PebbleOptions};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -104,6 +106,59 @@ fn histogram_count(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f6
             .expect("a +Inf bucket"),
         other => panic!("{metric} is not a histogram: {other:?}"),
     }
+}
+
+/// A request whose client leaves before the answer counts as it is logged: a 4xx (499) on its
+/// route, with its duration, once hyper drops it.
+#[tokio::test]
+async fn a_request_abandoned_before_its_answer_counts_on_its_route() -> TestResult {
+    let env = Env::new();
+    env.leaf("a", &["abandon.test"]);
+    let origin = Upstream::holding("origin").await;
+    let config = env.write_config(&format!(
+        "sites:
+  - hosts: [abandon.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{}]
+",
+        origin.url()
+    ));
+    let server = start(&config, Listeners::loopback_with_admin()?).await;
+    let tls = TlsClient::new(env.ca.roots())
+        .connect(server.https_addr(), Some("abandon.test"))
+        .await?;
+    let mut client = HttpClient::handshake(tls).await;
+    let request = client
+        .request(http::Method::GET, "abandon.test", "/hold")
+        .body(empty())?;
+    // Sent on its own task, so that aborting it drops the client and leaves the request.
+    let pending = tokio::spawn(async move {
+        let _ = client.send(request).await;
+    });
+    origin.wait_requests(1).await;
+    pending.abort();
+    let counted = [("site", "abandon.test"), ("route", "/"), ("status", "4xx")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let scrape = scrape(&server).await;
+        if find(&scrape, "rampart_http_requests_total", &counted).len() == 1
+            && value(&scrape, "rampart_http_requests_total", &counted) == 1.0
+        {
+            let site = [("site", "abandon.test")];
+            let durations =
+                histogram_count(&scrape, "rampart_http_request_duration_seconds", &site);
+            assert_eq!(durations, 1.0, "its duration is observed too");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    origin.open_gate();
+    server.shutdown().await;
+    Ok(())
 }
 
 fn unix_seconds(at: SystemTime) -> f64 {

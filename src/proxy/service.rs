@@ -99,25 +99,27 @@ impl Proxy {
         // Step 1: every later step (log, X-Real-IP, rate keys, ip_hash) uses this, not the peer.
         let client_ip =
             client_ip::resolve(conn.peer.ip(), request.headers(), &table.trusted_proxies);
-        let mut unanswered = Unanswered(Some(AccessRecord {
-            started: Instant::now(),
-            peer: client_ip,
-            sni: conn.sni.clone(),
-            host: host.clone(),
-            method: request.method().clone(),
-            target: request.uri().clone(),
-            site: None,
-            upstream: None,
-            status: 0,
-            error: None,
-            auth: None,
-            bytes_in: None,
-            trace_id: ids.trace_id,
-            request_id: ids.request_id.clone(),
-        }));
-        let record = unanswered.record();
-        // Handles pre-created with the table; the route sets the ones that matched.
-        let mut metrics = (&table.unmatched, &table.unmatched_duration);
+        let mut unanswered = Unanswered {
+            record: Some(AccessRecord {
+                started: Instant::now(),
+                peer: client_ip,
+                sni: conn.sni.clone(),
+                host: host.clone(),
+                method: request.method().clone(),
+                target: request.uri().clone(),
+                site: None,
+                upstream: None,
+                status: 0,
+                error: None,
+                auth: None,
+                bytes_in: None,
+                trace_id: ids.trace_id,
+                request_id: ids.request_id.clone(),
+            }),
+            // Handles pre-created with the table; the route sets the ones that matched.
+            metrics: (&table.unmatched, &table.unmatched_duration),
+        };
+        let (record, metrics) = unanswered.parts();
         // The route's concurrency slot, if it has a limit: rides on the response body.
         let mut permit = None;
         let mut matched = (None, None);
@@ -130,7 +132,7 @@ impl Proxy {
             client_ip,
             host.as_deref(),
             record,
-            &mut metrics,
+            metrics,
             &mut matched,
         );
         let answered = 'answer: {
@@ -401,27 +403,35 @@ fn check_rate_limits(
 
 /// A request's record until it has a response, which then logs it (see [`Metered`]). A
 /// request abandoned before that (the client closed its connection or reset its stream, and
-/// hyper dropped the request's future) is logged as it goes: status 499, nginx's "client closed
-/// request", with `client_closed` as the reason.
-struct Unanswered(Option<AccessRecord>);
+/// hyper dropped the request's future) is logged and counted as it goes: status 499, nginx's
+/// "client closed request", with `client_closed` as the reason.
+struct Unanswered<'t> {
+    record: Option<AccessRecord>,
+    /// Where the request counts: the unmatched handles until routing finds its site and route.
+    metrics: (&'t RouteMetrics, &'t SiteMetrics),
+}
 
-impl Unanswered {
-    fn record(&mut self) -> &mut AccessRecord {
-        self.0
+impl<'t> Unanswered<'t> {
+    fn parts(&mut self) -> (&mut AccessRecord, &mut (&'t RouteMetrics, &'t SiteMetrics)) {
+        let record = self
+            .record
             .as_mut()
-            .expect("taken only by `answered`, which consumes the guard")
+            .expect("taken only by `answered`, which consumes the guard");
+        (record, &mut self.metrics)
     }
 
     fn answered(mut self) -> AccessRecord {
-        self.0.take().expect("taken only here")
+        self.record.take().expect("taken only here")
     }
 }
 
-impl Drop for Unanswered {
+impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if let Some(mut record) = self.0.take() {
+        if let Some(mut record) = self.record.take() {
             record.status = CLIENT_CLOSED;
             record.error = Some("client_closed");
+            self.metrics.0.count(CLIENT_CLOSED);
+            self.metrics.1.observe(record.started.elapsed());
             record.emit(0, false);
         }
     }
