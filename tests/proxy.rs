@@ -11,7 +11,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Env, Rampart, Upstream, WAIT, empty, refused_addr, within};
+use common::{Env, Rampart, Upstream, WAIT, empty, full, refused_addr, within};
 
 /// Size of the downloads a client abandons: far more than any buffer on the way.
 const FIFTY_MB: u64 = 50 * 1024 * 1024;
@@ -222,6 +222,22 @@ async fn hop_by_hop_headers_are_stripped_in_both_directions() {
         Some("echo"),
         "end-to-end response headers are kept"
     );
+    // A request whose body streams goes through hyper's client, not the lean path: its
+    // response is stripped too.
+    let streamed = client
+        .request(Method::POST, "a.test", "/streamed")
+        .body(full("a body sent once"))
+        .expect("valid request");
+    let reply = client.fetch(streamed).await;
+    assert_eq!(reply.echo().body_len, 16, "the body arrived");
+    for name in ["x-upstream-secret", "keep-alive", "proxy-connection"] {
+        assert_eq!(
+            reply.header(name),
+            None,
+            "streamed: {name} reached the client"
+        );
+    }
+    assert_eq!(reply.header("x-upstream-name"), Some("echo"), "streamed");
 
     // HTTP/2 forbids connection-specific fields: a leaked one would make the stream fail.
     let mut h2 = rampart.client("a.test").await;

@@ -311,14 +311,15 @@ impl Proxy {
                     }
                     _ => error,
                 })?;
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match downstream_upgrade {
-            Some(downstream) if switching => {
+        // Other responses come without hop-by-hop fields (see `Upstream::send`); a switch
+        // keeps `Upgrade` when the client asked for one, and is then tunnelled.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let tunnelled = downstream_upgrade.is_some();
+            if let Some(downstream) = downstream_upgrade {
                 let upstream_side = hyper::upgrade::on(&mut response);
                 self.tunnels.spawn(tunnel(downstream, upstream_side));
-                forward::strip_hop_by_hop(response.headers_mut(), true);
             }
-            _ => forward::strip_hop_by_hop(response.headers_mut(), false),
+            forward::strip_hop_by_hop(response.headers_mut(), tunnelled);
         }
         Ok(response)
     }

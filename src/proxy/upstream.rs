@@ -27,6 +27,7 @@ use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::body::{IdleTimeout, UpstreamBody};
 use crate::proxy::connect::Connector;
 use crate::proxy::error::ConnectError;
+use crate::proxy::forward;
 use crate::proxy::pool::{Conn, InFlight, Pool, PooledBody};
 use crate::proxy::resolve::Addresses;
 use crate::proxy::wire::{self, Wire};
@@ -113,7 +114,8 @@ impl Upstream {
     }
 
     /// Sends `request` (origin-form target, written as given) on an idle connection, or a new
-    /// one, and waits up to `timeouts.response_header` for the response head. A pooled
+    /// one, and waits up to `timeouts.response_header` for the response head, which comes
+    /// without hop-by-hop fields unless it is a 101 (see `service::forward`). A pooled
     /// connection found closed before the request was written is replaced transparently.
     /// A request whose body is in memory takes the lean path ([`Upstream::send_lean`]).
     ///
@@ -192,9 +194,13 @@ impl Upstream {
             let sent =
                 tokio::time::timeout_at(head_by, conn.sender.try_send_request(request)).await;
             match sent {
-                Ok(Ok(response)) => {
-                    // After a 101 the connection belongs to the tunnel, never to the pool.
+                Ok(Ok(mut response)) => {
+                    // After a 101 the connection belongs to the tunnel, never to the pool; the
+                    // caller strips its head, knowing whether the client asked to switch.
                     let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    if reusable {
+                        forward::strip_hop_by_hop(response.headers_mut(), false);
+                    }
                     let conn = reusable.then_some(conn);
                     return Ok(response.map(|body| {
                         IdleTimeout::new(PooledBody::new(body, conn, in_flight), timeouts.idle)

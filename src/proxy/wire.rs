@@ -280,9 +280,9 @@ impl Wire {
             || head.status == StatusCode::NOT_MODIFIED
         {
             Framing::Done
-        } else if let Some(chunked) = transfer_coding(&headers) {
+        } else if let Some(chunked) = head.transfer_coding {
             // Transfer-Encoding wins over any Content-Length (RFC 9112 §6.3), which would
-            // mislead the client once the hop-by-hop Transfer-Encoding is stripped.
+            // mislead the client, as the hop-by-hop Transfer-Encoding is not forwarded.
             headers.remove(header::CONTENT_LENGTH);
             if chunked {
                 Framing::Chunked(Chunk::Size)
@@ -317,9 +317,11 @@ impl Wire {
 struct ParsedHead {
     status: StatusCode,
     version: Version,
-    /// Names, and where each value lies in the buffer: the end-to-end fields, and
-    /// Transfer-Encoding for the framing.
+    /// Names, and where each value lies in the buffer: the end-to-end fields.
     fields: Vec<(HeaderName, std::ops::Range<usize>)>,
+    /// `Some(true)` when chunked is the final transfer coding, `Some(false)` for any other
+    /// final coding (the body then runs until close), `None` without Transfer-Encoding.
+    transfer_coding: Option<bool>,
     /// Whether `Connection` says `close`.
     close: bool,
     /// Bytes the head takes, blank line included.
@@ -368,10 +370,19 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
     }
     let start = buf.as_ptr() as usize;
     let mut fields = Vec::with_capacity(fields_raw.len());
+    let mut transfer_coding = None;
     for field in fields_raw {
-        let framing = field.name.eq_ignore_ascii_case("transfer-encoding");
+        // Read for the framing, never forwarded: hyper frames the body for the client. The
+        // last field's last coding is the final one; one we cannot read is not chunked.
+        if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|codings| codings.rsplit(',').next());
+            transfer_coding = Some(last.is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
+            continue;
+        }
         let named = names_fields.then(connection).into_iter().flatten();
-        if !framing && forward::is_hop_by_hop(field.name, named, false) {
+        if forward::is_hop_by_hop(field.name, named, false) {
             continue;
         }
         let name =
@@ -383,6 +394,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
         status,
         version,
         fields,
+        transfer_coding,
         close,
         len,
     }))
@@ -413,17 +425,6 @@ fn encode(method: &Method, target: &Uri, headers: &HeaderMap, body: &[u8], out: 
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-}
-
-/// `Some(true)` when chunked is the final transfer coding, `Some(false)` for any other final
-/// coding (the body then runs until close), `None` without Transfer-Encoding.
-fn transfer_coding(headers: &HeaderMap) -> Option<bool> {
-    let last = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()?;
-    let last = last.to_str().ok()?.rsplit(',').next()?.trim();
-    Some(last.eq_ignore_ascii_case("chunked"))
 }
 
 /// The Content-Length, if any; several must agree (RFC 9110 §8.6).
@@ -852,6 +853,10 @@ mod tests {
         assert!(
             !response.headers().contains_key(header::CONTENT_LENGTH),
             "Transfer-Encoding wins over Content-Length"
+        );
+        assert!(
+            !response.headers().contains_key(header::TRANSFER_ENCODING),
+            "framing of this hop only"
         );
         let (data, trailers) = collect(response).await.unwrap();
         assert_eq!(data, "hello world");
