@@ -323,6 +323,10 @@ fn refusals_are_logged_with_their_reason() {
     let mut expired = good_claims();
     expired["exp"] = json!(now() - 3600);
     tracing::subscriber::with_default(subscriber, || {
+        // Another test's thread may have registered these call sites while no subscriber
+        // wanted them, racing this one's registration, and cached "never" (seen once in a full
+        // run): ask every call site again now that this subscriber is in place.
+        tracing::callsite::rebuild_interest_cache();
         let _ = auth.check(&mut HeaderMap::new());
         let _ = outcome(&auth, &key.sign(Some("a"), &expired));
         let _ = outcome(&auth, &key.sign(Some("z"), &good_claims()));
