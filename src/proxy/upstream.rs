@@ -176,12 +176,7 @@ impl Upstream {
                     Err(source) => return Err(self.connect_failed(request, source)),
                 },
             };
-            // The head's wait starts once a new connection is up, as it does for a pooled one.
-            let head_by = if reused {
-                head_by
-            } else {
-                fresh_wait(timeouts)
-            };
+            let head_by = head_due(reused, head_by, timeouts);
             // A connection checked in as its last response ended may still be finishing that
             // exchange; wait for it (a closed one fails at once and is replaced).
             if reused && !conn.sender.is_ready() {
@@ -243,12 +238,7 @@ impl Upstream {
                     Err(source) => return Err(self.connect_failed(request, source)),
                 },
             };
-            // The head's wait starts once a new connection is up, as it does for a pooled one.
-            let head_by = if reused {
-                head_by
-            } else {
-                fresh_wait(timeouts)
-            };
+            let head_by = head_due(reused, head_by, timeouts);
             let body = request.body().as_buffered().unwrap_or_default();
             let exchange = wire.exchange(
                 request.method(),
@@ -404,9 +394,14 @@ fn with_host(mut request: Request<UpstreamBody>, url: &UpstreamUrl) -> Request<U
     request
 }
 
-/// When a response head is due on a connection made just now.
-fn fresh_wait(timeouts: &Timeouts) -> Instant {
-    Instant::now() + timeouts.response_header
+/// When the response head is due: by `head_by` on a pooled connection; on one made just now,
+/// the wait starts once it is up, as it does for a pooled one.
+fn head_due(reused: bool, head_by: Instant, timeouts: &Timeouts) -> Instant {
+    if reused {
+        head_by
+    } else {
+        Instant::now() + timeouts.response_header
+    }
 }
 
 #[cfg(test)]
