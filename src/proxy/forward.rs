@@ -24,6 +24,10 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Fields one hop may add to a request head: Host, the four forwarding fields, `traceparent`
+/// and `X-Request-Id`. Header maps that will carry a request are made with room for them.
+pub(crate) const FIELDS_ADDED: usize = 7;
+
 /// Whether a request asks to switch protocols (HTTP/1.1 Upgrade, e.g. WebSocket).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -340,9 +340,8 @@ fn hop_head(
     let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
-    // Room for what this step adds (Host, four forwarding fields, trace ids) in one growth
-    // of the map rather than one per insert.
-    parts.headers.reserve(8);
+    // Room for what this step adds in one growth of the map rather than one per insert.
+    parts.headers.reserve(forward::FIELDS_ADDED);
     // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
     if !parts.headers.contains_key(header::HOST) {
         if let Some(value) = parts

@@ -266,9 +266,10 @@ impl Wire {
     ) -> Result<Response<WireBody>, WireError> {
         let bytes = self.read.split_to(head.len).freeze();
         // hyper's HTTP/1.1 server keeps the response's map for the connection's next request,
-        // to which the hop adds up to eight fields: room for those now spares that request a
-        // rehash of the map (see `hop_head`).
-        let mut headers = HeaderMap::with_capacity(head.fields.len().max(12));
+        // to which the hop adds its fields: room for those and a few of the client's own now
+        // spares that request a rehash of the map.
+        let room = forward::FIELDS_ADDED + 5;
+        let mut headers = HeaderMap::with_capacity(head.fields.len().max(room));
         for (name, value) in head.fields {
             let value = HeaderValue::from_maybe_shared(bytes.slice(value))
                 .map_err(|_| WireError::InvalidField)?;
