@@ -141,6 +141,7 @@ async fn requests_cancelled_mid_flight_never_leak_a_slot() {
 
 /// A route of one slot and a queue of one (plus `extra` route keys): the first request holds
 /// the slot (its response open), the second is sent on a task of its own and will queue.
+/// Every part lives to the end of the test that holds it.
 struct Queued {
     origin: Upstream,
     rampart: Rampart,
@@ -180,15 +181,9 @@ async fn one_held_one_queued(env: &Env, extra: &str) -> Queued {
 #[tokio::test]
 async fn a_queued_request_goes_through_when_a_slot_frees() {
     let env = Env::new();
-    let Queued {
-        origin,
-        rampart,
-        _first,
-        held,
-        queued,
-    } = one_held_one_queued(&env, "").await;
+    let q = one_held_one_queued(&env, "").await;
     // A third finds the slot taken and the queue full: refused at once.
-    let mut third = rampart.client("a.test").await;
+    let mut third = q.rampart.client("a.test").await;
     let mut refused = third.get("a.test", "/").await;
     // The queued request may not have reached the queue yet; retry a bounded number of times.
     for _ in 0..50 {
@@ -199,45 +194,38 @@ async fn a_queued_request_goes_through_when_a_slot_frees() {
     }
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        origin.requests(),
+        q.origin.requests(),
         1,
         "the queued request waits in the proxy"
     );
 
-    drop(held); // frees the slot
-    let (_second, response) = within(WAIT, "the queued request", queued)
+    drop(q.held); // frees the slot
+    let (_second, response) = within(WAIT, "the queued request", q.queued)
         .await
         .expect("the task finishes");
     assert_eq!(response.status(), StatusCode::OK);
-    origin.wait_requests(2).await;
+    q.origin.wait_requests(2).await;
     drop(response);
-    rampart.stop().await;
+    q.rampart.stop().await;
 }
 
 #[tokio::test]
 async fn time_queued_for_a_slot_does_not_count_against_the_total_timeout() {
     let env = Env::new();
-    // Every part bound: the origin and first client must live until the end.
-    let Queued {
-        origin,
-        rampart,
-        _first,
-        held,
-        queued,
-    } = one_held_one_queued(&env, ", timeouts: { response_header: 1s, total: 1s }").await;
+    let q = one_held_one_queued(&env, ", timeouts: { response_header: 1s, total: 1s }").await;
     // Longer than `total` in the queue; the tries to the origin have all of it left after.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Read to its end, so the queued request goes out on the same, pooled, connection: a
     // new one would start its own wait for the head and hide a deadline counted from before
     // the queue.
-    origin.open_gate();
-    held.into_body().collect().await.expect("the held body");
-    let (_second, response) = within(WAIT, "the queued request", queued)
+    q.origin.open_gate();
+    q.held.into_body().collect().await.expect("the held body");
+    let (_second, response) = within(WAIT, "the queued request", q.queued)
         .await
         .expect("the task finishes");
     assert_eq!(response.status(), StatusCode::OK);
     drop(response);
-    rampart.stop().await;
+    q.rampart.stop().await;
 }
 
 #[tokio::test]
