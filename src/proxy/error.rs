@@ -114,7 +114,7 @@ pub enum ConnectError {
         host: String,
         /// Cause.
         #[source]
-        source: hickory_resolver::ResolveError,
+        source: Box<hickory_resolver::net::NetError>,
     },
     /// TCP connect failed.
     #[error("cannot connect to {addr}")]

@@ -217,10 +217,10 @@ pin_project! {
             let this = this.project();
             // A body with no frames (204, HEAD, Content-Length: 0) is never polled: dropping
             // it is its normal end.
-            if this.inner.is_end_stream() {
-                if let Some(conn) = this.conn.take() {
-                    this.in_flight.0.checkin(conn);
-                }
+            if this.inner.is_end_stream()
+                && let Some(conn) = this.conn.take()
+            {
+                this.in_flight.0.checkin(conn);
             }
         }
     }
@@ -257,10 +257,8 @@ impl Body for PooledBody {
             }
             Poll::Pending => false,
         };
-        if ended {
-            if let Some(conn) = this.conn.take() {
-                this.in_flight.0.checkin(conn);
-            }
+        if ended && let Some(conn) = this.conn.take() {
+            this.in_flight.0.checkin(conn);
         }
         polled
     }

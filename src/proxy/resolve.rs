@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, GOOGLE, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
 use crate::config::{UpstreamDefaults, UpstreamUrl};
 use crate::proxy::error::ConnectError;
@@ -82,7 +82,7 @@ impl Addresses {
                 // refresh() never stores an empty set, so only a literal-less race ends here.
                 ConnectError::Resolve {
                     host: self.host().to_owned(),
-                    source: ResolveError::from("lookup returned no addresses"),
+                    source: Box::new(NetError::from("lookup returned no addresses")),
                 }
             })
     }
@@ -98,7 +98,7 @@ impl Addresses {
         };
         let error = |source| ConnectError::Resolve {
             host: lookup.host.clone(),
-            source,
+            source: Box::new(source),
         };
         let found = lookup
             .resolver
@@ -112,7 +112,7 @@ impl Addresses {
         addrs.sort_unstable();
         addrs.dedup();
         if addrs.is_empty() {
-            return Err(error(ResolveError::from("lookup returned no addresses")));
+            return Err(error(NetError::from("lookup returned no addresses")));
         }
         if **self.current.load() == addrs {
             return Ok(None);
@@ -139,24 +139,31 @@ impl std::fmt::Debug for Addresses {
 /// A resolver asking `nameservers` (UDP, then TCP for truncated answers) or, when empty, the
 /// servers of /etc/resolv.conf.
 fn resolver(nameservers: &[SocketAddr], resolve_every: Duration) -> TokioResolver {
-    let provider = TokioConnectionProvider::default();
+    let provider = TokioRuntimeProvider::default();
     let mut builder = if nameservers.is_empty() {
         TokioResolver::builder(provider.clone()).unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the system DNS configuration; using defaults");
-            TokioResolver::builder_with_config(ResolverConfig::default(), provider)
+            TokioResolver::builder_with_config(ResolverConfig::udp_and_tcp(&GOOGLE), provider)
         })
     } else {
-        let mut config = ResolverConfig::new();
-        for &addr in nameservers {
-            config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
-            config.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
-        }
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+                udp.port = addr.port();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
         TokioResolver::builder_with_config(config, provider)
     };
     // Answers are cached no longer than the re-resolve interval, so each refresh sees a change
     // made since the previous one even when the record's TTL is longer.
     builder.options_mut().positive_max_ttl = Some(resolve_every);
-    builder.build()
+    builder
+        .build()
+        .expect("a resolver without DNS-over-TLS features builds without failing")
 }
 
 #[cfg(test)]

@@ -343,14 +343,13 @@ fn hop_head(
     // Room for what this step adds in one growth of the map rather than one per insert.
     parts.headers.reserve(forward::FIELDS_ADDED);
     // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(value) = parts
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(value) = parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
+    {
+        parts.headers.insert(header::HOST, value);
     }
     let replace = match (&route.rewrite, &route.path) {
         (Rewrite::StripPrefix, PathMatch::Prefix(prefix)) => Some((prefix.as_str(), "")),

@@ -522,10 +522,11 @@ impl WireBody {
     /// The body has ended: the connection goes back to the pool if it can carry more.
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let Some(wire) = self.wire.take() {
-            if self.reusable && wire.read.is_empty() {
-                self.in_flight.checkin_wire(wire);
-            }
+        if let Some(wire) = self.wire.take()
+            && self.reusable
+            && wire.read.is_empty()
+        {
+            self.in_flight.checkin_wire(wire);
         }
     }
 

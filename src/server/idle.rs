@@ -275,10 +275,10 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for IdleIo<T> {
         if let Some(gather) = this.gather.as_mut() {
             // A flush owed from an earlier round goes out before the peer is read; if the socket
             // is full, the flush that follows the read reports it.
-            if gather.overdue(this.clock.round()) {
-                if let Poll::Ready(Err(err)) = gather.drain(this.inner.as_mut(), cx) {
-                    return Poll::Ready(Err(err));
-                }
+            if gather.overdue(this.clock.round())
+                && let Poll::Ready(Err(err)) = gather.drain(this.inner.as_mut(), cx)
+            {
+                return Poll::Ready(Err(err));
             }
         }
         let before = buf.filled().len();
@@ -342,18 +342,18 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        if let Some(gather) = this.gather.as_mut() {
-            if gather.pending() {
-                let round = this.clock.round();
-                if !gather.overdue(round) {
-                    // The first flush of this round: come back for it next round, after the
-                    // other streams that are ready have queued their frames behind these.
-                    gather.owed = Some(round);
-                    cx.waker().wake_by_ref();
-                    return Poll::Ready(Ok(()));
-                }
-                ready!(gather.drain(this.inner.as_mut(), cx))?;
+        if let Some(gather) = this.gather.as_mut()
+            && gather.pending()
+        {
+            let round = this.clock.round();
+            if !gather.overdue(round) {
+                // The first flush of this round: come back for it next round, after the
+                // other streams that are ready have queued their frames behind these.
+                gather.owed = Some(round);
+                cx.waker().wake_by_ref();
+                return Poll::Ready(Ok(()));
             }
+            ready!(gather.drain(this.inner.as_mut(), cx))?;
         }
         this.inner.poll_flush(cx)
     }

@@ -374,13 +374,13 @@ async fn serve_h2<T, S, B>(
         tokio::select! {
             () = std::future::poll_fn(|cx| {
                 activity.next_round();
-                if let Some(open) = conn.as_mut().as_pin_mut() {
-                    if let Poll::Ready(result) = open.poll(cx) {
-                        if let Err(err) = result {
-                            debug!(error = %err, "connection ended with an error");
-                        }
-                        conn.set(None);
+                if let Some(open) = conn.as_mut().as_pin_mut()
+                    && let Poll::Ready(result) = open.poll(cx)
+                {
+                    if let Err(err) = result {
+                        debug!(error = %err, "connection ended with an error");
                     }
+                    conn.set(None);
                 }
                 streams.poll(cx);
                 if conn.is_none() && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
