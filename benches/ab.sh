@@ -23,28 +23,10 @@ export LC_ALL=C
 die() { printf '[ab] ERROR: %s\n' "$*" >&2; exit 1; }
 
 (($# >= 2)) || { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 2; }
-a=$(readlink -f "$1") b=$(readlink -f "$2") rounds=${3:-3} dur=${DUR:-4}
-base=${PERFBENCH_DIR:-/tmp/perfbench}
-for bin in "$a" "$b"; do [[ -x $bin ]] || die "$bin is not an executable"; done
-[[ -f $base/conf/backend.conf && -f $base/pki/ecdsa.crt && -f $base/pki/ecdsa.key ]] ||
-  die "no backend config or certificate under $base: run benches/bench.sh once first"
-for tool in nginx wrk h2load taskset; do command -v "$tool" >/dev/null || die "$tool not found"; done
-for port in 18080 18445 18480; do
-  ss -Hltn "sport = :$port" | grep -q . && die "port $port is in use (a benchmark still running?)"
-done
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-ab.XXXXXX")
-backend_pid='' rampart_pid=''
-cleanup() {
-  [[ -n $rampart_pid ]] && kill "$rampart_pid" 2>/dev/null
-  [[ -n $backend_pid ]] && kill "$backend_pid" 2>/dev/null
-  wait 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -m 0700 "$work/storage"
-# The backend config writes its pid, logs and temp files under $base/run.
-mkdir -p "$base/run/tmp"
+# shellcheck source=benches/lib/pair.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/pair.sh"
+pair_setup ab "$1" "$2" nginx wrk h2load taskset
+rounds=${3:-3} dur=${DUR:-4}
 cat >"$work/rampart.yaml" <<YAML
 listen: { https: "127.0.0.1:18445", http: "127.0.0.1:18480" }
 storage: "$work/storage"
@@ -75,12 +57,7 @@ backend_pid=$!
 measure() {
   taskset -c 0 "$1" run -c "$work/rampart.yaml" >"$work/rampart.out" 2>&1 &
   rampart_pid=$!
-  local up=0
-  for _ in $(seq 50); do
-    if ss -Hltn "sport = :18445" | grep -q .; then up=1; break; fi
-    sleep 0.1
-  done
-  ((up)) || die "$1 did not start listening: $(cat "$work/rampart.out")"
+  pair_listening 50
   local url=https://127.0.0.1:18445/1k rate
   case $2 in
     h1)
@@ -93,9 +70,7 @@ measure() {
       rate=$("${h2[@]}" -D"$dur" | awk '/^finished in/ {print int($4)}')
       ;;
   esac
-  kill "$rampart_pid"
-  wait "$rampart_pid" 2>/dev/null || true
-  rampart_pid=''
+  pair_stop
   [[ -n $rate ]] || die "no figure from the $2 load on $1"
   echo "$rate"
 }
