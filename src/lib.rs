@@ -1,7 +1,8 @@
 //! Rampart: an edge TLS terminator with automatic certificates and one shared reverse-proxy core.
 //!
-//! Data flows one way: `server` accepts, `tls` terminates, `proxy` routes and forwards;
-//! `config` describes it all, `acme` keeps certificates fresh, `observe` records what happens.
+//! Data flows one way: `server` accepts, `tls` terminates, `request` makes each request
+//! canonical, `proxy` routes and forwards; `config` describes it all, `acme` keeps certificates
+//! fresh, `observe` records what happens.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -11,6 +12,7 @@ pub mod config;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod request;
 pub mod server;
 pub mod tls;
 

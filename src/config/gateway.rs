@@ -205,6 +205,19 @@ pub struct RoutePolicy {
     pub concurrency: Option<Concurrency>,
     /// Header rules of the route, applied after the site's.
     pub headers: HeaderRules,
+    /// `escaped_slashes:` whether `%2F`/`%5C` in a path are refused (route's, else site's).
+    pub escaped_slashes: EscapedSlashes,
+}
+
+/// `escaped_slashes:` what a route does with a path holding an encoded slash or backslash
+/// (`%2F`, `%5C`), which some origins decode into a separator and others do not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EscapedSlashes {
+    /// `reject` (default): 400.
+    #[default]
+    Reject,
+    /// `keep`: forwarded still encoded, for origins that take them as data (`/repos/a%2Fb`).
+    Keep,
 }
 
 /// Site-wide policies.

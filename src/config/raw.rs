@@ -34,6 +34,7 @@ pub(super) struct RawConfig {
     pub(super) upstream: RawUpstream,
     pub(super) shutdown_grace: Text,
     pub(super) trusted_proxies: Option<List<String>>,
+    pub(super) headers_with_underscores: Text,
     pub(super) sites: List<RawSite>,
 }
 
@@ -124,6 +125,7 @@ pub(super) struct RawSite {
     pub(super) timeouts: Option<Spanned<RawTimeouts>>,
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) queue: Option<Spanned<RawQueue>>,
+    pub(super) escaped_slashes: Option<Text>,
 }
 
 /// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
@@ -168,6 +170,7 @@ pub(super) struct RawRoute {
     pub(super) timeouts: Option<Spanned<RawTimeouts>>,
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) queue: Option<Spanned<RawQueue>>,
+    pub(super) escaped_slashes: Option<Text>,
 }
 
 /// `respond: {status, body}`
@@ -199,6 +202,7 @@ impl Default for RawConfig {
             upstream: RawUpstream::default(),
             shutdown_grace: text("30s"),
             trusted_proxies: None,
+            headers_with_underscores: text("drop"),
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }
@@ -286,6 +290,7 @@ impl Default for RawSite {
             timeouts: None,
             max_in_flight: None,
             queue: None,
+            escaped_slashes: None,
         }
     }
 }

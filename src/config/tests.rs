@@ -466,6 +466,16 @@ fn structural_errors_carry_position_and_path() {
 }
 
 #[test]
+fn headers_with_underscores_are_dropped_unless_told_otherwise() {
+    assert_eq!(parse_ok(SITE).headers_with_underscores, Underscores::Drop);
+    let config = parse_ok(&format!("headers_with_underscores: reject\n{SITE}"));
+    assert_eq!(config.headers_with_underscores, Underscores::Reject);
+    let (place, reason) = only_problem(&format!("headers_with_underscores: keep\n{SITE}"));
+    assert_eq!(place, at(1, 27, "headers_with_underscores"));
+    assert_eq!(reason, "`keep` is not one of drop, reject, allow");
+}
+
+#[test]
 fn an_empty_file_needs_a_site() {
     let (place, reason) = only_problem("");
     assert_eq!(place, at(1, 1, "sites"));

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{StatusCode, Uri};
 
 pub use super::gateway::*;
+pub use crate::request::Underscores;
 
 /// A whole, valid configuration snapshot.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `trusted_proxies:` peers whose X-Forwarded-For is believed (right to left past them).
     pub trusted_proxies: Vec<IpNet>,
+    /// `headers_with_underscores:` what happens to request fields named with `_`.
+    pub headers_with_underscores: Underscores,
     /// Sites in file order; host names are unique across them, at most one is `default`.
     pub sites: Vec<Site>,
 }

@@ -23,7 +23,8 @@ use crate::config::raw::{
     List, RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
 };
 use crate::config::{
-    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, UpstreamDefaults, humane,
+    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Underscores, UpstreamDefaults,
+    humane,
 };
 
 mod gateway;
@@ -97,6 +98,15 @@ impl Checker {
         let upstream = self.upstream(&raw.upstream);
         let shutdown_grace = self.duration(&raw.shutdown_grace, "shutdown_grace", Zero::Allowed);
         let trusted_proxies = self.trusted_proxies(&raw.trusted_proxies);
+        let headers_with_underscores = self.choice(
+            &raw.headers_with_underscores,
+            "headers_with_underscores",
+            &[
+                ("drop", Underscores::Drop),
+                ("reject", Underscores::Reject),
+                ("allow", Underscores::Allow),
+            ],
+        );
         let sites = self.sites(&raw.sites, upstream.as_ref());
         Some(Config {
             source: source.to_path_buf(),
@@ -109,6 +119,7 @@ impl Checker {
             shutdown_grace: shutdown_grace?,
             sites: sites?,
             trusted_proxies: trusted_proxies?,
+            headers_with_underscores: headers_with_underscores?,
         })
     }
 

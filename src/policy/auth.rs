@@ -2,9 +2,10 @@
 //!
 //! Built with the route table from [`JwtAuth`] ([`RouteAuth::from_config`]); called by
 //! `proxy::service` after routing and before anything reaches the origin. Reads the route's
-//! [`KeyStore`] snapshot (no lock, no I/O) and edits the request headers: client copies of the
-//! `forward_claims` headers are always removed, then set from the verified token; with
-//! `strip_authorization` the Authorization header is removed. A token verified once is
+//! [`KeyStore`] snapshot (no lock, no I/O) and edits the request headers: the `forward_claims`
+//! headers are set from the verified token (client copies of them are removed from every
+//! request of the site before routing, see `proxy::router`); with `strip_authorization` the
+//! Authorization header is removed. A token verified once is
 //! remembered by its exact text (`verified.rs`) until its keys change or its `exp` passes.
 //!
 //! Signatures and `exp`/`nbf`/`iss`/`aud` are checked by the `jsonwebtoken` crate. `exp` is
@@ -160,11 +161,6 @@ impl RouteAuth {
     /// # Errors
     /// The [`AuthFailure`]; the caller answers 401 with [`AuthFailure::challenge`].
     pub fn check(&self, headers: &mut HeaderMap) -> Result<Claims, AuthFailure> {
-        // Before anything else: a refused or claim-less request must not carry a client-made
-        // identity header to the origin either.
-        for (_, name) in &self.forward_claims {
-            headers.remove(name);
-        }
         let claims = bearer_token(headers)
             .ok_or(AuthFailure::Missing)
             .and_then(|token| self.verify(token))

@@ -18,22 +18,15 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 use crate::config::{HeaderOps, HeaderRules, Hsts};
+use crate::request::fields::{self, Class};
 
-/// Fields a rule may not change: our forwarding fields and the hop-by-hop ones.
-const PROTECTED: [&str; 13] = [
+/// The forwarding fields Rampart sets itself; a rule may set the others of the family (such as
+/// `X-Forwarded-Prefix` for an origin behind `strip_prefix`).
+const OURS: [&str; 4] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-real-ip",
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
 ];
 
 /// Applies the request rules of the site, then of the route, to a request about to be forwarded.
@@ -89,7 +82,8 @@ fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
 /// Whether `name` is a field Rampart owns (forwarding fields it sets, hop-by-hop fields):
 /// `rampart check` refuses rules naming one, and the rules skip it regardless.
 pub fn is_protected(name: &HeaderName) -> bool {
-    PROTECTED.contains(&name.as_str())
+    let name = name.as_str();
+    OURS.contains(&name) || matches!(fields::class(name), Class::HopByHop | Class::Upgrade)
 }
 
 #[cfg(test)]
@@ -166,10 +160,18 @@ mod tests {
             &["x-forwarded-for"],
         );
         let rules = request_rules(rules);
-        for name in ["x-forwarded-for", "x-real-ip", "connection", "upgrade"] {
+        for name in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "connection",
+            "upgrade",
+            "te",
+        ] {
             assert!(is_protected(&HeaderName::from_static(name)), "{name}");
         }
-        assert!(!is_protected(&HeaderName::from_static("x-env")));
+        for name in ["x-env", "x-forwarded-prefix"] {
+            assert!(!is_protected(&HeaderName::from_static(name)), "{name}");
+        }
         apply_request(&mut headers, &rules, &HeaderRules::default());
         assert_eq!(values(&headers, "x-real-ip"), ["1.2.3.4"]);
         assert_eq!(values(&headers, "x-forwarded-for"), ["1.2.3.4"]);

@@ -11,10 +11,14 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use crate::policy::AuthFailure;
 use crate::policy::rate_limit::Limited;
+use crate::request::Refusal;
 
 /// A request that failed before the origin's response reached the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request cannot be made canonical (see `request::canonical`): never forwarded.
+    #[error("request refused")]
+    BadRequest(#[source] Refusal),
     /// The request's host belongs to no site, or to another site than the TLS connection's.
     #[error("host {host:?} is not served on this connection")]
     NoSite {
@@ -104,6 +108,18 @@ pub enum ProxyError {
     ConcurrencyLimited,
 }
 
+impl From<Refusal> for ProxyError {
+    /// A 400, except CONNECT, which no route serves: 405.
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Connect => Self::MethodNotAllowed {
+                allow: crate::proxy::router::ANY_METHOD.to_vec(),
+            },
+            refusal => Self::BadRequest(refusal),
+        }
+    }
+}
+
 /// Why a connection to an origin could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -175,6 +191,7 @@ impl ProxyError {
     /// The status code the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoSite { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -192,6 +209,7 @@ impl ProxyError {
     /// A stable name for the access log's `error` field.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::BadRequest(refusal) => refusal.kind(),
             Self::NoSite { .. } => "no_site",
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -212,7 +230,8 @@ impl ProxyError {
     /// Who caused it.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoSite { .. }
+            Self::BadRequest(_)
+            | Self::NoSite { .. }
             | Self::NoRoute
             | Self::MethodNotAllowed { .. }
             | Self::RequestBody { .. }
@@ -232,6 +251,7 @@ impl ProxyError {
     /// The short text body: says what failed, never internal detail.
     pub fn body(&self) -> &'static str {
         match self {
+            Self::BadRequest(_) => "400 bad request: the request is malformed or ambiguous\n",
             Self::NoSite { .. } => {
                 "421 misdirected request: this host is not served on this connection\n"
             }

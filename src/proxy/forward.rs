@@ -6,18 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 
-/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the
-/// de-facto `Proxy-Connection` and `Keep-Alive`).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+use crate::request::fields;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -28,21 +17,15 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// and `X-Request-Id`. Header maps that will carry a request are made with room for them.
 pub(crate) const FIELDS_ADDED: usize = 7;
 
-/// Whether a request asks to switch protocols (HTTP/1.1 Upgrade, e.g. WebSocket).
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
 /// Removes hop-by-hop fields, including every field the `Connection` header names.
 /// `keep_upgrade` keeps `Upgrade` and re-adds `Connection: upgrade` for a tunnelled request.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names present: most messages carry none of these fields or only
     // `Connection`, and a lookup per candidate name would cost more than the scan.
-    let named: Vec<&str> = connection_tokens(headers).collect();
+    let named: Vec<&str> = fields::connection_tokens(headers).collect();
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name.as_str(), named.iter().copied(), keep_upgrade))
+        .filter(|name| fields::is_hop_by_hop(name.as_str(), named.iter().copied(), keep_upgrade))
         .cloned()
         .collect();
     for name in &doomed {
@@ -59,43 +42,68 @@ pub(crate) fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// Sets the forwarding fields: `peer` (the hop we saw, as [`ip_value`] wrote it) ends
-/// `X-Forwarded-For`, `X-Real-IP` is the resolved `client`, plus `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. Values come in formatted: the peer's once per connection.
+/// `X-Forwarded-For`, `X-Real-IP` is the resolved `client`, `X-Forwarded-Host` the request's
+/// canonical authority (`host`, what its Host field says too), `X-Forwarded-Proto` is `https`.
+/// Values come in formatted: the peer's once per connection.
 ///
-/// The incoming `X-Forwarded-For` chain is kept only when `peer` is a trusted proxy. From an
-/// untrusted peer it is replaced, so entries a client wrote itself never reach origins that
-/// might believe them.
+/// From an untrusted peer the client's own forwarding fields are gone already (see
+/// `request::canonical`), so these are the only ones. From a trusted proxy its chain is kept
+/// and extended: `X-Forwarded-For` gets `peer` appended, a `Forwarded` field gets our element
+/// (RFC 7239 §4; none is started where none came), and its `X-Forwarded-Proto` (the scheme its
+/// client used) stays.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
-    keep_chain: bool,
+    trusted_peer: bool,
     client: HeaderValue,
-    host: Option<HeaderValue>,
+    host: &HeaderValue,
 ) {
-    let chain: Vec<&str> = if keep_chain {
-        headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
+    if trusted_peer {
+        append(headers, &X_FORWARDED_FOR, peer.clone());
+        if headers.contains_key(header::FORWARDED)
+            && let Ok(element) = HeaderValue::try_from(forwarded_element(peer, host))
+        {
+            append(headers, &header::FORWARDED, element);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        }
     } else {
-        Vec::new()
-    };
-    let xff = if chain.is_empty() {
-        Some(peer.clone())
-    } else {
-        let peer = peer.to_str().unwrap_or_default();
-        HeaderValue::try_from(format!("{}, {peer}", chain.join(", "))).ok()
-    };
-    if let Some(value) = xff {
-        headers.insert(&X_FORWARDED_FOR, value);
+        headers.insert(&X_FORWARDED_FOR, peer.clone());
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    match host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+    headers.insert(&X_FORWARDED_HOST, host.clone());
     headers.insert(&X_REAL_IP, client);
+}
+
+/// Joins the values of the list field `name` and `element` into one field (RFC 9110 §5.3).
+fn append(headers: &mut HeaderMap, name: &HeaderName, element: HeaderValue) {
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(name) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    if joined.is_empty() {
+        headers.insert(name, element);
+        return;
+    }
+    joined.extend_from_slice(element.as_bytes());
+    // Made of field values and our own element, so it is a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+/// Our `Forwarded` element: who connected to us (`for`, an IPv6 address quoted and bracketed),
+/// the host it asked for and the scheme (RFC 7239 §5, §6).
+fn forwarded_element(peer: &HeaderValue, host: &HeaderValue) -> String {
+    let peer = peer.to_str().unwrap_or_default();
+    let host = host.to_str().unwrap_or_default();
+    if peer.contains(':') {
+        format!("for=\"[{peer}]\";host=\"{host}\";proto=https")
+    } else {
+        format!("for={peer};host=\"{host}\";proto=https")
+    }
 }
 
 /// The origin-form target (RFC 9112 §3.2.1) for a request to `original`: its path with a
@@ -138,34 +146,6 @@ pub(crate) fn origin_target(original: &Uri, replace: Option<(&str, &str)>) -> Ur
     PathAndQuery::try_from(target).map_or_else(|_| Uri::from_static("/"), Uri::from)
 }
 
-/// The tokens of the `Connection` fields (comma-separated lists), trimmed.
-pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(tokens)
-}
-
-/// The tokens of one `Connection` field value.
-pub(crate) fn tokens(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|t| !t.is_empty())
-}
-
-/// Whether a field called `name` ends at this hop: a hop-by-hop field, one that `Connection`
-/// names (`named`, its tokens), or `Upgrade` unless the message is tunnelled (`keep_upgrade`).
-pub(crate) fn is_hop_by_hop<'a>(
-    name: &str,
-    mut named: impl Iterator<Item = &'a str>,
-    keep_upgrade: bool,
-) -> bool {
-    // `HeaderName == str` compares without regard to case.
-    if header::UPGRADE == name {
-        return !keep_upgrade;
-    }
-    HOP_BY_HOP.iter().any(|hop| hop == name) || named.any(|token| token.eq_ignore_ascii_case(name))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,7 +175,7 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
+        assert!(fields::is_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");
@@ -206,10 +186,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         let peer = ip_value("127.0.0.9".parse().unwrap());
-        add_forwarding(&mut h, &peer, false, peer.clone(), None);
+        let host = HeaderValue::from_static("a.test");
+        add_forwarding(&mut h, &peer, false, peer.clone(), &host);
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-real-ip"], "127.0.0.9");
-        assert!(h.get("x-forwarded-host").is_none());
+        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("forwarded").is_none(), "none is started");
     }
 
     #[test]
@@ -225,12 +208,36 @@ mod tests {
             &ip_value("127.0.0.9".parse().unwrap()),
             true,
             ip_value("3.3.3.3".parse().unwrap()),
-            Some(HeaderValue::from_static("a.test:8443")),
+            &HeaderValue::from_static("a.test:8443"),
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test:8443");
         assert_eq!(h["x-real-ip"], "3.3.3.3");
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarded_chain_and_scheme_are_kept_and_extended() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "forwarded",
+            HeaderValue::from_static("for=1.1.1.1;proto=http"),
+        );
+        h.append("x-forwarded-proto", HeaderValue::from_static("http"));
+        let host = HeaderValue::from_static("a.test:8443");
+        add_forwarding(
+            &mut h,
+            &ip_value("::1".parse().unwrap()),
+            true,
+            ip_value("1.1.1.1".parse().unwrap()),
+            &host,
+        );
+        assert_eq!(
+            h["forwarded"],
+            "for=1.1.1.1;proto=http, for=\"[::1]\";host=\"a.test:8443\";proto=https"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http", "the scheme its client used");
+        assert_eq!(h["x-forwarded-for"], "::1");
     }
 
     #[test]

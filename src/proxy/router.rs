@@ -11,16 +11,20 @@
 //! method (any, when empty) serves it. A route whose path matches but whose methods do not is
 //! skipped, so a later one can take the request. When some routes matched the path but none the
 //! method, the answer is 405 with `Allow` naming their methods; when none matched the path, 404.
+//! TRACE (which reflects the request, cookies included, back to the client) is served only by a
+//! route that names it in `methods`: "any method" does not include it.
+//!
+//! Paths are matched as `request::canonical` made them, case-sensitively (RFC 3986 §6.2.2.1).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 
 use crate::config::{
-    Concurrency, Config, HeaderRules, HostName, IpNet, PathMatch, RateLimit, Rewrite, RouteAction,
-    SitePolicy, UpstreamDefaults, Upstreams,
+    Concurrency, Config, EscapedSlashes, HeaderRules, HostName, IpNet, PathMatch, RateLimit,
+    Rewrite, RouteAction, SitePolicy, Underscores, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::RouteAuth;
@@ -41,6 +45,8 @@ pub struct RouteTable {
     upstream: Option<UpstreamDefaults>,
     /// `trusted_proxies:` peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `headers_with_underscores:` what canonicalisation does with such request fields.
+    pub underscores: Underscores,
     /// Counters for requests that matched no site (site and route `none`).
     pub unmatched: RouteMetrics,
     /// Durations of requests that matched no site.
@@ -61,6 +67,9 @@ pub struct SiteRoutes {
     pub duration: SiteMetrics,
     /// The site's `rate_limit:` buckets, shared by all its routes.
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// The fields any of its routes' `auth` sets from claims (`forward_claims`): removed from
+    /// every request of the site, so no route forwards a client-made identity.
+    pub identity_fields: Vec<HeaderName>,
 }
 
 /// One route, ready to serve.
@@ -86,6 +95,8 @@ pub struct Route {
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// `max_in_flight:` slots and `queue:`.
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    /// `escaped_slashes:` whether a path holding `%2F` or `%5C` is refused.
+    pub escaped_slashes: EscapedSlashes,
 }
 
 /// A route's action, with its live upstream pool.
@@ -193,6 +204,7 @@ impl RouteTable {
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
+            underscores: config.headers_with_underscores,
             ..Self::default()
         };
         // Metric handles are looked up here, once per snapshot, never per request.
@@ -213,6 +225,15 @@ impl RouteTable {
                 .collect();
             // A stable sort keeps file order within a kind and among equal prefix lengths.
             routes.sort_by_key(|r| precedence(&r.path));
+            let mut identity_fields: Vec<HeaderName> = Vec::new();
+            let claim_fields = (site.routes.iter())
+                .filter_map(|r| r.policy.auth.as_ref())
+                .flat_map(|auth| auth.forward_claims.iter().map(|(_, field)| field));
+            for field in claim_fields {
+                if !identity_fields.contains(field) {
+                    identity_fields.push(field.clone());
+                }
+            }
             table.sites.push(SiteRoutes {
                 name: Arc::from(site.name.as_str()),
                 policy: site.policy.clone(),
@@ -220,6 +241,7 @@ impl RouteTable {
                 unrouted: RouteMetrics::unrouted(&site.name),
                 duration: SiteMetrics::new(&site.name),
                 rate_limit: carried.rate(&site_owner(&site.name), site.policy.rate_limit.as_ref()),
+                identity_fields,
             });
         }
         table
@@ -241,6 +263,11 @@ impl RouteTable {
             })
             .copied()
             .or(self.default)
+    }
+
+    /// The name of the `default` site (its first host), which serves connections without SNI.
+    pub fn default_name(&self) -> Option<&str> {
+        Some(&self.sites.get(self.default?)?.name)
     }
 
     /// Every pool, by its upstream list.
@@ -272,6 +299,7 @@ impl Default for RouteTable {
             default: None,
             upstream: None,
             trusted_proxies: Vec::new(),
+            underscores: Underscores::default(),
             unmatched: RouteMetrics::unrouted("none"),
             unmatched_duration: SiteMetrics::new("none"),
         }
@@ -286,11 +314,19 @@ impl SiteRoutes {
     /// with the methods those that match it allow, when none allows `method`.
     pub fn route(&self, method: &Method, path: &str) -> Result<&Route, RouteMiss> {
         let mut allowed: Vec<Method> = Vec::new();
+        let named_only = method == Method::TRACE;
         for route in self.routes.iter().filter(|r| r.matches_path(path)) {
-            if route.methods.is_empty() || route.methods.contains(method) {
+            let methods: &[Method] = if route.methods.is_empty() {
+                if !named_only {
+                    return Ok(route);
+                }
+                &ANY_METHOD
+            } else if route.methods.contains(method) {
                 return Ok(route);
-            }
-            for m in &route.methods {
+            } else {
+                &route.methods
+            };
+            for m in methods {
                 if !allowed.contains(m) {
                     allowed.push(m.clone());
                 }
@@ -312,6 +348,18 @@ pub enum RouteMiss {
     /// Routes match the path, none the method; these are their methods (405 with `Allow`).
     MethodNotAllowed(Vec<Method>),
 }
+
+/// What a route without `methods` serves, as its 405 answers name it in `Allow`: every method
+/// but TRACE (and CONNECT, never served).
+pub(crate) const ANY_METHOD: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// Sort key of a route: exact, then prefixes longest first, then regexes.
 fn precedence(path: &PathMatch) -> (u8, std::cmp::Reverse<usize>) {
@@ -359,6 +407,7 @@ impl Route {
             max_body: route.policy.max_body,
             rate_limit: carried.rate(&owner, route.policy.rate_limit.as_ref()),
             concurrency: carried.concurrency(&owner, route.policy.concurrency.as_ref()),
+            escaped_slashes: route.policy.escaped_slashes,
         }
     }
 }
@@ -382,6 +431,7 @@ mod tests {
             max_body: None,
             rate_limit: None,
             concurrency: None,
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 
@@ -395,6 +445,7 @@ mod tests {
             routes,
             unrouted: RouteMetrics::unrouted("t.test"),
             duration: SiteMetrics::new("t.test"),
+            identity_fields: Vec::new(),
         }
     }
 
@@ -480,5 +531,22 @@ mod tests {
             served(&site, Method::DELETE, "/other"),
             Err(RouteMiss::NotFound)
         );
+    }
+
+    #[test]
+    fn trace_is_served_only_by_a_route_that_names_it() {
+        let site = site(vec![
+            route(prefix("/"), &[], "any"),
+            route(prefix("/debug/"), &[Method::TRACE, Method::GET], "debug"),
+        ]);
+        assert_eq!(
+            served(&site, Method::TRACE, "/debug/x"),
+            Ok("debug".to_owned())
+        );
+        assert_eq!(
+            served(&site, Method::TRACE, "/x"),
+            Err(RouteMiss::MethodNotAllowed(ANY_METHOD.to_vec()))
+        );
+        assert_eq!(served(&site, Method::GET, "/x"), Ok("any".to_owned()));
     }
 }

@@ -1,4 +1,5 @@
-//! The per-request entry point: host check, route, respond or forward, tunnel upgrades.
+//! The per-request entry point: canonical request, host check, route, respond or forward,
+//! tunnel upgrades.
 //!
 //! Called by the HTTP server on the connection's task for every decrypted request. Reads the
 //! route table snapshot once per request; upgrade tunnels run on the server's task tracker.
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::{HeaderRules, PathMatch, Rewrite, contains_ip};
+use crate::config::{EscapedSlashes, HeaderRules, PathMatch, Rewrite, contains_ip};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
@@ -30,6 +31,7 @@ use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
     UpstreamPool, forward, retry,
 };
+use crate::request::{self, Canonical, Client, Refusal};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Clone, Debug)]
@@ -89,24 +91,34 @@ impl Proxy {
     /// would hold it and copy all of it once more per request.
     pub async fn serve(
         self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         conn: Arc<ConnInfo>,
     ) -> Result<Response<Metered<ProxyBody>>, Infallible> {
         let conn = &*conn;
         let table = self.table.load_full();
-        let host = request_host(&request);
         let ids = RequestIds::from_headers(request.headers());
+        let trusted_peer = contains_ip(&table.trusted_proxies, conn.peer.ip());
         // Step 1: every later step (log, X-Real-IP, rate keys, ip_hash) uses this, not the peer.
+        // Read before canonicalisation, which keeps X-Forwarded-For from trusted peers only.
         let client_ip =
             client_ip::resolve(conn.peer.ip(), request.headers(), &table.trusted_proxies);
+        // The target as the client sent it, for the log; the request is canonical after this.
+        let target = request.uri().clone();
+        let client = Client {
+            is_h2: conn.is_h2,
+            reached: conn.sni.as_deref().or_else(|| table.default_name()),
+            trusted_peer,
+        };
+        let canonical = request::canonicalize(&mut request, client, table.underscores);
+        let host = canonical.as_ref().ok().map(|c| c.authority.host.clone());
         let mut unanswered = Unanswered {
             record: Some(AccessRecord {
                 started: Instant::now(),
                 peer: client_ip,
                 sni: conn.sni.clone(),
-                host: host.clone(),
+                host,
                 method: request.method().clone(),
-                target: request.uri().clone(),
+                target,
                 site: None,
                 upstream: None,
                 status: 0,
@@ -125,18 +137,20 @@ impl Proxy {
         let mut matched = (None, None);
         // Routing never waits, so it is a plain function: one nested future less in every
         // request's (whose whole size is moved and boxed per request).
-        let routed = Self::route(
-            &table,
-            request,
-            conn,
-            client_ip,
-            host.as_deref(),
-            record,
-            metrics,
-            &mut matched,
-        );
+        let routed = canonical.map_err(ProxyError::from).and_then(|canonical| {
+            Self::route(
+                &table,
+                request,
+                conn,
+                client_ip,
+                canonical,
+                record,
+                metrics,
+                &mut matched,
+            )
+        });
         let answered = 'answer: {
-            let (site, route, request) = match routed {
+            let (site, route, request, canonical) = match routed {
                 Ok(routed) => routed,
                 Err(err) => break 'answer Err(err),
             };
@@ -160,8 +174,10 @@ impl Proxy {
                 Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
                 Action::Proxy(pool) => {
                     let hop = Hop {
-                        trusted_peer: contains_ip(&table.trusted_proxies, conn.peer.ip()),
+                        trusted_peer,
                         client_ip,
+                        host: canonical.authority.value,
+                        upgrade: canonical.upgrade,
                     };
                     self.forward(pool, site, route, request, conn, hop, record, &ids, start)
                         .await
@@ -186,12 +202,13 @@ impl Proxy {
                     record.auth = Some(failure.reason());
                 }
                 let site = record.site.as_deref().unwrap_or("-");
+                let host = record.host.as_deref();
                 match err.side() {
                     Side::Upstream => {
-                        warn!(site, host = host.as_deref(), error = %Chain(&err), "upstream failed")
+                        warn!(site, host, error = %Chain(&err), "upstream failed")
                     }
                     Side::Downstream => {
-                        debug!(site, host = host.as_deref(), error = %Chain(&err), "request refused")
+                        debug!(site, host, error = %Chain(&err), "request refused")
                     }
                 }
                 let mut response =
@@ -223,38 +240,44 @@ impl Proxy {
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-    /// The site and route for `request`, after the policy steps that answer at once; the
-    /// caller takes a concurrency slot and answers.
+    /// The site and route for the canonical `request`, after the policy steps that answer at
+    /// once; the caller takes a concurrency slot and answers.
     fn route<'t>(
         table: &'t RouteTable,
         mut request: Request<Incoming>,
         conn: &ConnInfo,
         client_ip: IpAddr,
-        host: Option<&str>,
+        canonical: Canonical,
         record: &mut AccessRecord,
         metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
         matched: &mut (Option<&'t SiteRoutes>, Option<&'t Route>),
-    ) -> Result<(&'t SiteRoutes, &'t Route, Request<Incoming>), ProxyError> {
+    ) -> Result<(&'t SiteRoutes, &'t Route, Request<Incoming>, Canonical), ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
-        // host of another site must not ride on it (RFC 9110 §15.5.20).
+        // host of another site must not ride on it (RFC 9110 §15.5.20). The host is the one
+        // canonicalisation settled, whichever of Host, :authority or the target named it.
+        let host = &*canonical.authority.host;
         let conn_site = table.site_for(conn.sni.as_deref());
-        let request_site = match host {
-            None => conn_site,
-            // Most requests name the host their handshake named: one lookup serves both.
-            Some(host) if conn.sni.as_deref() == Some(host) => conn_site,
-            Some(host) => table.site_for(Some(host)),
+        // Most requests name the host their handshake named: one lookup serves both.
+        let request_site = match conn.sni.as_deref() == Some(host) {
+            true => conn_site,
+            false => table.site_for(Some(host)),
         };
         let Some(site) = conn_site
             .filter(|s| Some(*s) == request_site)
             .and_then(|s| table.site(s))
         else {
             return Err(ProxyError::NoSite {
-                host: host.unwrap_or_default().to_owned(),
+                host: host.to_owned(),
             });
         };
         record.site = Some(site.name.clone());
         *metrics = (&site.unrouted, &site.duration);
         matched.0 = Some(site);
+        // Identity fields are the site's to set: a client's copy reaches no route's origin,
+        // with auth or without.
+        for field in &site.identity_fields {
+            request.headers_mut().remove(field);
+        }
         let route =
             site.route(request.method(), request.uri().path())
                 .map_err(|miss| match miss {
@@ -263,6 +286,9 @@ impl Proxy {
                 })?;
         metrics.0 = &route.metrics;
         matched.1 = Some(route);
+        if canonical.escaped_slash && route.escaped_slashes == EscapedSlashes::Reject {
+            return Err(Refusal::EscapedSlash.into());
+        }
         // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
         // route (429) → concurrency (429, taken by the caller). A declared oversized body is
         // refused before anything.
@@ -278,7 +304,7 @@ impl Proxy {
         };
         check_rate_limits(site, route, client_ip, request.headers(), claims.as_deref())
             .map_err(|(scope, limit)| ProxyError::RateLimited { scope, limit })?;
-        Ok((site, route, request))
+        Ok((site, route, request, canonical))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -295,22 +321,20 @@ impl Proxy {
         start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let deadline = start + pool.settings().timeouts.total;
+        let client_ip = hop.client_ip;
         let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
         // The head moves into each step's future rather than living beside it in this one.
         // A counter only for a request with a body (most have none).
         let counter = (!http_body::Body::is_end_stream(&body))
             .then(|| record.bytes_in.get_or_insert_default().clone());
         let outgoing = retry::prepare(head, body, counter, route.max_body, deadline).await?;
-        let mut response =
-            retry::forward(pool, outgoing, hop.client_ip, start, &mut record.upstream)
-                .await
-                .map_err(|error| match route.max_body {
-                    // The origin saw a body cut short, never a complete oversized one.
-                    Some(max) if body_limit::is_exceeded(&error) => {
-                        ProxyError::BodyTooLarge { max }
-                    }
-                    _ => error,
-                })?;
+        let mut response = retry::forward(pool, outgoing, client_ip, start, &mut record.upstream)
+            .await
+            .map_err(|error| match route.max_body {
+                // The origin saw a body cut short, never a complete oversized one.
+                Some(max) if body_limit::is_exceeded(&error) => ProxyError::BodyTooLarge { max },
+                _ => error,
+            })?;
         // Other responses come without hop-by-hop fields (see `Upstream::send`); a switch
         // keeps `Upgrade` when the client asked for one, and is then tunnelled.
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -326,9 +350,9 @@ impl Proxy {
 }
 
 /// The request head as the origin gets it: HTTP/1.1 in origin-form with the route's rewrite
-/// applied and a Host, hop-by-hop fields gone, our
-/// forwarding fields and trace ids, then the site's and route's header rules. Also returns the
-/// body and, for an HTTP/1.1 Upgrade request, the client side of the tunnel to be.
+/// applied (its Host and fields canonical already), our forwarding fields and trace ids, then
+/// the site's and route's header rules. Also returns the body and, for an HTTP/1.1 Upgrade
+/// request, the client side of the tunnel to be.
 fn hop_head(
     site: &SiteRoutes,
     route: &Route,
@@ -337,20 +361,10 @@ fn hop_head(
     hop: Hop,
     ids: &RequestIds,
 ) -> (Parts, Incoming, Option<OnUpgrade>) {
-    let upgrade = !conn.is_h2 && forward::is_upgrade(request.headers());
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let downstream_upgrade = hop.upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     // Room for what this step adds in one growth of the map rather than one per insert.
     parts.headers.reserve(forward::FIELDS_ADDED);
-    // HTTP/2 carries the host in :authority only; origins speak HTTP/1.1 and need Host.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, value);
-    }
     let replace = match (&route.rewrite, &route.path) {
         (Rewrite::StripPrefix, PathMatch::Prefix(prefix)) => Some((prefix.as_str(), "")),
         (Rewrite::ReplacePrefix { from, to }, _) => Some((from.as_str(), to.as_str())),
@@ -358,9 +372,6 @@ fn hop_head(
     };
     parts.uri = forward::origin_target(&parts.uri, replace);
     parts.version = Version::HTTP_11;
-    forward::strip_hop_by_hop(&mut parts.headers, upgrade);
-    // X-Forwarded-Host carries the host as the client wrote it, port included.
-    let original_host = parts.headers.get(header::HOST).cloned();
     let client_value = if hop.client_ip == conn.peer.ip() {
         conn.peer_value.clone()
     } else {
@@ -371,9 +382,9 @@ fn hop_head(
         &conn.peer_value,
         hop.trusted_peer,
         client_value,
-        original_host,
+        &hop.host,
     );
-    // After the hop-by-hop strip, so a client cannot name them in `Connection` to drop them.
+    // Hop-by-hop fields went before any policy ran, so `Connection` cannot name these.
     ids.insert_into(&mut parts.headers);
     // After our forwarding fields, which the rules cannot change (see policy::headers).
     headers::apply_request(&mut parts.headers, &site.policy.headers, &route.headers);
@@ -439,13 +450,17 @@ impl Drop for Unanswered<'_> {
 /// nginx's status for a request whose client left before the response (never sent).
 const CLIENT_CLOSED: u16 = 499;
 
-/// Who the request came from, as the forwarding fields need it.
-#[derive(Clone, Copy, Debug)]
+/// Who the request came from and what it asked for, as the forwarding fields need it.
+#[derive(Clone, Debug)]
 struct Hop {
-    /// Whether `peer` is in `trusted_proxies`, so its X-Forwarded-For chain is kept.
+    /// Whether `peer` is in `trusted_proxies`, so its forwarding fields are kept and extended.
     trusted_peer: bool,
     /// The resolved client IP.
     client_ip: IpAddr,
+    /// The canonical authority, as Host carries it: `X-Forwarded-Host` is the same.
+    host: HeaderValue,
+    /// Whether it is a WebSocket upgrade, to be tunnelled.
+    upgrade: bool,
 }
 
 /// Copies bytes both ways between an upgraded client and origin until either side closes.
@@ -458,23 +473,6 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
     if let Err(err) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         debug!(error = %Chain(&err), "tunnel closed with an error");
     }
-}
-
-/// The request's host, lower-case and without port: `:authority`/absolute-form first
-/// (RFC 9112 §3.2.2), then the Host header.
-fn request_host<B>(request: &Request<B>) -> Option<Arc<str>> {
-    let from_header = || {
-        let value = request.headers().get(header::HOST)?.to_str().ok()?;
-        value.parse::<http::uri::Authority>().ok()
-    };
-    let authority = request.uri().authority().cloned().or_else(from_header)?;
-    let host = authority.host();
-    // Usually lower-case already: one allocation, shared with the access record.
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        host.to_ascii_lowercase().into()
-    } else {
-        host.into()
-    })
 }
 
 fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {

@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::proxy::forward;
 use crate::proxy::pool::InFlight;
+use crate::request::fields;
 
 /// Most header fields a response head may carry (hyper's client default too).
 const MAX_HEADERS: usize = 100;
@@ -360,7 +361,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
             .iter()
             .filter(|f| f.name.eq_ignore_ascii_case("connection"))
             .filter_map(|f| std::str::from_utf8(f.value).ok())
-            .flat_map(forward::tokens)
+            .flat_map(fields::tokens)
     };
     // One pass over the tokens. Most origins name only `keep-alive`, itself hop-by-hop: then
     // no field needs the tokens, and the loop below does not rescan the head for them.
@@ -383,7 +384,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
             continue;
         }
         let named = names_fields.then(connection).into_iter().flatten();
-        if forward::is_hop_by_hop(field.name, named, false) {
+        if fields::is_hop_by_hop(field.name, named, false) {
             continue;
         }
         let name =

@@ -157,13 +157,14 @@ impl Rampart {
 
     /// An HTTP/1.1-only client on a new connection with `sni`.
     pub async fn client_h1(&self, sni: &str) -> HttpClient {
-        let tls = self
-            .tls()
-            .alpn(&["http/1.1"])
-            .connect(self.https_addr(), Some(sni))
-            .await
-            .expect("handshake");
-        HttpClient::handshake(tls).await
+        HttpClient::handshake(self.connect_offering(sni, &["http/1.1"]).await).await
+    }
+
+    /// A finished handshake with `sni` that offered exactly `alpn`.
+    pub async fn connect_offering(&self, sni: &str, alpn: &[&str]) -> Tls {
+        let client = self.tls().alpn(alpn);
+        let tls = client.connect(self.https_addr(), Some(sni)).await;
+        tls.expect("handshake")
     }
 
     /// Drains and stops, failing the test if open requests overran the grace period.

@@ -211,3 +211,62 @@ fn certificate_files_must_be_readable_and_match() -> Result<(), Box<dyn Error>> 
     )?;
     Ok(())
 }
+
+#[test]
+fn route_paths_must_be_canonical_and_connect_is_never_a_method() {
+    let route = |line: &str| {
+        format!(
+            "sites:\n  - hosts: [a.test]\n    tls: internal\n    routes:\n      - {{ {line}, upstreams: [\"http://127.0.0.1:1\"] }}\n"
+        )
+    };
+    let (place, reason) = only_problem(&route("path: /a//b/"));
+    assert_eq!(place.2, "sites[0].routes[0].path");
+    assert_eq!(
+        reason,
+        "`/a//b/` is not in canonical form; requests are matched as `/a/b/`: write that"
+    );
+    let (_, reason) = only_problem(&route("path_exact: /%61dmin"));
+    assert!(reason.contains("matched as `/admin`"), "{reason}");
+    let (_, reason) = only_problem(&route("path: /../x"));
+    assert!(reason.contains("can never match a request"), "{reason}");
+    let (place, _) = only_problem(&route(
+        "path: /a/, replace_prefix: { from: /a/, to: /b/./c/ }",
+    ));
+    assert_eq!(place.2, "sites[0].routes[0].replace_prefix.to");
+    let (place, reason) = only_problem(&route("path: /a/, methods: [GET, CONNECT]"));
+    assert_eq!(place.2, "sites[0].routes[0].methods[1]");
+    assert!(reason.starts_with("CONNECT is never served"), "{reason}");
+    parse_ok(&route("path: /a/, methods: [TRACE]"));
+}
+
+#[test]
+fn escaped_slashes_are_rejected_unless_kept_by_the_route_or_its_site() {
+    let config = parse_ok(
+        "sites:
+  - hosts: [a.test]
+    tls: internal
+    escaped_slashes: keep
+    routes:
+      - { path: /a/, upstreams: [\"http://127.0.0.1:1\"] }
+      - { path: /b/, escaped_slashes: reject, upstreams: [\"http://127.0.0.1:1\"] }
+  - hosts: [b.test]
+    tls: internal
+    upstreams: [\"http://127.0.0.1:1\"]
+",
+    );
+    let kept: Vec<_> = (config.sites.iter())
+        .flat_map(|s| &s.routes)
+        .map(|r| r.policy.escaped_slashes)
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            EscapedSlashes::Keep,
+            EscapedSlashes::Reject,
+            EscapedSlashes::Reject
+        ]
+    );
+    let (place, reason) = only_problem(&format!("{SITE}    escaped_slashes: decode\n"));
+    assert_eq!(place, at(5, 22, "sites[0].escaped_slashes"));
+    assert_eq!(reason, "`decode` is not one of reject, keep");
+}

@@ -23,8 +23,8 @@ use crate::config::raw::{
     RawUpstreamEntry, Text,
 };
 use crate::config::{
-    ActiveHealth, Balance, Concurrency, ExpectStatus, HeaderOps, HeaderRules, Hsts, IpNet,
-    JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit,
+    ActiveHealth, Balance, Concurrency, EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts,
+    IpNet, JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit,
     Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams, humane,
 };
 
@@ -65,6 +65,7 @@ pub(super) struct Keys<'a> {
     timeouts: &'a Option<Spanned<RawTimeouts>>,
     max_in_flight: &'a Option<Spanned<i64>>,
     queue: &'a Option<Spanned<RawQueue>>,
+    escaped_slashes: &'a Option<Text>,
 }
 
 macro_rules! keys_of {
@@ -80,6 +81,7 @@ macro_rules! keys_of {
             timeouts: &$raw.timeouts,
             max_in_flight: &$raw.max_in_flight,
             queue: &$raw.queue,
+            escaped_slashes: &$raw.escaped_slashes,
         }
     };
 }
@@ -108,6 +110,7 @@ pub(super) struct Layer {
     retries: Option<u32>,
     timeouts: PartialTimeouts,
     pub(super) concurrency: Option<Concurrency>,
+    escaped_slashes: Option<EscapedSlashes>,
 }
 
 /// `timeouts:` fields that were written.
@@ -138,7 +141,13 @@ impl Layer {
                 total: t.total.or(site.timeouts.total),
             },
             concurrency: self.concurrency.or_else(|| site.concurrency.clone()),
+            escaped_slashes: self.escaped_slashes.or(site.escaped_slashes),
         }
+    }
+
+    /// `escaped_slashes:` as written, else the default (reject).
+    pub(super) fn escaped_slashes(&self) -> EscapedSlashes {
+        self.escaped_slashes.unwrap_or_default()
     }
 }
 
@@ -305,6 +314,16 @@ impl Checker {
             Some(raw) => self.timeouts(&raw.value, &format!("{at}.timeouts")),
         };
         let concurrency = self.concurrency(keys, at);
+        let escaped_slashes = self.optional(keys.escaped_slashes, |c, raw| {
+            c.choice(
+                raw,
+                &format!("{at}.escaped_slashes"),
+                &[
+                    ("reject", EscapedSlashes::Reject),
+                    ("keep", EscapedSlashes::Keep),
+                ],
+            )
+        });
         Some(Layer {
             max_body: max_body?,
             auth: auth?,
@@ -315,6 +334,7 @@ impl Checker {
             retries: retries?,
             timeouts: timeouts?,
             concurrency: concurrency?,
+            escaped_slashes: escaped_slashes?,
         })
     }
 

@@ -19,6 +19,7 @@ use crate::config::{
     HeaderRules, HostName, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy,
     SiteTls, UpstreamDefaults,
 };
+use crate::request;
 use crate::tls::{TlsError, certified_key_from_pem};
 
 /// Who already claimed a host name or the default role, for duplicate reports.
@@ -134,6 +135,7 @@ impl Checker {
                                 rate_limit: None,
                                 concurrency: layer.concurrency.clone(),
                                 headers: HeaderRules::default(),
+                                escaped_slashes: layer.escaped_slashes(),
                             },
                         }]
                     })
@@ -425,6 +427,7 @@ impl Checker {
             }
         };
         let layer = layer?;
+        let escaped_slashes = layer.escaped_slashes();
         Some(Route {
             path: path?.0.into_match(),
             methods: methods?,
@@ -436,6 +439,7 @@ impl Checker {
                 rate_limit: rate_limit?,
                 concurrency: layer.concurrency,
                 headers: headers?,
+                escaped_slashes,
             },
         })
     }
@@ -510,6 +514,12 @@ impl Checker {
                         "`{}` is not an upper-case HTTP method such as GET",
                         name.value
                     )
+                })
+                .and_then(|method| match method {
+                    http::Method::CONNECT => Err("CONNECT is never served: Rampart is a reverse \
+                         proxy, not a tunnel (WebSockets use Upgrade)"
+                        .to_string()),
+                    method => Ok(method),
                 });
             match self.check(&name.referenced, &format!("{at}.methods[{index}]"), parsed) {
                 Some(method) => all.iter_mut().for_each(|a| a.push(method.clone())),
@@ -586,7 +596,8 @@ impl Checker {
     }
 }
 
-/// A route prefix: starts with `/`, and is a plain path.
+/// A route prefix: starts with `/`, is a plain path, and is canonical: requests are matched
+/// by their canonical path (see `request::path`), so any other spelling would match nothing.
 fn check_route_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("`{path}` must start with /"));
@@ -599,7 +610,14 @@ fn check_route_path(path: &str) -> Result<(), String> {
             "`{path}` is not a plain path prefix such as /api/ (no spaces, ? or #)"
         ));
     }
-    Ok(())
+    match request::path::canonical(path) {
+        Ok(canonical) if canonical.text == path => Ok(()),
+        Ok(canonical) => Err(format!(
+            "`{path}` is not in canonical form; requests are matched as `{}`: write that",
+            canonical.text
+        )),
+        Err(error) => Err(format!("`{path}` can never match a request: {error}")),
+    }
 }
 
 /// An error's message followed by those of its causes.

@@ -106,14 +106,6 @@ fn a_valid_token_forwards_its_claims_and_replaces_client_identity_headers() {
 }
 
 #[test]
-fn a_refused_request_loses_client_identity_headers_too() {
-    let auth = jwks_auth(&EcKey::new());
-    let mut headers = bearer("not-a-jwt");
-    assert_eq!(auth.check(&mut headers).err(), Some(AuthFailure::Malformed));
-    assert!(!headers.contains_key("x-user-id"));
-}
-
-#[test]
 fn tokens_without_kid_are_tried_against_every_key() {
     let key = EcKey::new();
     assert!(outcome(&jwks_auth(&key), &key.sign(None, &good_claims())).is_ok());
