@@ -555,6 +555,31 @@ async fn identity_fields_cannot_be_forged_or_removed_by_a_client() {
 }
 
 #[tokio::test]
+async fn forged_tokens_are_rate_limited_before_their_signatures_are_checked() {
+    let (env, origin) = (Env::new(), Upstream::echo("origin").await);
+    let (_, jwks) = signed_token();
+    let (forged, _) = signed_token(); // signed by another key, with the same kid
+    let rampart = with_auth(&env, &origin, &jwks, 2).await;
+    let mut client = rampart.client("a.test").await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let request = client
+            .request(Method::GET, "a.test", "/me/x")
+            .header("authorization", format!("Bearer {forged}"))
+            .body(empty())
+            .unwrap();
+        statuses.push(client.fetch(request).await.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429, 429],
+        "the limit refuses before auth"
+    );
+    assert_eq!(origin.requests(), 0);
+    rampart.stop().await;
+}
+
+#[tokio::test]
 async fn an_http10_request_without_host_is_for_the_name_its_connection_reached() {
     let (env, origin) = (Env::new(), Upstream::echo("origin").await);
     env.leaf("a", &["a.test"]);

@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::{EscapedSlashes, HeaderRules, PathMatch, Rewrite, contains_ip};
+use crate::config::{EscapedSlashes, HeaderRules, PathMatch, RateKey, Rewrite, contains_ip};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
-use crate::policy::{Claims, body_limit, client_ip, headers, rate_limit};
+use crate::policy::{body_limit, client_ip, headers, rate_limit};
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
@@ -289,21 +289,20 @@ impl Proxy {
         if canonical.escaped_slash && route.escaped_slashes == EscapedSlashes::Reject {
             return Err(Refusal::EscapedSlash.into());
         }
-        // Policy steps, in this order: max_body (413) → auth (401) → rate limits, site then
-        // route (429) → concurrency (429, taken by the caller). A declared oversized body is
-        // refused before anything.
+        // Policy steps, cheap refusals first: max_body (413) → rate limits not keyed by a
+        // claim, site then route (429) → auth (401) → rate limits keyed by a claim (429) →
+        // concurrency (429, taken by the caller). A declared oversized body is refused before
+        // anything; a flood of forged tokens is limited before any signature is checked.
         body_limit::check_length(request.headers(), route.max_body)
             .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
+        check_rate_limits(site, route, client_ip, request.headers(), None)?;
         // JWT auth before anything reaches the origin; the claims key `jwt:CLAIM` rate limits.
-        let claims: Option<Claims> = match &route.auth {
-            Some(auth) => Some(
-                auth.check(request.headers_mut())
-                    .map_err(|failure| ProxyError::Unauthorized { failure })?,
-            ),
-            None => None,
-        };
-        check_rate_limits(site, route, client_ip, request.headers(), claims.as_deref())
-            .map_err(|(scope, limit)| ProxyError::RateLimited { scope, limit })?;
+        if let Some(auth) = &route.auth {
+            let claims = auth
+                .check(request.headers_mut())
+                .map_err(|failure| ProxyError::Unauthorized { failure })?;
+            check_rate_limits(site, route, client_ip, request.headers(), Some(&claims))?;
+        }
         Ok((site, route, request, canonical))
     }
 
@@ -391,21 +390,28 @@ fn hop_head(
     (parts, body, downstream_upgrade)
 }
 
-/// The site's rate limit, then the route's; either refusing counts on the route. The error
-/// names whose limit refused.
+/// The site's and the route's rate limits whose keys are at hand: before auth (`claims`
+/// `None`) those not keyed by a claim, after it those that are. Either refusing counts on the
+/// route; the error names whose limit refused.
 fn check_rate_limits(
     site: &SiteRoutes,
     route: &Route,
     client: std::net::IpAddr,
     headers: &http::HeaderMap,
     claims: rate_limit::Claims<'_>,
-) -> Result<(), (&'static str, rate_limit::Limited)> {
+) -> Result<(), ProxyError> {
+    if site.rate_limit.is_none() && route.rate_limit.is_none() {
+        return Ok(());
+    }
     for (scope, limiter) in [("site", &site.rate_limit), ("route", &route.rate_limit)] {
         let Some(limiter) = limiter else { continue };
+        if matches!(limiter.key(), RateKey::JwtClaim(_)) != claims.is_some() {
+            continue;
+        }
         let key = rate_limit::key_for(limiter.key(), client, headers, claims);
         if let Err(limit) = limiter.check(&key) {
             route.metrics.rate_limited.inc();
-            return Err((scope, limit));
+            return Err(ProxyError::RateLimited { scope, limit });
         }
     }
     Ok(())
