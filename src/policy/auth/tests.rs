@@ -106,9 +106,21 @@ fn a_valid_token_forwards_its_claims_and_replaces_client_identity_headers() {
 }
 
 #[test]
-fn tokens_without_kid_are_tried_against_every_key() {
-    let key = EcKey::new();
-    assert!(outcome(&jwks_auth(&key), &key.sign(None, &good_claims())).is_ok());
+fn a_token_without_kid_is_tried_against_one_key_of_its_family() {
+    let (first, second) = (EcKey::new(), EcKey::new());
+    let jwks = json!({"keys": [first.jwk("a"), second.jwk("b")]}).to_string();
+    let set = KeySet::parse(jwks.as_bytes(), false).expect("jwks");
+    let auth = RouteAuth::with_keys(
+        &config(&[JwtAlgorithm::ES256]),
+        Arc::new(KeyStore::fixed(set)),
+    );
+    assert!(outcome(&auth, &first.sign(None, &good_claims())).is_ok());
+    assert_eq!(
+        outcome(&auth, &second.sign(None, &good_claims())).err(),
+        Some(AuthFailure::BadSignature),
+        "the second key is not tried"
+    );
+    assert!(outcome(&auth, &second.sign(Some("b"), &good_claims())).is_ok());
 }
 
 #[test]
