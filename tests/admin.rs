@@ -16,7 +16,8 @@ use prometheus_parse::{Sample, Scrape, Value};
 use rampart::{Listeners, Server};
 
 use common::{
-    Env, HttpClient, Reply, TlsClient, Upstream, empty, plain_get, refused_addr, tls_alert,
+    Env, HttpClient, Reply, TlsClient, Upstream, empty, plain_get, plain_get_with, refused_addr,
+    tls_alert,
 };
 use pebble::{Pebble, PebbleOptions};
 
@@ -106,6 +107,50 @@ fn histogram_count(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f6
             .expect("a +Inf bucket"),
         other => panic!("{metric} is not a histogram: {other:?}"),
     }
+}
+
+/// With `listen.admin_token_file`, every endpoint but `/healthz` wants the bearer token.
+#[tokio::test]
+async fn with_a_token_every_admin_endpoint_but_healthz_wants_it() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new();
+    env.leaf("a", &["a.test"]);
+    let token = "0123456789abcdef-token";
+    let file = env.write("admin.token", &format!("{token}\n"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    // The whole file: `listen` needs the admin keys, which the shared header does not have.
+    let config = env.write(
+        "rampart.yaml",
+        "listen:
+  https: \"127.0.0.1:8443\"
+  http: \"127.0.0.1:8080\"
+  admin: \"127.0.0.1:9180\"
+  admin_token_file: admin.token
+storage: storage
+log: { format: text, level: warn }
+sites:
+  - hosts: [a.test]
+    tls: { cert: a.pem, key: a.key }
+    routes: [{ path: /, respond: { body: ok } }]
+",
+    );
+    let server = start(&config, Listeners::loopback_with_admin()?).await;
+    let addr = server.admin_addr().expect("an admin listener");
+    assert_eq!(plain_get(addr, "localhost", "/healthz").await.status, 200);
+    for path in ["/metrics", "/readyz", "/certs"] {
+        let refused = plain_get(addr, "localhost", path).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(refused.header("www-authenticate"), Some("Bearer"), "{path}");
+        let wrong = [("authorization", "Bearer 0123456789abcdef-tokem")];
+        let refused = plain_get_with(addr, "localhost", path, &wrong).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{path}");
+        let bearer = format!("Bearer {token}");
+        let right = [("authorization", bearer.as_str())];
+        let served = plain_get_with(addr, "localhost", path, &right).await;
+        assert_eq!(served.status, StatusCode::OK, "{path}: {}", served.text());
+    }
+    assert!(server.shutdown().await);
+    Ok(())
 }
 
 /// A request whose client leaves before the answer counts as it is logged: a 4xx (499) on its

@@ -45,6 +45,7 @@ pub(super) struct RawListen {
     pub(super) https: Text,
     pub(super) http: Text,
     pub(super) admin: Option<Text>,
+    pub(super) admin_token_file: Option<Text>,
     pub(super) proxy_protocol: Option<Spanned<RawProxyProtocol>>,
 }
 
@@ -215,6 +216,7 @@ impl Default for RawListen {
             https: text("[::]:443"),
             http: text("[::]:80"),
             admin: None,
+            admin_token_file: None,
             proxy_protocol: None,
         }
     }

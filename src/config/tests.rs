@@ -122,6 +122,7 @@ sites:
             https: addr("127.0.0.1:8443"),
             http: addr("127.0.0.1:8080"),
             admin: Some(addr("127.0.0.1:9180")),
+            admin_token: None,
             proxy_protocol: None,
         }
     );
@@ -237,6 +238,7 @@ fn omitted_keys_take_their_defaults() {
             https: addr("[::]:443"),
             http: addr("[::]:80"),
             admin: None,
+            admin_token: None,
             proxy_protocol: None,
         }
     );
@@ -473,6 +475,61 @@ fn headers_with_underscores_are_dropped_unless_told_otherwise() {
     let (place, reason) = only_problem(&format!("headers_with_underscores: keep\n{SITE}"));
     assert_eq!(place, at(1, 27, "headers_with_underscores"));
     assert_eq!(reason, "`keep` is not one of drop, reject, allow");
+}
+
+/// Writes `text` to `name` in `dir` with permission bits `mode`.
+fn write_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    fs::write(&path, text).expect("temp dir is writable");
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
+
+#[test]
+fn the_admin_token_sits_in_a_file_other_users_cannot_read() -> Result<(), Box<dyn Error>> {
+    let dir = tempfile::tempdir()?;
+    write_with_mode(dir.path(), "admin.token", "0123456789abcdef0123\n", 0o640);
+    write_with_mode(dir.path(), "open.token", "0123456789abcdef0123\n", 0o644);
+    write_with_mode(dir.path(), "short.token", "guess\n", 0o600);
+    let yaml = |listen: &str| format!("listen:\n  admin: \"127.0.0.1:9180\"\n{listen}{SITE}");
+    let config = load_written(
+        dir.path(),
+        &yaml("  admin_token_file: admin.token\n"),
+        0o600,
+    )?;
+    let token = config.listen.admin_token.expect("a token");
+    assert_eq!(token.expose(), "0123456789abcdef0123");
+    assert_eq!(format!("{token:?}"), "Secret(..)", "never printed");
+    let problems = load_problems(dir.path(), &yaml("  admin_token_file: open.token\n"), 0o600)?;
+    assert!(problems.contains("listen.admin_token_file: "), "{problems}");
+    assert!(
+        problems.contains("is open to other users (mode 644)"),
+        "{problems}"
+    );
+    let problems = load_problems(
+        dir.path(),
+        &yaml("  admin_token_file: short.token\n"),
+        0o600,
+    )?;
+    assert!(
+        problems.contains("shorter than 16 characters"),
+        "{problems}"
+    );
+    Ok(())
+}
+
+/// Writes `yaml` as `rampart.yaml` (mode `mode`) in `dir` and loads it.
+fn load_written(dir: &Path, yaml: &str, mode: u32) -> Result<Config, ConfigError> {
+    load(&write_with_mode(dir, "rampart.yaml", yaml, mode))
+}
+
+/// The problems of the written configuration, one per line.
+fn load_problems(dir: &Path, yaml: &str, mode: u32) -> Result<String, Box<dyn Error>> {
+    match load_written(dir, yaml, mode) {
+        Ok(_) => Err("expected problems".into()),
+        Err(error) => Ok(error.to_string()),
+    }
 }
 
 #[test]

@@ -51,6 +51,8 @@ pub struct Listen {
     pub http: SocketAddr,
     /// Health and metrics listener, if any.
     pub admin: Option<SocketAddr>,
+    /// `admin_token_file:` the bearer token every admin request must carry, if set.
+    pub admin_token: Option<Secret>,
     /// `proxy_protocol:` PROXY protocol on the https listener, from these peers only.
     pub proxy_protocol: Option<ProxyProtocol>,
 }
@@ -100,6 +102,28 @@ pub enum KeyType {
     EcdsaP384,
     /// RSA 2048 with SHA-256.
     Rsa2048,
+}
+
+/// A credential read from the configuration (an admin token): compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `text`.
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The secret, for comparing with what a request presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// External account binding credentials (RFC 8555 §7.3.4).

@@ -23,8 +23,8 @@ use crate::config::raw::{
     List, RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
 };
 use crate::config::{
-    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Underscores, UpstreamDefaults,
-    humane,
+    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Secret, Underscores,
+    UpstreamDefaults, humane,
 };
 
 mod gateway;
@@ -152,10 +152,34 @@ impl Checker {
             }
         }
         let proxy_protocol = self.proxy_protocol(&raw.proxy_protocol);
+        let admin_token = raw.admin_token_file.as_ref().map(|file| {
+            let at = "listen.admin_token_file";
+            let token = self.secret_file(file, at)?;
+            let checked = match token.trim() {
+                "" => Err("the token file is empty".to_string()),
+                token if token.len() < MIN_TOKEN_LEN => Err(format!(
+                    "the token is shorter than {MIN_TOKEN_LEN} characters; use e.g. \
+                     `openssl rand -hex 32`"
+                )),
+                token if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Err("the token must be printable ASCII without spaces".to_string())
+                }
+                token => Ok(Secret::new(token.to_string())),
+            };
+            self.check(&file.referenced, at, checked)
+        });
+        if let (Some(file), None) = (&raw.admin_token_file, &raw.admin) {
+            self.report(
+                &file.referenced,
+                "listen.admin_token_file",
+                "there is no admin listener (listen.admin) for the token to guard",
+            );
+        }
         Some(Listen {
             https: https?,
             http: http?,
             admin: present(admin)?,
+            admin_token: present(admin_token)?,
             proxy_protocol: proxy_protocol?,
         })
     }
@@ -247,6 +271,15 @@ impl Checker {
             key_id: key_id?,
             hmac_key: hmac_key?,
         })
+    }
+
+    /// The text of a file holding a credential, which other users must not be able to read.
+    fn secret_file(&mut self, raw: &Text, at: &str) -> Option<String> {
+        let path = self.path(raw, at)?;
+        let checked = private_file(&path).and_then(|()| {
+            fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        });
+        self.check(&raw.referenced, at, checked)
     }
 
     fn downstream(&mut self, raw: &RawDownstream) -> Option<Downstream> {
@@ -448,6 +481,26 @@ impl Checker {
     fn report(&mut self, location: &Location, at: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(Problem::at(location, at, reason));
     }
+}
+
+/// Shortest admin token accepted: guessing one must be hopeless.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `Ok` when other users (neither owner nor group) have no access to `path`; a file that
+/// cannot be looked at is not judged here (it was just read, or reading it reports why).
+fn private_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(metadata) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o007 == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is open to other users (mode {mode:o}): chmod o-rwx {0}",
+        path.display()
+    ))
 }
 
 /// Turns "absent" into a valid `None` and "present but invalid" into a failure.

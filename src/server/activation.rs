@@ -227,6 +227,7 @@ mod tests {
             https: https.parse().expect("test address"),
             http: http.parse().expect("test address"),
             admin: None,
+            admin_token: None,
             proxy_protocol: None,
         }
     }

@@ -4,9 +4,11 @@
 //! certificate, `/metrics` is the Prometheus registry and `/certs` the JSON of `rampart certs`.
 //! Reads the current configuration snapshot and the [`CertStore`]; writes nothing. Its accept
 //! loop and connections run on the server's task tracker and stop with it. It is meant for
-//! loopback: there is no authentication.
+//! loopback (start-up warns otherwise); with `listen.admin_token_file` every endpoint but
+//! `/healthz` also wants `Authorization: Bearer TOKEN` (401 without it).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::acme;
+use crate::config::Secret;
 use crate::observe::metrics;
 use crate::server::reload::Reloader;
 use crate::tls::CertStore;
@@ -39,6 +42,8 @@ pub(crate) struct Admin {
     reloader: Arc<Reloader>,
     certs: CertStore,
     provider: Arc<CryptoProvider>,
+    /// The bearer token requests must carry, if one is configured.
+    token: Option<Arc<Secret>>,
 }
 
 impl Admin {
@@ -46,11 +51,13 @@ impl Admin {
         reloader: Arc<Reloader>,
         certs: CertStore,
         provider: Arc<CryptoProvider>,
+        token: Option<Secret>,
     ) -> Self {
         Self {
             reloader,
             certs,
             provider,
+            token: token.map(Arc::new),
         }
     }
 
@@ -106,6 +113,21 @@ impl Admin {
     async fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        }
+        // Liveness tells nothing, and probes that cannot carry a token need it.
+        let open = request.uri().path() == "/healthz";
+        if let Some(token) = &self.token
+            && !open
+            && !presents(request, token)
+        {
+            let mut refused = text(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required\n".into(),
+            );
+            refused
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return refused;
         }
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -164,6 +186,39 @@ impl Admin {
     }
 }
 
+/// The warning start-up logs for an admin listener bound to `addr`, if it is not on loopback:
+/// metrics and certificate details are then reachable from the network.
+pub(crate) fn exposure(addr: SocketAddr, has_token: bool) -> Option<&'static str> {
+    match (addr.ip().is_loopback(), has_token) {
+        (true, _) => None,
+        (false, true) => Some(
+            "the admin listener is not on loopback; its endpoints need the token, but keep it \
+             on 127.0.0.1 or ::1 or behind a firewall",
+        ),
+        (false, false) => Some(
+            "the admin listener is not on loopback and has no token: metrics and certificate \
+             details are open to the network; keep it on 127.0.0.1 or ::1, or set \
+             listen.admin_token_file",
+        ),
+    }
+}
+
+/// Whether `request` carries `Authorization: Bearer TOKEN` with the configured token, compared
+/// in time independent of where they differ.
+fn presents<B>(request: &Request<B>, token: &Secret) -> bool {
+    let Some(given) = (request.headers().get(header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, given)| given.trim().as_bytes())
+    else {
+        return false;
+    };
+    let expected = token.expose().as_bytes();
+    let differences = (given.iter().zip(expected)).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    given.len() == expected.len() && differences == 0
+}
+
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     reply(status, "text/plain; charset=utf-8", body.into())
 }
@@ -175,4 +230,37 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listener_off_loopback_is_warned_about() {
+        let at = |text: &str| text.parse::<SocketAddr>().expect("test address");
+        assert_eq!(exposure(at("127.0.0.1:9180"), false), None);
+        assert_eq!(exposure(at("[::1]:9180"), false), None);
+        assert!(exposure(at("0.0.0.0:9180"), true).is_some_and(|w| w.contains("need the token")));
+        assert!(exposure(at("[::]:9180"), false).is_some_and(|w| w.contains("no token")));
+        assert!(exposure(at("10.0.0.5:9180"), false).is_some());
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        let token = Secret::new("0123456789abcdef".to_owned());
+        let with = |value: &str| {
+            let request = Request::get("/metrics")
+                .header(header::AUTHORIZATION, value)
+                .body(())
+                .expect("test request");
+            presents(&request, &token)
+        };
+        assert!(with("Bearer 0123456789abcdef"));
+        assert!(with("bearer 0123456789abcdef"));
+        assert!(!with("Bearer 0123456789abcde"));
+        assert!(!with("Bearer 0123456789abcdef0"));
+        assert!(!with("Basic 0123456789abcdef"));
+        assert!(!presents(&Request::get("/").body(()).unwrap(), &token));
+    }
 }

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::acme::ChallengeStore;
 use crate::config::Config;
 use crate::proxy::{Proxy, RouteTable};
-use crate::server::admin::Admin;
+use crate::server::admin::{self, Admin};
 use crate::server::http01::Http01;
 use crate::server::listener::{self, HttpServers};
 use crate::server::reload::Reloader;
@@ -58,6 +58,7 @@ impl Server {
         let challenges = ChallengeStore::default();
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
         let (grace, downstream) = (config.shutdown_grace, config.downstream.clone());
+        let admin_token = config.listen.admin_token.clone();
         // Part of `listen:`, so it is fixed until restart like the listeners themselves.
         let proxy_protocol = config.listen.proxy_protocol.clone();
         let sites = config.sites.len();
@@ -111,7 +112,12 @@ impl Server {
         ));
         // Last, so an admin answer means the other listeners are serving.
         if let Some(admin) = listeners.admin {
-            let endpoints = Admin::new(reloader.clone(), certs.clone(), provider);
+            if let Some(warning) = (admin.local_addr().ok())
+                .and_then(|addr| admin::exposure(addr, admin_token.is_some()))
+            {
+                warn!(admin = ?admin.local_addr().ok(), "{warning}");
+            }
+            let endpoints = Admin::new(reloader.clone(), certs.clone(), provider, admin_token);
             tasks.spawn(endpoints.run(admin, tasks.clone(), stop.clone()));
         }
         tasks.spawn(reloader.clone().watch(hangup));

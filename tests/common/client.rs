@@ -408,6 +408,16 @@ impl Echoed {
 
 /// `GET path` with `Host: host` over plain HTTP/1.1 (the `:80` listener).
 pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    plain_get_with(addr, host, path, &[]).await
+}
+
+/// [`plain_get`] with further header `fields`.
+pub async fn plain_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Reply {
     let tcp = within(WAIT, "a TCP connection", TcpStream::connect(addr))
         .await
         .expect("connect");
@@ -417,10 +427,11 @@ pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let request = Request::get(path)
-        .header(http::header::HOST, host)
-        .body(empty())
-        .expect("valid request");
+    let mut request = Request::get(path).header(http::header::HOST, host);
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(empty()).expect("valid request");
     let response = within(WAIT, "the response", sender.send_request(request))
         .await
         .expect("a response");

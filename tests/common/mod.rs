@@ -20,8 +20,8 @@ use std::time::Duration;
 pub use binary::{Binary, free_addr, rampart_command};
 pub use ca::{Leaf, TestCa};
 pub use client::{
-    Body, BoxError, Echoed, HttpClient, Reply, Tls, TlsClient, empty, full, plain_get, tls_alert,
-    tls_connect,
+    Body, BoxError, Echoed, HttpClient, Reply, Tls, TlsClient, empty, full, plain_get,
+    plain_get_with, tls_alert, tls_connect,
 };
 pub use rampart::{Env, Rampart};
 pub use upstream::{Upstream, pattern_chunk, pattern_sha256, refused_addr};
