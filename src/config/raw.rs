@@ -69,12 +69,16 @@ pub(super) struct RawAcme {
     pub(super) eab: Option<RawEab>,
 }
 
-/// `acme.eab:` both keys are required when the section is present.
+/// `acme.eab:` `key_id` and one of `hmac_key`, `hmac_key_file` are required when the section is
+/// present.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEab {
     pub(super) key_id: Text,
-    pub(super) hmac_key: Text,
+    #[serde(default)]
+    pub(super) hmac_key: Option<Text>,
+    #[serde(default)]
+    pub(super) hmac_key_file: Option<Text>,
 }
 
 /// `downstream:`

@@ -454,8 +454,8 @@ fn structural_errors_carry_position_and_path() {
     assert_eq!((place.0, place.2.as_str()), (3, "sites[0].tls"));
     assert_eq!(reason, "missing key `key`");
     let (place, reason) = only_problem(&format!("acme:\n  eab:\n    key_id: k\n{SITE}"));
-    assert_eq!(place, at(3, 5, "acme.eab"));
-    assert_eq!(reason, "missing key `hmac_key`");
+    assert_eq!(place, at(3, 13, "acme.eab"));
+    assert_eq!(reason, "missing key `hmac_key` (or `hmac_key_file`)");
 
     let (place, reason) = only_problem("sites:\n  - hosts: [a.test, [b.test]]\n");
     assert_eq!(place, at(2, 21, "sites[0].hosts[1]"));
@@ -487,29 +487,62 @@ fn write_with_mode(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 }
 
 #[test]
-fn the_admin_token_sits_in_a_file_other_users_cannot_read() -> Result<(), Box<dyn Error>> {
+fn credentials_must_sit_in_files_other_users_cannot_read() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
+    write_with_mode(dir.path(), "eab.key", "c2VjcmV0\n", 0o600);
+    write_with_mode(dir.path(), "open.key", "c2VjcmV0\n", 0o644);
     write_with_mode(dir.path(), "admin.token", "0123456789abcdef0123\n", 0o640);
-    write_with_mode(dir.path(), "open.token", "0123456789abcdef0123\n", 0o644);
     write_with_mode(dir.path(), "short.token", "guess\n", 0o600);
-    let yaml = |listen: &str| format!("listen:\n  admin: \"127.0.0.1:9180\"\n{listen}{SITE}");
+    let yaml = |eab: &str, listen: &str| {
+        format!(
+            "listen:\n  admin: \"127.0.0.1:9180\"\n{listen}acme:\n  eab: {{ key_id: k, {eab} }}\n{SITE}"
+        )
+    };
+    // From files: read, trimmed, private.
     let config = load_written(
         dir.path(),
-        &yaml("  admin_token_file: admin.token\n"),
+        &yaml(
+            "hmac_key_file: eab.key",
+            "  admin_token_file: admin.token\n",
+        ),
         0o600,
     )?;
+    assert_eq!(
+        config.acme.eab.map(|e| e.hmac_key),
+        Some(b"secret".to_vec())
+    );
     let token = config.listen.admin_token.expect("a token");
     assert_eq!(token.expose(), "0123456789abcdef0123");
     assert_eq!(format!("{token:?}"), "Secret(..)", "never printed");
-    let problems = load_problems(dir.path(), &yaml("  admin_token_file: open.token\n"), 0o600)?;
-    assert!(problems.contains("listen.admin_token_file: "), "{problems}");
+    // A key file others can read is refused, and so is an inline key in such a config file.
+    let problems = load_problems(dir.path(), &yaml("hmac_key_file: open.key", ""), 0o600)?;
+    assert!(problems.contains("acme.eab.hmac_key_file: "), "{problems}");
     assert!(
         problems.contains("is open to other users (mode 644)"),
         "{problems}"
     );
+    let problems = load_problems(dir.path(), &yaml("hmac_key: c2VjcmV0", ""), 0o644)?;
+    assert!(
+        problems.contains("acme.eab.hmac_key: the HMAC key is a credential"),
+        "{problems}"
+    );
+    assert!(
+        !problems.contains("c2VjcmV0"),
+        "the key is never quoted: {problems}"
+    );
+    assert!(load_written(dir.path(), &yaml("hmac_key: c2VjcmV0", ""), 0o640).is_ok());
     let problems = load_problems(
         dir.path(),
-        &yaml("  admin_token_file: short.token\n"),
+        &yaml("hmac_key: c2VjcmV0, hmac_key_file: eab.key", ""),
+        0o600,
+    )?;
+    assert!(problems.contains("not both"), "{problems}");
+    let problems = load_problems(
+        dir.path(),
+        &yaml(
+            "hmac_key_file: eab.key",
+            "  admin_token_file: short.token\n",
+        ),
         0o600,
     )?;
     assert!(

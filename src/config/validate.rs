@@ -93,7 +93,7 @@ impl Checker {
         let listen = self.listen(&raw.listen);
         let storage = self.path(&raw.storage, "storage");
         let log = self.log(&raw.log);
-        let acme = self.acme(&raw.acme);
+        let acme = self.acme(&raw.acme, source);
         let downstream = self.downstream(&raw.downstream);
         let upstream = self.upstream(&raw.upstream);
         let shutdown_grace = self.duration(&raw.shutdown_grace, "shutdown_grace", Zero::Allowed);
@@ -201,7 +201,7 @@ impl Checker {
         })
     }
 
-    fn acme(&mut self, raw: &RawAcme) -> Option<Acme> {
+    fn acme(&mut self, raw: &RawAcme, source: &Path) -> Option<Acme> {
         let email = raw.email.as_ref().map(|email| {
             let checked = check_email(&email.value).map(|()| email.value.clone());
             self.check(&email.referenced, "acme.email", checked)
@@ -225,7 +225,7 @@ impl Checker {
             .profile
             .as_ref()
             .map(|profile| self.non_empty(profile, "acme.profile"));
-        let eab = raw.eab.as_ref().map(|eab| self.eab(eab));
+        let eab = raw.eab.as_ref().map(|eab| self.eab(eab, source));
         Some(Acme {
             email: present(email)?,
             directory: directory?,
@@ -255,10 +255,45 @@ impl Checker {
         self.check(&raw.referenced, "acme.ca_bundle", checked)
     }
 
-    fn eab(&mut self, raw: &RawEab) -> Option<Eab> {
+    /// `acme.eab`: the key id and the HMAC key, written inline (then the configuration file
+    /// must not be readable by other users) or in `hmac_key_file` (which must not be either).
+    fn eab(&mut self, raw: &RawEab, source: &Path) -> Option<Eab> {
         let key_id = self.non_empty(&raw.key_id, "acme.eab.key_id");
+        let (text, at, location) = match (&raw.hmac_key, &raw.hmac_key_file) {
+            (Some(inline), None) => {
+                let at = "acme.eab.hmac_key";
+                let private = private_file(source).map_err(|reason| {
+                    format!(
+                        "the HMAC key is a credential and {reason}; move it to hmac_key_file \
+                         or make the configuration file private"
+                    )
+                });
+                self.check(&inline.referenced, at, private)?;
+                (inline.value.clone(), at, inline.referenced)
+            }
+            (None, Some(file)) => {
+                let at = "acme.eab.hmac_key_file";
+                (self.secret_file(file, at)?, at, file.referenced)
+            }
+            (Some(_), Some(file)) => {
+                self.report(
+                    &file.referenced,
+                    "acme.eab.hmac_key_file",
+                    "give the HMAC key once: hmac_key or hmac_key_file, not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.report(
+                    &raw.key_id.referenced,
+                    "acme.eab",
+                    "missing key `hmac_key` (or `hmac_key_file`)",
+                );
+                return None;
+            }
+        };
         // The key is a credential: the messages never quote it.
-        let hmac_key = match EAB_KEY_ENCODING.decode(raw.hmac_key.value.trim()) {
+        let hmac_key = match EAB_KEY_ENCODING.decode(text.trim()) {
             Ok(key) if !key.is_empty() => Ok(key),
             Ok(_) => Err("the HMAC key is empty".to_string()),
             Err(_) => Err(
@@ -266,7 +301,7 @@ impl Checker {
                     .to_string(),
             ),
         };
-        let hmac_key = self.check(&raw.hmac_key.referenced, "acme.eab.hmac_key", hmac_key);
+        let hmac_key = self.check(&location, at, hmac_key);
         Some(Eab {
             key_id: key_id?,
             hmac_key: hmac_key?,
