@@ -118,6 +118,8 @@ fn outcome(status: u16, body: &[u8]) -> Outcome {
 async fn raw_h1(rampart: &Rampart, sni: &str, raw: &str) -> Outcome {
     let mut stream = rampart.connect_offering(sni, &["http/1.1"]).await.stream;
     stream.write_all(raw.as_bytes()).await.expect("write");
+    // TLS buffers what the socket did not take at once; reading would not send it.
+    stream.flush().await.expect("flush");
     let mut response = Vec::new();
     // The server may reset after answering a request it refused: what arrived is enough.
     let _ = within(WAIT, "the response", stream.read_to_end(&mut response)).await;
@@ -596,6 +598,7 @@ async fn an_http10_request_without_host_is_for_the_name_its_connection_reached()
             .expect("handshake");
         let mut stream = tls.stream;
         stream.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+        stream.flush().await.unwrap();
         let mut response = Vec::new();
         let _ = within(WAIT, "the response", stream.read_to_end(&mut response)).await;
         let text = String::from_utf8_lossy(&response);
