@@ -89,6 +89,7 @@ downstream:
   handshake_timeout: 5s
   header_timeout: 1500ms
   idle_timeout: 2m
+  client_body_timeout: 20s
   max_header_bytes: 16KiB
   max_headers: 50
   h2_max_streams: 10
@@ -155,6 +156,7 @@ sites:
             handshake_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_millis(1500),
             idle_timeout: Duration::from_secs(120),
+            client_body_timeout: Duration::from_secs(20),
             max_header_bytes: 16 * 1024,
             max_headers: 50,
             h2_max_streams: 10,
@@ -265,6 +267,7 @@ fn omitted_keys_take_their_defaults() {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(30),
             max_header_bytes: 65_536,
             max_headers: 100,
             h2_max_streams: 256,

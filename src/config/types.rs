@@ -153,6 +153,9 @@ pub struct Downstream {
     pub header_timeout: Duration,
     /// A connection with no bytes moving either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A request body that sends nothing for this long is the client's failure (408), and
+    /// never holds an origin longer.
+    pub client_body_timeout: Duration,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request head.

@@ -330,6 +330,11 @@ impl Checker {
         );
         let idle_timeout =
             self.duration(&raw.idle_timeout, "downstream.idle_timeout", Zero::Refused);
+        let client_body_timeout = self.duration(
+            &raw.client_body_timeout,
+            "downstream.client_body_timeout",
+            Zero::Refused,
+        );
         let max_header_bytes = self.size(
             &raw.max_header_bytes,
             "downstream.max_header_bytes",
@@ -342,6 +347,7 @@ impl Checker {
             handshake_timeout: handshake_timeout?,
             header_timeout: header_timeout?,
             idle_timeout: idle_timeout?,
+            client_body_timeout: client_body_timeout?,
             max_header_bytes: max_header_bytes?,
             max_headers: max_headers?,
             h2_max_streams: h2_max_streams?,

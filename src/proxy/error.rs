@@ -69,17 +69,22 @@ pub enum ProxyError {
     /// Every available origin of the route is at its `max_conns`.
     #[error("every upstream of the route is at its connection limit")]
     UpstreamsBusy,
-    /// The client's request body could not be read (kept in memory so a retry can resend it).
+    /// The client's request body is malformed (invalid chunked framing, more than declared,
+    /// an HTTP/2 protocol error): the client's failure, never the origin's.
     #[error("cannot read the request body")]
     RequestBody {
         /// Cause.
         #[source]
-        source: hyper::Error,
+        source: crate::proxy::BodyError,
     },
-    /// The client did not send its (small, buffered) request body in time.
+    /// The client went away before its request body was complete (499, as nginx logs it).
+    #[error("the client left before sending its whole request body")]
+    ClientGone,
+    /// The client stopped sending its request body for `client_body_timeout`, had not sent it
+    /// all when the response head was due, or did not send a small one within the deadline.
     #[error("request body not received within {timeout:?}")]
     RequestBodyTimeout {
-        /// The limit that passed: what was left of the route's total deadline.
+        /// The limit that passed.
         timeout: Duration,
     },
     /// The route requires a valid bearer token and the request had none, or a bad one.
@@ -119,6 +124,9 @@ impl From<Refusal> for ProxyError {
         }
     }
 }
+
+/// nginx's status for a request whose client left before the response (never sent).
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 /// Why a connection to an origin could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +207,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::NoHealthyUpstream { .. } | Self::UpstreamsBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            Self::ClientGone => StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid code"),
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -219,6 +228,7 @@ impl ProxyError {
             Self::NoHealthyUpstream { .. } => "no_healthy_upstream",
             Self::UpstreamsBusy => "upstreams_busy",
             Self::RequestBody { .. } => "request_body",
+            Self::ClientGone => "client_closed",
             Self::RequestBodyTimeout { .. } => "request_body_timeout",
             Self::Unauthorized { .. } => "unauthorized",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -235,6 +245,7 @@ impl ProxyError {
             | Self::NoRoute
             | Self::MethodNotAllowed { .. }
             | Self::RequestBody { .. }
+            | Self::ClientGone
             | Self::RequestBodyTimeout { .. }
             | Self::Unauthorized { .. }
             | Self::BodyTooLarge { .. }
@@ -270,6 +281,8 @@ impl ProxyError {
                 "503 service unavailable: every upstream server is at its connection limit\n"
             }
             Self::RequestBody { .. } => "400 bad request: the request body could not be read\n",
+            // Nobody reads it: the client has gone.
+            Self::ClientGone => "499 client closed request\n",
             Self::RequestBodyTimeout { .. } => {
                 "408 request timeout: the request body did not arrive in time\n"
             }

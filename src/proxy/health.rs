@@ -349,7 +349,13 @@ async fn probe(upstream: &Upstream, check: &ActiveHealth, timeouts: &Timeouts) -
     );
     *request.uri_mut() = uri;
     let exchange = async {
-        let response = upstream.send(request, timeouts).await.ok()?;
+        let response = match upstream.send(request, timeouts).await {
+            Ok(response) => response,
+            Err(failed) => {
+                upstream.count_failure(failed.failure);
+                return None;
+            }
+        };
         let status: StatusCode = response.status();
         // Read the body so the connection can go back to the pool.
         response.into_body().collect().await.ok()?;

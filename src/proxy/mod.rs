@@ -25,7 +25,7 @@ mod upstream;
 mod wire;
 
 pub use balance::UpstreamPool;
-pub use body::{BodyError, IdleElapsed, Metered, ProxyBody};
+pub use body::{BodyError, ClientBodyStalled, IdleElapsed, Metered, ProxyBody};
 pub use error::{ConnectError, ProxyError, Side};
 pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};

@@ -24,7 +24,7 @@ use crate::config::{Timeouts, is_idempotent};
 use crate::observe::Chain;
 use crate::observe::metrics::UpstreamFailure;
 use crate::policy::body_limit;
-use crate::proxy::body::{Counted, UpstreamBody};
+use crate::proxy::body::{BodyError, BodyFate, ClientBody, Fate, UpstreamBody};
 use crate::proxy::health::Outcome;
 use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
 
@@ -35,8 +35,9 @@ const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 pub(crate) enum Payload {
     /// Complete in memory (empty when the request has none): may be sent again.
     Buffered(Bytes),
-    /// Streamed from the client: sent once, unless the origin never saw it.
-    Streamed(UpstreamBody),
+    /// Streamed from the client: sent once, unless the origin never saw it. Its fate says,
+    /// when the exchange fails, whether the client's body failed it.
+    Streamed(UpstreamBody, Arc<BodyFate>),
 }
 
 /// A request head ready for the hop, the same whichever origin gets it.
@@ -51,33 +52,37 @@ pub(crate) struct Outgoing {
     pub(crate) headers: HeaderMap,
     /// The body.
     pub(crate) payload: Payload,
+    /// What bounds the client's body, to name its failure.
+    pub(crate) limits: BodyLimits,
 }
 
 impl Outgoing {
     /// Takes the head of `parts`, whose URI is the origin-form target.
-    fn new(parts: Parts, payload: Payload) -> Self {
+    fn new(parts: Parts, payload: Payload, limits: BodyLimits) -> Self {
         Self {
             method: parts.method,
             target: parts.uri,
             version: parts.version,
             headers: parts.headers,
             payload,
+            limits,
         }
     }
 }
 
 /// The request for the hop: its body read into memory when that allows a retry (an idempotent
 /// method with a declared length of at most 64 KiB, or no body at all), else streamed. Body
-/// bytes are added to `counter`, which a request with a body must bring.
+/// bytes are added to `counter`, which a request with a body must bring; a body may pause at
+/// most `between_reads` (`client_body_timeout`) and is cut at `max_body`.
 ///
 /// # Errors
-/// [`ProxyError::RequestBody`] when the client's body breaks, [`ProxyError::RequestBodyTimeout`]
-/// when it does not arrive before `deadline`.
+/// The client's failure ([`client_failure`]) when its body breaks, stalls or ends early, or
+/// [`ProxyError::RequestBodyTimeout`] when it is not complete before `deadline`.
 pub(crate) async fn prepare(
     head: Parts,
     body: Incoming,
     counter: Option<Arc<AtomicU64>>,
-    max_body: Option<u64>,
+    limits: BodyLimits,
     deadline: Instant,
 ) -> Result<Outgoing, ProxyError> {
     use http_body::Body as _;
@@ -90,13 +95,16 @@ pub(crate) async fn prepare(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = Counted::new(body, counter);
+        let fate = Arc::new(BodyFate::default());
+        // The declared length was checked against `max_body`; an undeclared one is cut there.
+        let limited = body_limit::limit(body, limits.max_body);
+        let body = ClientBody::new(limited, counter, limits.between_reads, fate.clone());
         match length {
             Some(length) if is_idempotent(&head.method) && length <= MAX_BUFFERED_BODY => {
                 let collected = tokio::time::timeout_at(deadline, body.collect()).await;
                 match collected {
                     Ok(Ok(collected)) => Payload::Buffered(collected.to_bytes()),
-                    Ok(Err(source)) => return Err(ProxyError::RequestBody { source }),
+                    Ok(Err(source)) => return Err(client_failure(fate.get(), source, &limits)),
                     Err(_) => {
                         return Err(ProxyError::RequestBodyTimeout {
                             timeout: deadline.saturating_duration_since(Instant::now()),
@@ -104,11 +112,38 @@ pub(crate) async fn prepare(
                     }
                 }
             }
-            // The declared length was checked against `max_body`; an undeclared one is cut there.
-            _ => Payload::Streamed(UpstreamBody::streamed(body_limit::limit(body, max_body))),
+            _ => Payload::Streamed(UpstreamBody::streamed(body), fate),
         }
     };
-    Ok(Outgoing::new(head, payload))
+    Ok(Outgoing::new(head, payload, limits))
+}
+
+/// What bounds a client's request body: the route's `max_body`, and the longest pause
+/// between its bytes (`downstream.client_body_timeout`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimits {
+    /// `max_body:` in bytes, if any.
+    pub(crate) max_body: Option<u64>,
+    /// `client_body_timeout:`
+    pub(crate) between_reads: Duration,
+}
+
+/// The client's failure, for a body that ended as `fate` with `error`: 400 for broken framing,
+/// 499 for a client that left, 408 for one that stopped sending, 413 over `max_body`. None of
+/// them is the origin's.
+fn client_failure(fate: Fate, error: BodyError, limits: &BodyLimits) -> ProxyError {
+    match fate {
+        Fate::Gone => ProxyError::ClientGone,
+        Fate::Stalled => ProxyError::RequestBodyTimeout {
+            timeout: limits.between_reads,
+        },
+        Fate::TooLarge => ProxyError::BodyTooLarge {
+            max: limits.max_body.unwrap_or_default(),
+        },
+        Fate::Broken | Fate::Streaming | Fate::Complete => {
+            ProxyError::RequestBody { source: error }
+        }
+    }
 }
 
 /// Sends `outgoing` to an origin of `pool`, trying up to `retries` more origins as allowed,
@@ -124,14 +159,15 @@ pub(crate) async fn forward(
     upstream_label: &mut Option<Arc<str>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let settings = pool.settings();
+    let limits = outgoing.limits;
     let deadline = start + settings.timeouts.total;
     // No body was read into memory, so no time has passed worth a clock read before the
     // first try (routing takes microseconds).
     let fresh = matches!(&outgoing.payload, Payload::Buffered(bytes) if bytes.is_empty());
     let idempotent = is_idempotent(&outgoing.method);
-    let (buffered, mut streamed) = match outgoing.payload {
-        Payload::Buffered(bytes) => (Some(bytes), None),
-        Payload::Streamed(body) => (None, Some(body)),
+    let (buffered, mut streamed, fate) = match outgoing.payload {
+        Payload::Buffered(bytes) => (Some(bytes), None, None),
+        Payload::Streamed(body, fate) => (None, Some(body), Some(fate)),
     };
     // Filled in only when a try fails: the usual single try allocates nothing here.
     let mut tried: Vec<bool> = Vec::new();
@@ -199,6 +235,23 @@ pub(crate) async fn forward(
                 return Ok(response);
             }
             Err(failed) => {
+                // A streamed body that failed (or, for a missing response head, had not all
+                // arrived) failed the exchange: the client's doing, never the origin's, and
+                // nothing to retry.
+                let fate = fate.as_ref().map(|fate| fate.get());
+                if let Some(fate) = fate.filter(|fate| {
+                    fate.is_failed()
+                        || (*fate == Fate::Streaming && failed.failure == UpstreamFailure::Timeout)
+                }) {
+                    debug!(upstream = upstream.label(), error = %Chain(&failed.error), ?fate, "client failed the exchange");
+                    return Err(match (fate, failed.error) {
+                        (Fate::Streaming, ProxyError::UpstreamTimeout { timeout, .. }) => {
+                            ProxyError::RequestBodyTimeout { timeout }
+                        }
+                        (_, error) => client_failure(fate, Box::new(error), &limits),
+                    });
+                }
+                upstream.count_failure(failed.failure);
                 pool.report(index, Outcome::Failure);
                 tried.resize(pool.len(), false);
                 tried[index] = true;

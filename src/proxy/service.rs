@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -26,6 +27,8 @@ use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::{body_limit, client_ip, headers, rate_limit};
+use crate::proxy::error::CLIENT_CLOSED;
+use crate::proxy::retry::BodyLimits;
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
@@ -64,14 +67,18 @@ impl ConnInfo {
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
     tunnels: TaskTracker,
+    /// `downstream.client_body_timeout`: the longest pause in a client's request body.
+    client_body_timeout: Duration,
 }
 
 impl Proxy {
     /// A proxy serving `table`; upgrade tunnels are spawned on `tunnels` so shutdown sees them.
-    pub fn new(table: RouteTable, tunnels: TaskTracker) -> Self {
+    /// A client's request body may pause `client_body_timeout` at most (408 then).
+    pub fn new(table: RouteTable, tunnels: TaskTracker, client_body_timeout: Duration) -> Self {
         Self {
             table: Arc::new(ArcSwap::from_pointee(table)),
             tunnels,
+            client_body_timeout,
         }
     }
 
@@ -326,14 +333,15 @@ impl Proxy {
         // A counter only for a request with a body (most have none).
         let counter = (!http_body::Body::is_end_stream(&body))
             .then(|| record.bytes_in.get_or_insert_default().clone());
-        let outgoing = retry::prepare(head, body, counter, route.max_body, deadline).await?;
-        let mut response = retry::forward(pool, outgoing, client_ip, start, &mut record.upstream)
-            .await
-            .map_err(|error| match route.max_body {
-                // The origin saw a body cut short, never a complete oversized one.
-                Some(max) if body_limit::is_exceeded(&error) => ProxyError::BodyTooLarge { max },
-                _ => error,
-            })?;
+        let limits = BodyLimits {
+            max_body: route.max_body,
+            between_reads: self.client_body_timeout,
+        };
+        let outgoing = retry::prepare(head, body, counter, limits, deadline).await?;
+        // An oversized body is cut at `max_body` (413): the origin saw it cut short, never
+        // complete.
+        let mut response =
+            retry::forward(pool, outgoing, client_ip, start, &mut record.upstream).await?;
         // Other responses come without hop-by-hop fields (see `Upstream::send`); a switch
         // keeps `Upgrade` when the client asked for one, and is then tunnelled.
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -452,9 +460,6 @@ impl Drop for Unanswered<'_> {
         }
     }
 }
-
-/// nginx's status for a request whose client left before the response (never sent).
-const CLIENT_CLOSED: u16 = 499;
 
 /// Who the request came from and what it asked for, as the forwarding fields need it.
 #[derive(Clone, Debug)]

@@ -307,12 +307,17 @@ impl Upstream {
         request: Option<Request<UpstreamBody>>,
         error: ProxyError,
     ) -> SendError {
-        self.metrics.failure(failure);
         SendError {
             failure,
             request,
             error,
         }
+    }
+
+    /// Counts a failure of this origin in `rampart_upstream_errors_total`; the caller decides
+    /// whether it was the origin's (a client's broken body fails the exchange too).
+    pub(crate) fn count_failure(&self, failure: UpstreamFailure) {
+        self.metrics.failure(failure);
     }
 }
 
