@@ -16,7 +16,9 @@ use common::{Env, Rampart, Upstream, WAIT, within};
 const BAD: usize = 50;
 
 /// `host` in front of `origin`: the breaker opens after 5 failures for a minute, a request
-/// body may pause 300 ms, and may be 1 KiB at most. Each test has its own host, so its
+/// body may pause 300 ms, and may be 1 KiB at most. Bodies stream (`buffer_request_body: 0`),
+/// so a bad one is already at the origin when it fails: the case where blame can go wrong
+/// (a buffered one fails before any origin is asked). Each test has its own host, so its
 /// requests count in series of their own (the metrics registry is the process's).
 async fn guarded(env: &Env, origin: &Upstream, host: &str) -> Rampart {
     env.leaf("site", &[host]);
@@ -29,6 +31,7 @@ sites:
       - path: /
         upstreams: [{}]
         max_body: 1KiB
+        buffer_request_body: 0
         passive: {{ unhealthy_after: 5, cooldown: 60s }}
         timeouts: {{ response_header: 3s }}
 ",

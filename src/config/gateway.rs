@@ -193,7 +193,7 @@ pub struct Timeouts {
 
 /// The per-route policy steps, in the order the request path applies them:
 /// `max_body` → `auth` → `rate_limits` → `concurrency` → `headers` → forward.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutePolicy {
     /// Largest request body in bytes (route's, else site's); larger → 413.
     pub max_body: Option<u64>,
@@ -207,6 +207,28 @@ pub struct RoutePolicy {
     pub headers: HeaderRules,
     /// `escaped_slashes:` whether `%2F`/`%5C` in a path are refused (route's, else site's).
     pub escaped_slashes: EscapedSlashes,
+    /// `buffer_request_body:` request bodies up to this many bytes are read whole before an
+    /// origin connection is taken (route's, else site's; default 64 KiB; 0 streams them all).
+    pub buffer_request_body: u64,
+}
+
+/// `buffer_request_body` when not written: a request body up to this size is read whole
+/// before an origin connection is taken (and may be sent again on a retry).
+pub const DEFAULT_BUFFER_REQUEST_BODY: u64 = 64 * 1024;
+
+impl Default for RoutePolicy {
+    /// What a route without policy keys gets.
+    fn default() -> Self {
+        Self {
+            max_body: None,
+            auth: None,
+            rate_limit: None,
+            concurrency: None,
+            headers: HeaderRules::default(),
+            escaped_slashes: EscapedSlashes::default(),
+            buffer_request_body: DEFAULT_BUFFER_REQUEST_BODY,
+        }
+    }
 }
 
 /// `escaped_slashes:` what a route does with a path holding an encoded slash or backslash

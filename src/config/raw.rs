@@ -132,6 +132,7 @@ pub(super) struct RawSite {
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) queue: Option<Spanned<RawQueue>>,
     pub(super) escaped_slashes: Option<Text>,
+    pub(super) buffer_request_body: Option<Text>,
 }
 
 /// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
@@ -177,6 +178,7 @@ pub(super) struct RawRoute {
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) queue: Option<Spanned<RawQueue>>,
     pub(super) escaped_slashes: Option<Text>,
+    pub(super) buffer_request_body: Option<Text>,
 }
 
 /// `respond: {status, body}`
@@ -299,6 +301,7 @@ impl Default for RawSite {
             max_in_flight: None,
             queue: None,
             escaped_slashes: None,
+            buffer_request_body: None,
         }
     }
 }

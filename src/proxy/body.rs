@@ -287,10 +287,12 @@ pin_project! {
     /// held in memory (a small body kept so a retry can send it again, or a health check's).
     #[project = UpstreamBodyProj]
     pub(crate) enum UpstreamBody {
-        /// The client's body (see [`ClientBody`]), cut at the route's `max_body`.
+        /// The client's body (see [`ClientBody`]), cut at the route's `max_body`, after what
+        /// was read of it before it turned out too long to buffer. Boxed: every request's
+        /// future holds this type a few times over, and most bodies are buffered or empty.
         Streamed {
-            #[pin]
-            body: ClientBody<Limited<Incoming>>,
+            prefix: Option<Bytes>,
+            body: Pin<Box<ClientBody<Limited<Incoming>>>>,
         },
         /// A complete body; cloning the `Bytes` for another try costs no copy.
         Buffered {
@@ -300,9 +302,12 @@ pin_project! {
 }
 
 impl UpstreamBody {
-    /// The client's body, streamed (see `policy::body_limit::limit`).
-    pub(crate) fn streamed(body: ClientBody<Limited<Incoming>>) -> Self {
-        Self::Streamed { body }
+    /// The client's body, streamed after `prefix` (see `policy::body_limit::limit`).
+    pub(crate) fn streamed(prefix: Option<Bytes>, body: ClientBody<Limited<Incoming>>) -> Self {
+        Self::Streamed {
+            prefix,
+            body: Box::pin(body),
+        }
     }
 
     /// A complete body (empty `data` sends no body bytes).
@@ -334,7 +339,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
-            UpstreamBodyProj::Streamed { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Streamed { prefix, body } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => body.as_mut().poll_frame(cx),
+            },
             UpstreamBodyProj::Buffered { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
@@ -343,14 +351,22 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Streamed { body } => body.is_end_stream(),
+            Self::Streamed { prefix, body } => prefix.is_none() && body.is_end_stream(),
             Self::Buffered { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Streamed { body } => body.size_hint(),
+            Self::Streamed { prefix, body } => {
+                let read = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let mut hint = body.size_hint();
+                hint.set_lower(hint.lower() + read);
+                if let Some(upper) = hint.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
             Self::Buffered { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, Uri, Version, header};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::debug;
@@ -27,9 +27,6 @@ use crate::policy::body_limit;
 use crate::proxy::body::{BodyError, BodyFate, ClientBody, Fate, UpstreamBody};
 use crate::proxy::health::Outcome;
 use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
-
-/// Largest request body kept in memory so an idempotent request can be sent again.
-const MAX_BUFFERED_BODY: u64 = 64 * 1024;
 
 /// The client's request body, as the forwarding step will send it.
 pub(crate) enum Payload {
@@ -70,16 +67,17 @@ impl Outgoing {
     }
 }
 
-/// The request for the hop: its body read into memory when that allows a retry (an idempotent
-/// method with a declared length of at most 64 KiB, or no body at all), else streamed. Body
-/// bytes are added to `counter`, which a request with a body must bring; a body may pause at
-/// most `between_reads` (`client_body_timeout`) and is cut at `max_body`.
+/// The request for the hop. A body of at most `buffer_request_body` bytes (declared, or found
+/// so by reading) is read whole first: a slow uploader then holds a buffer, not an origin
+/// connection, and the request can be sent again. A larger one streams, after what was read of
+/// it. Body bytes are added to `counter`, which a request with a body must bring; a body may
+/// pause at most `between_reads` (`client_body_timeout`) and is cut at `max_body`.
 ///
 /// # Errors
 /// The client's failure ([`client_failure`]) when its body breaks, stalls or ends early, or
-/// [`ProxyError::RequestBodyTimeout`] when it is not complete before `deadline`.
+/// [`ProxyError::RequestBodyTimeout`] when a body to buffer is not complete before `deadline`.
 pub(crate) async fn prepare(
-    head: Parts,
+    mut head: Parts,
     body: Incoming,
     counter: Option<Arc<AtomicU64>>,
     limits: BodyLimits,
@@ -99,31 +97,72 @@ pub(crate) async fn prepare(
         // The declared length was checked against `max_body`; an undeclared one is cut there.
         let limited = body_limit::limit(body, limits.max_body);
         let body = ClientBody::new(limited, counter, limits.between_reads, fate.clone());
-        match length {
-            Some(length) if is_idempotent(&head.method) && length <= MAX_BUFFERED_BODY => {
-                let collected = tokio::time::timeout_at(deadline, body.collect()).await;
-                match collected {
-                    Ok(Ok(collected)) => Payload::Buffered(collected.to_bytes()),
-                    Ok(Err(source)) => return Err(client_failure(fate.get(), source, &limits)),
-                    Err(_) => {
-                        return Err(ProxyError::RequestBodyTimeout {
-                            timeout: deadline.saturating_duration_since(Instant::now()),
-                        });
-                    }
+        // `0` streams every body: a route whose clients talk while they upload.
+        if limits.buffer == 0 || length.is_some_and(|length| length > limits.buffer) {
+            Payload::Streamed(UpstreamBody::streamed(None, body), fate)
+        } else {
+            // Boxed: only requests with a body pay for this wait's size (see
+            // `a_request_future_stays_small`).
+            let read = Box::pin(tokio::time::timeout_at(
+                deadline,
+                read_up_to(body, limits.buffer),
+            ));
+            match read.await {
+                Ok(Ok(Read::Whole(bytes))) => {
+                    // The body is here: the origin has no continuation to grant (RFC 9110
+                    // §10.1.1); the client got its 100 Continue when its body was first read.
+                    head.headers.remove(header::EXPECT);
+                    Payload::Buffered(bytes)
+                }
+                Ok(Ok(Read::Prefix(prefix, rest))) => {
+                    Payload::Streamed(UpstreamBody::streamed(Some(prefix), rest), fate)
+                }
+                Ok(Err(source)) => return Err(client_failure(fate.get(), source, &limits)),
+                Err(_) => {
+                    return Err(ProxyError::RequestBodyTimeout {
+                        timeout: deadline.saturating_duration_since(Instant::now()),
+                    });
                 }
             }
-            _ => Payload::Streamed(UpstreamBody::streamed(body), fate),
         }
     };
     Ok(Outgoing::new(head, payload, limits))
 }
 
-/// What bounds a client's request body: the route's `max_body`, and the longest pause
-/// between its bytes (`downstream.client_body_timeout`).
+/// What [`read_up_to`] found.
+enum Read {
+    /// The whole body (trailers, if any, are not kept).
+    Whole(Bytes),
+    /// More than the limit: what was read, and the body to stream after it.
+    Prefix(Bytes, ClientBody<Limited<Incoming>>),
+}
+
+/// Reads `body` until it ends or more than `limit` bytes have come.
+async fn read_up_to(
+    mut body: ClientBody<Limited<Incoming>>,
+    limit: u64,
+) -> Result<Read, BodyError> {
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            break; // trailers: the end
+        };
+        read.extend_from_slice(&data);
+        if read.len() as u64 > limit {
+            return Ok(Read::Prefix(read.freeze(), body));
+        }
+    }
+    Ok(Read::Whole(read.freeze()))
+}
+
+/// What bounds a client's request body: the route's `max_body` and `buffer_request_body`,
+/// and the longest pause between its bytes (`downstream.client_body_timeout`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BodyLimits {
     /// `max_body:` in bytes, if any.
     pub(crate) max_body: Option<u64>,
+    /// `buffer_request_body:` bodies up to this size are read whole before forwarding.
+    pub(crate) buffer: u64,
     /// `client_body_timeout:`
     pub(crate) between_reads: Duration,
 }

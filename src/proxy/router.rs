@@ -97,6 +97,8 @@ pub struct Route {
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     /// `escaped_slashes:` whether a path holding `%2F` or `%5C` is refused.
     pub escaped_slashes: EscapedSlashes,
+    /// `buffer_request_body:` bodies up to this size are read whole before forwarding.
+    pub buffer_request_body: u64,
 }
 
 /// A route's action, with its live upstream pool.
@@ -408,6 +410,7 @@ impl Route {
             rate_limit: carried.rate(&owner, route.policy.rate_limit.as_ref()),
             concurrency: carried.concurrency(&owner, route.policy.concurrency.as_ref()),
             escaped_slashes: route.policy.escaped_slashes,
+            buffer_request_body: route.policy.buffer_request_body,
         }
     }
 }
@@ -432,6 +435,7 @@ mod tests {
             rate_limit: None,
             concurrency: None,
             escaped_slashes: EscapedSlashes::Reject,
+            buffer_request_body: 64 * 1024,
         }
     }
 

@@ -23,9 +23,10 @@ use crate::config::raw::{
     RawUpstreamEntry, Text,
 };
 use crate::config::{
-    ActiveHealth, Balance, Concurrency, EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts,
-    IpNet, JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit,
-    Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams, humane,
+    ActiveHealth, Balance, Concurrency, DEFAULT_BUFFER_REQUEST_BODY, EscapedSlashes, ExpectStatus,
+    HeaderOps, HeaderRules, Hsts, IpNet, JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth,
+    ProxyProtocol, Queue, RateKey, RateLimit, Timeouts, UpstreamDefaults, UpstreamTarget,
+    UpstreamUrl, Upstreams, humane,
 };
 
 /// Algorithms accepted when `algorithms:` is absent: the asymmetric ones in common use.
@@ -66,6 +67,7 @@ pub(super) struct Keys<'a> {
     max_in_flight: &'a Option<Spanned<i64>>,
     queue: &'a Option<Spanned<RawQueue>>,
     escaped_slashes: &'a Option<Text>,
+    buffer_request_body: &'a Option<Text>,
 }
 
 macro_rules! keys_of {
@@ -82,6 +84,7 @@ macro_rules! keys_of {
             max_in_flight: &$raw.max_in_flight,
             queue: &$raw.queue,
             escaped_slashes: &$raw.escaped_slashes,
+            buffer_request_body: &$raw.buffer_request_body,
         }
     };
 }
@@ -111,6 +114,7 @@ pub(super) struct Layer {
     timeouts: PartialTimeouts,
     pub(super) concurrency: Option<Concurrency>,
     escaped_slashes: Option<EscapedSlashes>,
+    buffer_request_body: Option<u64>,
 }
 
 /// `timeouts:` fields that were written.
@@ -142,7 +146,14 @@ impl Layer {
             },
             concurrency: self.concurrency.or_else(|| site.concurrency.clone()),
             escaped_slashes: self.escaped_slashes.or(site.escaped_slashes),
+            buffer_request_body: self.buffer_request_body.or(site.buffer_request_body),
         }
+    }
+
+    /// `buffer_request_body:` as written, else the default (64 KiB).
+    pub(super) fn buffer_request_body(&self) -> u64 {
+        self.buffer_request_body
+            .unwrap_or(DEFAULT_BUFFER_REQUEST_BODY)
     }
 
     /// `escaped_slashes:` as written, else the default (reject).
@@ -324,6 +335,9 @@ impl Checker {
                 ],
             )
         });
+        let buffer_request_body = self.optional(keys.buffer_request_body, |c, raw| {
+            c.byte_size(raw, &format!("{at}.buffer_request_body"))
+        });
         Some(Layer {
             max_body: max_body?,
             auth: auth?,
@@ -335,6 +349,7 @@ impl Checker {
             timeouts: timeouts?,
             concurrency: concurrency?,
             escaped_slashes: escaped_slashes?,
+            buffer_request_body: buffer_request_body?,
         })
     }
 

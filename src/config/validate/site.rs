@@ -136,6 +136,7 @@ impl Checker {
                                 concurrency: layer.concurrency.clone(),
                                 headers: HeaderRules::default(),
                                 escaped_slashes: layer.escaped_slashes(),
+                                buffer_request_body: layer.buffer_request_body(),
                             },
                         }]
                     })
@@ -428,6 +429,7 @@ impl Checker {
         };
         let layer = layer?;
         let escaped_slashes = layer.escaped_slashes();
+        let buffer_request_body = layer.buffer_request_body();
         Some(Route {
             path: path?.0.into_match(),
             methods: methods?,
@@ -440,6 +442,7 @@ impl Checker {
                 concurrency: layer.concurrency,
                 headers: headers?,
                 escaped_slashes,
+                buffer_request_body,
             },
         })
     }
