@@ -210,11 +210,18 @@ pub struct RoutePolicy {
     /// `buffer_request_body:` request bodies up to this many bytes are read whole before an
     /// origin connection is taken (route's, else site's; default 64 KiB; 0 streams them all).
     pub buffer_request_body: u64,
+    /// `buffer_response:` this many bytes of a response body are read from the origin ahead
+    /// of the client (route's, else site's; default 64 KiB; 0 reads only as the client does).
+    pub buffer_response: u64,
 }
 
 /// `buffer_request_body` when not written: a request body up to this size is read whole
 /// before an origin connection is taken (and may be sent again on a retry).
 pub const DEFAULT_BUFFER_REQUEST_BODY: u64 = 64 * 1024;
+
+/// `buffer_response` when not written: this much of a response body is read from the origin
+/// ahead of a client, so a response that fits frees its origin connection at once.
+pub const DEFAULT_BUFFER_RESPONSE: u64 = 64 * 1024;
 
 impl Default for RoutePolicy {
     /// What a route without policy keys gets.
@@ -227,6 +234,7 @@ impl Default for RoutePolicy {
             headers: HeaderRules::default(),
             escaped_slashes: EscapedSlashes::default(),
             buffer_request_body: DEFAULT_BUFFER_REQUEST_BODY,
+            buffer_response: DEFAULT_BUFFER_RESPONSE,
         }
     }
 }

@@ -89,6 +89,7 @@ pub(super) struct RawDownstream {
     pub(super) header_timeout: Text,
     pub(super) idle_timeout: Text,
     pub(super) client_body_timeout: Text,
+    pub(super) send_timeout: Text,
     pub(super) max_header_bytes: Text,
     pub(super) max_headers: Spanned<i64>,
     pub(super) h2_max_streams: Spanned<i64>,
@@ -133,6 +134,7 @@ pub(super) struct RawSite {
     pub(super) queue: Option<Spanned<RawQueue>>,
     pub(super) escaped_slashes: Option<Text>,
     pub(super) buffer_request_body: Option<Text>,
+    pub(super) buffer_response: Option<Text>,
 }
 
 /// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
@@ -179,6 +181,7 @@ pub(super) struct RawRoute {
     pub(super) queue: Option<Spanned<RawQueue>>,
     pub(super) escaped_slashes: Option<Text>,
     pub(super) buffer_request_body: Option<Text>,
+    pub(super) buffer_response: Option<Text>,
 }
 
 /// `respond: {status, body}`
@@ -258,6 +261,7 @@ impl Default for RawDownstream {
             header_timeout: text("10s"),
             idle_timeout: text("60s"),
             client_body_timeout: text("30s"),
+            send_timeout: text("60s"),
             max_header_bytes: text("64KiB"),
             max_headers: unplaced(100),
             h2_max_streams: unplaced(256),
@@ -302,6 +306,7 @@ impl Default for RawSite {
             queue: None,
             escaped_slashes: None,
             buffer_request_body: None,
+            buffer_response: None,
         }
     }
 }

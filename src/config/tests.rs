@@ -90,6 +90,7 @@ downstream:
   header_timeout: 1500ms
   idle_timeout: 2m
   client_body_timeout: 20s
+  send_timeout: 45s
   max_header_bytes: 16KiB
   max_headers: 50
   h2_max_streams: 10
@@ -157,6 +158,7 @@ sites:
             header_timeout: Duration::from_millis(1500),
             idle_timeout: Duration::from_secs(120),
             client_body_timeout: Duration::from_secs(20),
+            send_timeout: Duration::from_secs(45),
             max_header_bytes: 16 * 1024,
             max_headers: 50,
             h2_max_streams: 10,
@@ -268,6 +270,7 @@ fn omitted_keys_take_their_defaults() {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_header_bytes: 65_536,
             max_headers: 100,
             h2_max_streams: 256,

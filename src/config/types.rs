@@ -156,6 +156,9 @@ pub struct Downstream {
     /// A request body that sends nothing for this long is the client's failure (408), and
     /// never holds an origin longer.
     pub client_body_timeout: Duration,
+    /// A client that takes no response bytes for this long, while some wait for it, loses
+    /// its connection and everything the response held (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     /// Largest request head accepted, in bytes.
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request head.

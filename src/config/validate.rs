@@ -335,6 +335,8 @@ impl Checker {
             "downstream.client_body_timeout",
             Zero::Refused,
         );
+        let send_timeout =
+            self.duration(&raw.send_timeout, "downstream.send_timeout", Zero::Refused);
         let max_header_bytes = self.size(
             &raw.max_header_bytes,
             "downstream.max_header_bytes",
@@ -348,6 +350,7 @@ impl Checker {
             header_timeout: header_timeout?,
             idle_timeout: idle_timeout?,
             client_body_timeout: client_body_timeout?,
+            send_timeout: send_timeout?,
             max_header_bytes: max_header_bytes?,
             max_headers: max_headers?,
             h2_max_streams: h2_max_streams?,

@@ -6,9 +6,11 @@
 //! opened by `connect` to addresses from `resolve`, speaking HTTP/1.1 itself (`wire`) when the
 //! request body is in memory and through hyper's client otherwise; `forward` rewrites headers
 //! for the hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access
-//! log; `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
+//! log; `ahead` reads response bodies ahead of slow clients; `error` turns failures into
+//! responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
+mod ahead;
 mod balance;
 mod body;
 mod connect;
@@ -24,6 +26,7 @@ pub mod trace;
 mod upstream;
 mod wire;
 
+pub use ahead::SendStalled;
 pub use balance::UpstreamPool;
 pub use body::{BodyError, ClientBodyStalled, IdleElapsed, Metered, ProxyBody};
 pub use error::{ConnectError, ProxyError, Side};

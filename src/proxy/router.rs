@@ -99,6 +99,8 @@ pub struct Route {
     pub escaped_slashes: EscapedSlashes,
     /// `buffer_request_body:` bodies up to this size are read whole before forwarding.
     pub buffer_request_body: u64,
+    /// `buffer_response:` bytes of a response body read ahead of the client.
+    pub buffer_response: u64,
 }
 
 /// A route's action, with its live upstream pool.
@@ -411,6 +413,7 @@ impl Route {
             concurrency: carried.concurrency(&owner, route.policy.concurrency.as_ref()),
             escaped_slashes: route.policy.escaped_slashes,
             buffer_request_body: route.policy.buffer_request_body,
+            buffer_response: route.policy.buffer_response,
         }
     }
 }
@@ -436,6 +439,7 @@ mod tests {
             concurrency: None,
             escaped_slashes: EscapedSlashes::Reject,
             buffer_request_body: 64 * 1024,
+            buffer_response: 64 * 1024,
         }
     }
 

@@ -22,11 +22,14 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::{EscapedSlashes, HeaderRules, PathMatch, RateKey, Rewrite, contains_ip};
+use crate::config::{
+    Downstream, EscapedSlashes, HeaderRules, PathMatch, RateKey, Rewrite, contains_ip,
+};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::{body_limit, client_ip, headers, rate_limit};
+use crate::proxy::ahead::ReadAhead;
 use crate::proxy::error::CLIENT_CLOSED;
 use crate::proxy::retry::BodyLimits;
 use crate::proxy::trace::RequestIds;
@@ -62,23 +65,29 @@ impl ConnInfo {
     }
 }
 
-/// The reverse proxy: a swappable route table and the tasks of its open tunnels.
+/// The reverse proxy: a swappable route table, and the tasks of its open tunnels and of the
+/// responses it reads ahead of their clients.
 #[derive(Clone, Debug)]
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
-    tunnels: TaskTracker,
+    tasks: TaskTracker,
     /// `downstream.client_body_timeout`: the longest pause in a client's request body.
     client_body_timeout: Duration,
+    read_ahead: ReadAhead,
 }
 
 impl Proxy {
-    /// A proxy serving `table`; upgrade tunnels are spawned on `tunnels` so shutdown sees them.
-    /// A client's request body may pause `client_body_timeout` at most (408 then).
-    pub fn new(table: RouteTable, tunnels: TaskTracker, client_body_timeout: Duration) -> Self {
+    /// A proxy serving `table` to clients limited by `downstream`; upgrade tunnels and
+    /// responses read ahead are spawned on `tasks` so shutdown sees them.
+    pub fn new(table: RouteTable, tasks: TaskTracker, downstream: &Downstream) -> Self {
         Self {
             table: Arc::new(ArcSwap::from_pointee(table)),
-            tunnels,
-            client_body_timeout,
+            read_ahead: ReadAhead {
+                send_timeout: downstream.send_timeout,
+                tasks: tasks.clone(),
+            },
+            tasks,
+            client_body_timeout: downstream.client_body_timeout,
         }
     }
 
@@ -349,11 +358,16 @@ impl Proxy {
             let tunnelled = downstream_upgrade.is_some();
             if let Some(downstream) = downstream_upgrade {
                 let upstream_side = hyper::upgrade::on(&mut response);
-                self.tunnels.spawn(tunnel(downstream, upstream_side));
+                self.tasks.spawn(tunnel(downstream, upstream_side));
             }
             forward::strip_hop_by_hop(response.headers_mut(), tunnelled);
+            return Ok(response);
         }
-        Ok(response)
+        // Read ahead of the client, so a slow one does not hold the origin connection.
+        let limit = usize::try_from(route.buffer_response).unwrap_or(usize::MAX);
+        let (head, body) = response.into_parts();
+        let body = self.read_ahead.start(body, limit);
+        Ok(Response::from_parts(head, body))
     }
 }
 

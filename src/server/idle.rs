@@ -8,6 +8,11 @@
 //! still finishes. A flag rather than a timestamp: reads and writes are the hot path, and a clock
 //! read on each cost more than the quarter-timeout of slack this allows.
 //!
+//! The send timeout (nginx's `send_timeout`) closes a connection whose writes have been
+//! refused for that long with nothing written in between: a client that stopped reading holds
+//! its connection and what is queued for it no longer. A write refused sets a flag, and one
+//! that passes bytes clears it, so a connection that writes freely pays one store per write.
+//!
 //! The header timeout runs from the first byte read between requests (no request open, see
 //! [`Activity::request`]) to the head's end, as nginx's `client_header_timeout` does; the wait for
 //! a keep-alive connection's next request is the idle timeout's business. (hyper's own header
@@ -48,6 +53,11 @@ pin_project! {
 pub(crate) struct Activity {
     /// Set by every read or write, cleared by the idle check that sees it.
     moved: AtomicBool,
+    /// Set by every write that passes bytes on, cleared by the send check that sees it.
+    wrote: AtomicBool,
+    /// Set when the transport refuses a write (the peer is not reading), cleared by one that
+    /// passes bytes on.
+    blocked: AtomicBool,
     /// Set by the first read that returns bytes.
     read_any: AtomicBool,
     /// Bumped by the connection task each time it polls the connection.
@@ -67,6 +77,8 @@ pub(crate) enum Expiry {
     Idle,
     /// A request head begun was not complete within the header timeout.
     Header,
+    /// Writes were refused for the send timeout, with nothing written.
+    Send,
 }
 
 /// One request open on an HTTP/1 connection; dropping it (as its response ends) closes it.
@@ -92,6 +104,36 @@ struct Gather {
 impl Activity {
     fn touch(&self) {
         self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes what the transport did with a write: bytes passed on, or refused for now.
+    fn wrote<T>(&self, polled: &Poll<io::Result<T>>, passed: impl FnOnce(&T) -> bool) {
+        match polled {
+            Poll::Ready(Ok(n)) if passed(n) => {
+                self.touch();
+                self.wrote.store(true, Ordering::Relaxed);
+                if self.blocked.load(Ordering::Relaxed) {
+                    self.blocked.store(false, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => self.blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// Notes what the transport did with a flush: one refused means the peer is not reading;
+    /// one that completes after that, that it read again. (A flush that completes at once says
+    /// nothing: idle connections flush too, and must stay idle.)
+    fn flushed(&self, polled: &Poll<io::Result<()>>) {
+        match polled {
+            Poll::Ready(Ok(())) if self.blocked.load(Ordering::Relaxed) => {
+                self.blocked.store(false, Ordering::Relaxed);
+                self.wrote.store(true, Ordering::Relaxed);
+                self.touch();
+            }
+            Poll::Pending => self.blocked.store(true, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
     /// Whether the peer has sent a byte since the transport was wrapped (after the TLS
@@ -134,25 +176,23 @@ impl Activity {
         OpenRequest(self.clone())
     }
 
-    /// Resolves once nothing has moved for `timeout`: between `timeout` and 1.25 × `timeout`
-    /// after the last byte, since the flag is looked at every quarter of it.
+    /// Resolves once nothing has moved for `timeouts.idle`; with `timeouts.header`, also once
+    /// a request head begun (see the module doc) is not complete after it, and with
+    /// `timeouts.send`, once writes have been refused that long with nothing written: each
+    /// between its timeout and one check more, checks coming every quarter of the shortest.
     ///
     /// # Cancel safety
-    /// Safe: it only sleeps and reads the flag (a new call starts the quiet period afresh).
-    pub(crate) async fn expired(&self, timeout: Duration) {
-        self.watch(timeout, None).await;
-    }
-
-    /// [`Activity::expired`] for `idle`, and with `header`, also resolves once a request head
-    /// begun (see the module doc) is not complete after `header`: between `header` and `header`
-    /// plus one check, checks coming every quarter of the shorter timeout.
-    ///
-    /// # Cancel safety
-    /// Safe, as [`Activity::expired`].
-    pub(crate) async fn watch(&self, idle: Duration, header: Option<Duration>) -> Expiry {
-        let shortest = header.map_or(idle, |header| header.min(idle));
+    /// Safe: it only sleeps and reads the flags (a new call starts every period afresh).
+    pub(crate) async fn watch(&self, timeouts: Timeouts) -> Expiry {
+        let Timeouts { idle, header, send } = timeouts;
+        let shortest = [header, send]
+            .into_iter()
+            .flatten()
+            .fold(idle, Duration::min);
         let step = (shortest / CHECKS).max(Duration::from_millis(1));
         let mut quiet = Duration::ZERO;
+        // How long writes have been refused with none passing.
+        let mut refused = Duration::ZERO;
         // The head being timed (its number) and how long it has been seen incomplete.
         let mut head: Option<u32> = None;
         let mut heading = Duration::ZERO;
@@ -164,6 +204,18 @@ impl Activity {
                 quiet += step;
                 if quiet >= idle {
                     return Expiry::Idle;
+                }
+            }
+            if let Some(send) = send {
+                if self.wrote.swap(false, Ordering::Relaxed)
+                    || !self.blocked.load(Ordering::Relaxed)
+                {
+                    refused = Duration::ZERO;
+                } else {
+                    refused += step;
+                    if refused >= send {
+                        return Expiry::Send;
+                    }
                 }
             }
             let Some(header) = header else { continue };
@@ -186,6 +238,17 @@ impl Activity {
 /// Idle checks per timeout: the slack past the timeout is one check's interval.
 const CHECKS: u32 = 4;
 
+/// What [`Activity::watch`] times.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// Nothing moved either way.
+    pub(crate) idle: Duration,
+    /// A request head begun and not complete (HTTP/1).
+    pub(crate) header: Option<Duration>,
+    /// Writes refused with nothing written.
+    pub(crate) send: Option<Duration>,
+}
+
 impl<T> IdleIo<T> {
     /// Wraps `inner`; the quiet period starts now; writes pass straight through.
     pub(crate) fn new(inner: T) -> Self {
@@ -201,6 +264,8 @@ impl<T> IdleIo<T> {
     fn with(inner: T, gather: Option<Gather>) -> Self {
         let clock = Arc::new(Activity {
             moved: AtomicBool::new(false),
+            wrote: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             read_any: AtomicBool::new(false),
             round: AtomicU32::new(0),
             open_requests: AtomicU32::new(0),
@@ -235,9 +300,12 @@ impl Gather {
         &mut self,
         mut inner: Pin<&mut T>,
         cx: &mut Context<'_>,
+        clock: &Activity,
     ) -> Poll<io::Result<()>> {
         while self.pending() {
-            let n = ready!(inner.as_mut().poll_write(cx, &self.buf[self.sent..]))?;
+            let polled = inner.as_mut().poll_write(cx, &self.buf[self.sent..]);
+            clock.wrote(&polled, |&n| n > 0);
+            let n = ready!(polled)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -256,10 +324,10 @@ impl Gather {
         inner: Pin<&mut T>,
         cx: &mut Context<'_>,
         len: usize,
-        round: u32,
+        clock: &Activity,
     ) -> Poll<io::Result<bool>> {
-        if self.overdue(round) || self.buf.len() + len > COALESCE_LIMIT {
-            ready!(self.drain(inner, cx))?;
+        if self.overdue(clock.round()) || self.buf.len() + len > COALESCE_LIMIT {
+            ready!(self.drain(inner, cx, clock))?;
         }
         Poll::Ready(Ok(len <= COALESCE_LIMIT))
     }
@@ -276,7 +344,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for IdleIo<T> {
             // A flush owed from an earlier round goes out before the peer is read; if the socket
             // is full, the flush that follows the read reports it.
             if gather.overdue(this.clock.round())
-                && let Poll::Ready(Err(err)) = gather.drain(this.inner.as_mut(), cx)
+                && let Poll::Ready(Err(err)) = gather.drain(this.inner.as_mut(), cx, this.clock)
             {
                 return Poll::Ready(Err(err));
             }
@@ -297,18 +365,15 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        if let Some(gather) = this.gather.as_mut() {
-            let round = this.clock.round();
-            if ready!(gather.reserve(this.inner.as_mut(), cx, data.len(), round))? {
-                gather.buf.extend_from_slice(data);
-                this.clock.touch();
-                return Poll::Ready(Ok(data.len()));
-            }
+        if let Some(gather) = this.gather.as_mut()
+            && ready!(gather.reserve(this.inner.as_mut(), cx, data.len(), this.clock))?
+        {
+            gather.buf.extend_from_slice(data);
+            this.clock.touch();
+            return Poll::Ready(Ok(data.len()));
         }
         let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.touch();
-        }
+        this.clock.wrote(&polled, |&n| n > 0);
         polled
     }
 
@@ -319,9 +384,8 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         if let Some(gather) = this.gather.as_mut() {
-            let round = this.clock.round();
             let len = bufs.iter().map(|b| b.len()).sum();
-            if ready!(gather.reserve(this.inner.as_mut(), cx, len, round))? {
+            if ready!(gather.reserve(this.inner.as_mut(), cx, len, this.clock))? {
                 for b in bufs {
                     gather.buf.extend_from_slice(b);
                 }
@@ -330,9 +394,7 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
             }
         }
         let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.touch();
-        }
+        this.clock.wrote(&polled, |&n| n > 0);
         polled
     }
 
@@ -353,15 +415,17 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
                 cx.waker().wake_by_ref();
                 return Poll::Ready(Ok(()));
             }
-            ready!(gather.drain(this.inner.as_mut(), cx))?;
+            ready!(gather.drain(this.inner.as_mut(), cx, this.clock))?;
         }
-        this.inner.poll_flush(cx)
+        let polled = this.inner.poll_flush(cx);
+        this.clock.flushed(&polled);
+        polled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
         if let Some(gather) = this.gather.as_mut() {
-            ready!(gather.drain(this.inner.as_mut(), cx))?;
+            ready!(gather.drain(this.inner.as_mut(), cx, this.clock))?;
         }
         this.inner.poll_shutdown(cx)
     }
@@ -379,7 +443,12 @@ mod tests {
         let timer = io.timer();
         let started = tokio::time::Instant::now();
         let expired = tokio::spawn(async move {
-            timer.expired(Duration::from_secs(4)).await;
+            let idle = Timeouts {
+                idle: Duration::from_secs(4),
+                header: None,
+                send: None,
+            };
+            timer.watch(idle).await;
             tokio::time::Instant::now()
         });
         // A byte at t=3.5s, before the 4s timeout was up, starts the quiet period again.

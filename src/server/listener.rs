@@ -26,7 +26,7 @@ use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
 use crate::server::hangup::{Hangup, SharedTcp};
-use crate::server::idle::{Expiry, IdleIo};
+use crate::server::idle::{Expiry, IdleIo, Timeouts};
 use crate::server::open_requests::OpenRequests;
 use crate::server::proxy_protocol;
 use crate::server::streams::{StreamExec, Streams};
@@ -139,6 +139,8 @@ pub(crate) struct HttpServers {
     /// HTTP/1 request heads must be complete this long after their first byte (see
     /// `server::idle`; hyper's own header timeout would also cut idle keep-alive connections).
     header_timeout: Duration,
+    /// Writes refused this long, with nothing written, close the connection.
+    send_timeout: Duration,
 }
 
 /// HTTP/2 settings; the server is built per connection, around that connection's executor.
@@ -161,6 +163,20 @@ impl H2Settings {
 }
 
 impl HttpServers {
+    /// What a connection's watch times: once it is closing gracefully, only a stalled send
+    /// (the answers it finishes must still be read).
+    fn timeouts(&self, closing: bool, http1: bool) -> Timeouts {
+        Timeouts {
+            idle: if closing {
+                Duration::MAX
+            } else {
+                self.idle_timeout
+            },
+            header: (http1 && !closing).then_some(self.header_timeout),
+            send: Some(self.send_timeout),
+        }
+    }
+
     pub(crate) fn new(limits: &Downstream) -> Self {
         // hyper-util's wrapper, though ALPN already chose the protocol: it builds hyper's
         // connection (and its 8 KiB read buffer) only once the first bytes arrive, which keeps
@@ -186,6 +202,7 @@ impl HttpServers {
             h2,
             idle_timeout: limits.idle_timeout,
             header_timeout: limits.header_timeout,
+            send_timeout: limits.send_timeout,
         }
     }
 }
@@ -344,7 +361,7 @@ async fn serve_tls(
     if handshake.is_h2 {
         // h2 multiplexes streams whose answers are best sent together.
         let io = IdleIo::coalescing(tls);
-        serve_h2(io, servers.h2, service, servers.idle_timeout, stop).await;
+        serve_h2(io, &servers, service, stop).await;
     } else {
         let (io, hangup) = http1_io(tls);
         serve_connection(io, &servers, service, Some(hangup), stop).await;
@@ -359,13 +376,12 @@ fn http1_io(tls: TlsStream<SharedTcp>) -> (IdleIo<TlsStream<SharedTcp>>, Hangup)
 }
 
 /// Serves HTTP/2 on one connection, its streams on this task (see `server::streams`), until
-/// it closes, going idle or `stop` ending it gracefully: streams in flight finish, no new ones
-/// start.
+/// it closes, going idle or `stop` ending it gracefully (streams in flight finish, no new ones
+/// start), or the client reading nothing for the send timeout, which drops it.
 async fn serve_h2<T, S, B>(
     io: IdleIo<T>,
-    settings: H2Settings,
+    servers: &HttpServers,
     service: S,
-    idle_timeout: Duration,
     stop: CancellationToken,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -377,7 +393,8 @@ async fn serve_h2<T, S, B>(
 {
     let activity = io.timer();
     let mut streams = Streams::default();
-    let conn = settings
+    let conn = servers
+        .h2
         .server(streams.exec())
         .serve_connection(TokioIo::new(io), service);
     // Dropped as soon as it ends: that is what tells the streams still running that their
@@ -400,12 +417,15 @@ async fn serve_h2<T, S, B>(
                 streams.poll(cx);
                 if conn.is_none() && streams.is_empty() { Poll::Ready(()) } else { Poll::Pending }
             }) => return,
-            () = async {
+            expiry = async {
                 tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = activity.expired(idle_timeout) => {}
+                    () = stop.cancelled(), if !closing => Expiry::Idle,
+                    expiry = activity.watch(servers.timeouts(closing, false)) => expiry,
                 }
-            }, if !closing => {
+            } => {
+                if expiry == Expiry::Send {
+                    return debug!("the client read nothing for the send timeout");
+                }
                 // hyper's h2 server finishes its handshake before it closes; a client that never
                 // sent the preface would hold the connection until it went away.
                 if !activity.has_read() {
@@ -429,8 +449,9 @@ fn built_in_a_box<T>(make: impl FnOnce() -> T) -> Pin<Box<T>> {
 
 /// Serves HTTP/1.1 on one connection until it closes, going idle or `stop` ending it
 /// gracefully (requests in flight finish, no new ones start), a request head not arriving
-/// within the header timeout, or the client hanging up while a request is answered
-/// (`hangup`, when the transport allows watching for it), which drop it.
+/// within the header timeout, the client reading nothing for the send timeout, or the client
+/// hanging up while a request is answered (`hangup`, when the transport allows watching for
+/// it), which drop it.
 async fn serve_connection<T, S, B>(
     io: IdleIo<T>,
     servers: &HttpServers,
@@ -487,15 +508,16 @@ async fn serve_connection<T, S, B>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            expiry = activity.watch(servers.idle_timeout, Some(servers.header_timeout)),
-                if !closing =>
-            {
-                if expiry == Expiry::Header {
+            expiry = activity.watch(servers.timeouts(closing, true)) => match expiry {
+                Expiry::Header => {
                     return debug!("request head not complete within the header timeout");
                 }
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
+                Expiry::Send => return debug!("the client read nothing for the send timeout"),
+                Expiry::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            },
         }
     }
 }

@@ -64,11 +64,7 @@ impl Server {
         let sites = config.sites.len();
 
         let hangup = Reloader::hangup();
-        let proxy = Proxy::new(
-            RouteTable::default(),
-            tasks.clone(),
-            downstream.client_body_timeout,
-        );
+        let proxy = Proxy::new(RouteTable::default(), tasks.clone(), &downstream);
         let reloader = Arc::new(Reloader::new(
             provider.clone(),
             certs.clone(),

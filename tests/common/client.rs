@@ -71,6 +71,7 @@ pub struct TlsClient {
     alpn: Vec<Vec<u8>>,
     verify_as: Option<String>,
     tls12_only: bool,
+    receive_buffer: Option<u32>,
 }
 
 impl TlsClient {
@@ -81,6 +82,7 @@ impl TlsClient {
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             verify_as: None,
             tls12_only: false,
+            receive_buffer: None,
         }
     }
 
@@ -93,6 +95,13 @@ impl TlsClient {
     /// Verifies the server certificate for `name` whatever SNI is sent (or none).
     pub fn verify_as(mut self, name: &str) -> Self {
         self.verify_as = Some(name.to_owned());
+        self
+    }
+
+    /// Asks the kernel for a receive buffer of `bytes` (it doubles it): a client that does
+    /// not read then stops the server's writes after a few KiB.
+    pub fn receive_buffer(mut self, bytes: u32) -> Self {
+        self.receive_buffer = Some(bytes);
         self
     }
 
@@ -140,7 +149,18 @@ impl TlsClient {
         let server_name = ServerName::try_from(sni.unwrap_or(verify_name).to_owned())
             .map_err(io::Error::other)?;
         let handshake = async {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = match self.receive_buffer {
+                None => TcpStream::connect(addr).await?,
+                Some(bytes) => {
+                    let socket = if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.set_recv_buffer_size(bytes)?;
+                    socket.connect(addr).await?
+                }
+            };
             TlsConnector::from(Arc::new(config))
                 .connect(server_name, tcp)
                 .await

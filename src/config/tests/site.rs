@@ -272,7 +272,7 @@ fn escaped_slashes_are_rejected_unless_kept_by_the_route_or_its_site() {
 }
 
 #[test]
-fn request_bodies_are_buffered_up_to_64kib_unless_told_otherwise() {
+fn request_and_response_bodies_are_buffered_up_to_64kib_unless_told_otherwise() {
     let config = parse_ok(
         "sites:
   - hosts: [a.test]
@@ -280,7 +280,7 @@ fn request_bodies_are_buffered_up_to_64kib_unless_told_otherwise() {
     buffer_request_body: 1MiB
     routes:
       - { path: /a/, upstreams: [\"http://127.0.0.1:1\"] }
-      - { path: /b/, buffer_request_body: 0, upstreams: [\"http://127.0.0.1:1\"] }
+      - { path: /b/, buffer_request_body: 0, buffer_response: 256B, upstreams: [\"http://127.0.0.1:1\"] }
   - hosts: [b.test]
     tls: internal
     upstreams: [\"http://127.0.0.1:1\"]
@@ -291,6 +291,11 @@ fn request_bodies_are_buffered_up_to_64kib_unless_told_otherwise() {
         .map(|r| r.policy.buffer_request_body)
         .collect();
     assert_eq!(sizes, [1024 * 1024, 0, 64 * 1024]);
+    let read_ahead: Vec<u64> = (config.sites.iter())
+        .flat_map(|s| &s.routes)
+        .map(|r| r.policy.buffer_response)
+        .collect();
+    assert_eq!(read_ahead, [64 * 1024, 256, 64 * 1024]);
     let (place, _) = only_problem(&format!("{SITE}    buffer_request_body: 64k\n"));
     assert_eq!(place.2, "sites[0].buffer_request_body");
 }

@@ -23,10 +23,10 @@ use crate::config::raw::{
     RawUpstreamEntry, Text,
 };
 use crate::config::{
-    ActiveHealth, Balance, Concurrency, DEFAULT_BUFFER_REQUEST_BODY, EscapedSlashes, ExpectStatus,
-    HeaderOps, HeaderRules, Hsts, IpNet, JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth,
-    ProxyProtocol, Queue, RateKey, RateLimit, Timeouts, UpstreamDefaults, UpstreamTarget,
-    UpstreamUrl, Upstreams, humane,
+    ActiveHealth, Balance, Concurrency, DEFAULT_BUFFER_REQUEST_BODY, DEFAULT_BUFFER_RESPONSE,
+    EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts, IpNet, JwtAlgorithm, JwtAuth,
+    JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit, Timeouts, UpstreamDefaults,
+    UpstreamTarget, UpstreamUrl, Upstreams, humane,
 };
 
 /// Algorithms accepted when `algorithms:` is absent: the asymmetric ones in common use.
@@ -68,6 +68,7 @@ pub(super) struct Keys<'a> {
     queue: &'a Option<Spanned<RawQueue>>,
     escaped_slashes: &'a Option<Text>,
     buffer_request_body: &'a Option<Text>,
+    buffer_response: &'a Option<Text>,
 }
 
 macro_rules! keys_of {
@@ -85,6 +86,7 @@ macro_rules! keys_of {
             queue: &$raw.queue,
             escaped_slashes: &$raw.escaped_slashes,
             buffer_request_body: &$raw.buffer_request_body,
+            buffer_response: &$raw.buffer_response,
         }
     };
 }
@@ -115,6 +117,7 @@ pub(super) struct Layer {
     pub(super) concurrency: Option<Concurrency>,
     escaped_slashes: Option<EscapedSlashes>,
     buffer_request_body: Option<u64>,
+    buffer_response: Option<u64>,
 }
 
 /// `timeouts:` fields that were written.
@@ -147,6 +150,7 @@ impl Layer {
             concurrency: self.concurrency.or_else(|| site.concurrency.clone()),
             escaped_slashes: self.escaped_slashes.or(site.escaped_slashes),
             buffer_request_body: self.buffer_request_body.or(site.buffer_request_body),
+            buffer_response: self.buffer_response.or(site.buffer_response),
         }
     }
 
@@ -154,6 +158,11 @@ impl Layer {
     pub(super) fn buffer_request_body(&self) -> u64 {
         self.buffer_request_body
             .unwrap_or(DEFAULT_BUFFER_REQUEST_BODY)
+    }
+
+    /// `buffer_response:` as written, else the default (64 KiB).
+    pub(super) fn buffer_response(&self) -> u64 {
+        self.buffer_response.unwrap_or(DEFAULT_BUFFER_RESPONSE)
     }
 
     /// `escaped_slashes:` as written, else the default (reject).
@@ -338,6 +347,9 @@ impl Checker {
         let buffer_request_body = self.optional(keys.buffer_request_body, |c, raw| {
             c.byte_size(raw, &format!("{at}.buffer_request_body"))
         });
+        let buffer_response = self.optional(keys.buffer_response, |c, raw| {
+            c.byte_size(raw, &format!("{at}.buffer_response"))
+        });
         Some(Layer {
             max_body: max_body?,
             auth: auth?,
@@ -350,6 +362,7 @@ impl Checker {
             concurrency: concurrency?,
             escaped_slashes: escaped_slashes?,
             buffer_request_body: buffer_request_body?,
+            buffer_response: buffer_response?,
         })
     }
 

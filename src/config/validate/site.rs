@@ -137,6 +137,7 @@ impl Checker {
                                 headers: HeaderRules::default(),
                                 escaped_slashes: layer.escaped_slashes(),
                                 buffer_request_body: layer.buffer_request_body(),
+                                buffer_response: layer.buffer_response(),
                             },
                         }]
                     })
@@ -430,6 +431,7 @@ impl Checker {
         let layer = layer?;
         let escaped_slashes = layer.escaped_slashes();
         let buffer_request_body = layer.buffer_request_body();
+        let buffer_response = layer.buffer_response();
         Some(Route {
             path: path?.0.into_match(),
             methods: methods?,
@@ -443,6 +445,7 @@ impl Checker {
                 headers: headers?,
                 escaped_slashes,
                 buffer_request_body,
+                buffer_response,
             },
         })
     }
