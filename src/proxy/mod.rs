@@ -6,8 +6,8 @@
 //! opened by `connect` to addresses from `resolve`, speaking HTTP/1.1 itself (`wire`) when the
 //! request body is in memory and through hyper's client otherwise; `forward` rewrites headers
 //! for the hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access
-//! log; `ahead` reads response bodies ahead of slow clients; `error` turns failures into
-//! responses. This module never imports `tls`, `acme` or `server`:
+//! log; `ahead` reads response bodies ahead of slow clients; `linger` reads away the bodies of
+//! requests answered early; `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
 //! it sees a [`ConnInfo`].
 
 mod ahead;
@@ -17,6 +17,7 @@ mod connect;
 mod error;
 mod forward;
 mod health;
+mod linger;
 mod pool;
 mod resolve;
 mod retry;

@@ -31,6 +31,7 @@ use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::{body_limit, client_ip, headers, rate_limit};
 use crate::proxy::ahead::ReadAhead;
 use crate::proxy::error::CLIENT_CLOSED;
+use crate::proxy::linger;
 use crate::proxy::retry::BodyLimits;
 use crate::proxy::trace::RequestIds;
 use crate::proxy::{
@@ -65,8 +66,8 @@ impl ConnInfo {
     }
 }
 
-/// The reverse proxy: a swappable route table, and the tasks of its open tunnels and of the
-/// responses it reads ahead of their clients.
+/// The reverse proxy: a swappable route table, and the tasks of its open tunnels, of the
+/// responses it reads ahead of their clients and of the refused bodies it reads away.
 #[derive(Clone, Debug)]
 pub struct Proxy {
     table: Arc<ArcSwap<RouteTable>>,
@@ -77,8 +78,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy serving `table` to clients limited by `downstream`; upgrade tunnels and
-    /// responses read ahead are spawned on `tasks` so shutdown sees them.
+    /// A proxy serving `table` to clients limited by `downstream`; upgrade tunnels, responses
+    /// read ahead and refused bodies read away are spawned on `tasks` so shutdown sees them.
     pub fn new(table: RouteTable, tasks: TaskTracker, downstream: &Downstream) -> Self {
         Self {
             table: Arc::new(ArcSwap::from_pointee(table)),
@@ -156,7 +157,7 @@ impl Proxy {
         let routed = canonical.map_err(ProxyError::from).and_then(|canonical| {
             Self::route(
                 &table,
-                request,
+                &mut request,
                 conn,
                 client_ip,
                 canonical,
@@ -166,9 +167,14 @@ impl Proxy {
             )
         });
         let answered = 'answer: {
-            let (site, route, request, canonical) = match routed {
+            // A request answered here, its body unread, has the body read away after (see
+            // `linger`): the answer must reach its client.
+            let (site, route, canonical) = match routed {
                 Ok(routed) => routed,
-                Err(err) => break 'answer Err(err),
+                Err(err) => {
+                    self.linger(request);
+                    break 'answer Err(err);
+                }
             };
             // Forwarding's clock starts here: `total` bounds the tries, not a wait in the
             // route's concurrency queue; without one, the request's start is as good.
@@ -182,12 +188,16 @@ impl Proxy {
                     }
                     Err(_) => {
                         route.metrics.concurrency_limited.inc();
+                        self.linger(request);
                         break 'answer Err(ProxyError::ConcurrencyLimited);
                     }
                 }
             }
             match &route.action {
-                Action::Respond { status, body } => Ok(text_response(*status, body.clone())),
+                Action::Respond { status, body } => {
+                    self.linger(request);
+                    Ok(text_response(*status, body.clone()))
+                }
                 Action::Proxy(pool) => {
                     let hop = Hop {
                         trusted_peer,
@@ -260,14 +270,14 @@ impl Proxy {
     /// once; the caller takes a concurrency slot and answers.
     fn route<'t>(
         table: &'t RouteTable,
-        mut request: Request<Incoming>,
+        request: &mut Request<Incoming>,
         conn: &ConnInfo,
         client_ip: IpAddr,
         canonical: Canonical,
         record: &mut AccessRecord,
         metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
         matched: &mut (Option<&'t SiteRoutes>, Option<&'t Route>),
-    ) -> Result<(&'t SiteRoutes, &'t Route, Request<Incoming>, Canonical), ProxyError> {
+    ) -> Result<(&'t SiteRoutes, &'t Route, Canonical), ProxyError> {
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20). The host is the one
         // canonicalisation settled, whichever of Host, :authority or the target named it.
@@ -319,7 +329,13 @@ impl Proxy {
                 .map_err(|failure| ProxyError::Unauthorized { failure })?;
             check_rate_limits(site, route, client_ip, request.headers(), Some(&claims))?;
         }
-        Ok((site, route, request, canonical))
+        Ok((site, route, canonical))
+    }
+
+    /// Reads away the unread body of `request`, answered without it.
+    fn linger(&self, request: Request<Incoming>) {
+        let (head, body) = request.into_parts();
+        linger::linger(&head.headers, body, &self.tasks);
     }
 
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them

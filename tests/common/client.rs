@@ -72,6 +72,7 @@ pub struct TlsClient {
     verify_as: Option<String>,
     tls12_only: bool,
     receive_buffer: Option<u32>,
+    send_buffer: Option<u32>,
 }
 
 impl TlsClient {
@@ -83,6 +84,7 @@ impl TlsClient {
             verify_as: None,
             tls12_only: false,
             receive_buffer: None,
+            send_buffer: None,
         }
     }
 
@@ -102,6 +104,13 @@ impl TlsClient {
     /// not read then stops the server's writes after a few KiB.
     pub fn receive_buffer(mut self, bytes: u32) -> Self {
         self.receive_buffer = Some(bytes);
+        self
+    }
+
+    /// Asks the kernel for a send buffer of `bytes` (it doubles it, and no longer grows it):
+    /// a server that stops reading then stops the client's writes after a few KiB.
+    pub fn send_buffer(mut self, bytes: u32) -> Self {
+        self.send_buffer = Some(bytes);
         self
     }
 
@@ -149,15 +158,20 @@ impl TlsClient {
         let server_name = ServerName::try_from(sni.unwrap_or(verify_name).to_owned())
             .map_err(io::Error::other)?;
         let handshake = async {
-            let tcp = match self.receive_buffer {
-                None => TcpStream::connect(addr).await?,
-                Some(bytes) => {
+            let tcp = match (self.receive_buffer, self.send_buffer) {
+                (None, None) => TcpStream::connect(addr).await?,
+                (receive, send) => {
                     let socket = if addr.is_ipv4() {
                         tokio::net::TcpSocket::new_v4()?
                     } else {
                         tokio::net::TcpSocket::new_v6()?
                     };
-                    socket.set_recv_buffer_size(bytes)?;
+                    if let Some(bytes) = receive {
+                        socket.set_recv_buffer_size(bytes)?;
+                    }
+                    if let Some(bytes) = send {
+                        socket.set_send_buffer_size(bytes)?;
+                    }
                     socket.connect(addr).await?
                 }
             };
