@@ -93,6 +93,7 @@ pub(super) struct RawDownstream {
     pub(super) max_header_bytes: Text,
     pub(super) max_headers: Spanned<i64>,
     pub(super) h2_max_streams: Spanned<i64>,
+    pub(super) max_connections: Spanned<i64>,
     pub(super) cipher_suites: Option<List<String>>,
 }
 
@@ -265,6 +266,7 @@ impl Default for RawDownstream {
             max_header_bytes: text("64KiB"),
             max_headers: unplaced(100),
             h2_max_streams: unplaced(256),
+            max_connections: unplaced(50_000),
             cipher_suites: None,
         }
     }

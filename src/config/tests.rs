@@ -94,6 +94,7 @@ downstream:
   max_header_bytes: 16KiB
   max_headers: 50
   h2_max_streams: 10
+  max_connections: 1000
   cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
 upstream:
   connect_timeout: 2s
@@ -162,6 +163,7 @@ sites:
             max_header_bytes: 16 * 1024,
             max_headers: 50,
             h2_max_streams: 10,
+            max_connections: 1000,
             cipher_suites: vec![
                 "TLS_AES_128_GCM_SHA256".to_owned(),
                 "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()
@@ -274,6 +276,7 @@ fn omitted_keys_take_their_defaults() {
             max_header_bytes: 65_536,
             max_headers: 100,
             h2_max_streams: 256,
+            max_connections: 50_000,
             cipher_suites: Vec::new(),
         }
     );

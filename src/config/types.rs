@@ -165,6 +165,9 @@ pub struct Downstream {
     pub max_headers: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
     pub h2_max_streams: u32,
+    /// Client connections each listener holds open at most; at the cap it stops accepting
+    /// (the kernel's backlog queues the next) until one closes.
+    pub max_connections: usize,
     /// The TLS cipher suites offered, by IANA name (`TLS_AES_128_GCM_SHA256`, ...); empty for
     /// rustls's defaults. At least one is a TLS 1.3 suite.
     pub cipher_suites: Vec<String>,

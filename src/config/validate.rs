@@ -344,6 +344,7 @@ impl Checker {
         );
         let max_headers = self.count(&raw.max_headers, "downstream.max_headers");
         let h2_max_streams = self.count(&raw.h2_max_streams, "downstream.h2_max_streams");
+        let max_connections = self.count(&raw.max_connections, "downstream.max_connections");
         let cipher_suites = self.cipher_suites(&raw.cipher_suites);
         Some(Downstream {
             handshake_timeout: handshake_timeout?,
@@ -354,6 +355,7 @@ impl Checker {
             max_header_bytes: max_header_bytes?,
             max_headers: max_headers?,
             h2_max_streams: h2_max_streams?,
+            max_connections: max_connections?,
             cipher_suites: cipher_suites?,
         })
     }

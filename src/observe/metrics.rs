@@ -59,6 +59,7 @@ struct Families {
     upstream_errors: Family<Labels<2>, Counter>,
     upstream_healthy: Family<Labels<1>, Gauge>,
     open_connections: Family<Labels<1>, Gauge>,
+    listener_full: Family<Labels<1>, Counter>,
     handshakes: Family<Labels<2>, Counter>,
     handshake_duration: Histogram,
     certificate_not_after: Family<Labels<1>, Gauge>,
@@ -81,6 +82,7 @@ fn families() -> &'static Families {
             upstream_errors: Family::default(),
             upstream_healthy: Family::default(),
             open_connections: Family::default(),
+            listener_full: Family::default(),
             handshakes: Family::default(),
             handshake_duration: HandshakeBuckets.new_metric(),
             certificate_not_after: Family::default(),
@@ -122,6 +124,11 @@ fn families() -> &'static Families {
             "rampart_downstream_open_connections",
             "Client connections open now, by listener",
             f.open_connections.clone(),
+        );
+        r.register(
+            "rampart_downstream_listener_full",
+            "Times a listener stopped accepting, at downstream.max_connections, by listener",
+            f.listener_full.clone(),
         );
         r.register(
             "rampart_tls_handshakes",
@@ -354,6 +361,13 @@ impl HandshakeMetrics {
 pub fn open_connections(listener: &'static str) -> Gauge {
     families()
         .open_connections
+        .get_or_create_owned(&[("listener", listener.to_owned())])
+}
+
+/// A counter of the times `listener` stopped accepting at its connection cap.
+pub fn listener_full(listener: &'static str) -> Counter {
+    families()
+        .listener_full
         .get_or_create_owned(&[("listener", listener.to_owned())])
 }
 

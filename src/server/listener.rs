@@ -13,8 +13,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -141,6 +144,8 @@ pub(crate) struct HttpServers {
     header_timeout: Duration,
     /// Writes refused this long, with nothing written, close the connection.
     send_timeout: Duration,
+    /// Connections open at once per listener.
+    max_connections: usize,
 }
 
 /// HTTP/2 settings; the server is built per connection, around that connection's executor.
@@ -203,6 +208,7 @@ impl HttpServers {
             idle_timeout: limits.idle_timeout,
             header_timeout: limits.header_timeout,
             send_timeout: limits.send_timeout,
+            max_connections: limits.max_connections,
         }
     }
 }
@@ -228,7 +234,8 @@ pub(crate) async fn accept_https(
     stop: CancellationToken,
 ) {
     let open = metrics::open_connections("https");
-    while let Some((tcp, peer)) = accept(&listener, &stop).await {
+    let mut slots = Slots::new("https", servers.max_connections);
+    while let Some((tcp, peer, slot)) = accept(&listener, &mut slots, &stop).await {
         let (acceptor, pre_tls, proxy, servers, stop) = (
             acceptor.clone(),
             pre_tls.clone(),
@@ -236,7 +243,10 @@ pub(crate) async fn accept_https(
             servers.clone(),
             stop.clone(),
         );
-        let open = OpenConnection::enter(&open);
+        let open = Admitted {
+            _open: OpenConnection::enter(&open),
+            _slot: slot,
+        };
         // No `async` block around it: one would hold the arguments a second time, in every
         // connection's task (see `serve_tls`).
         tasks.spawn(
@@ -255,9 +265,13 @@ pub(crate) async fn accept_http(
     stop: CancellationToken,
 ) {
     let open = metrics::open_connections("http");
-    while let Some((tcp, peer)) = accept(&listener, &stop).await {
+    let mut slots = Slots::new("http", servers.max_connections);
+    while let Some((tcp, peer, slot)) = accept(&listener, &mut slots, &stop).await {
         let (answer, servers, stop) = (answer.clone(), servers.clone(), stop.clone());
-        let open = OpenConnection::enter(&open);
+        let open = Admitted {
+            _open: OpenConnection::enter(&open),
+            _slot: slot,
+        };
         tasks.spawn(
             async move {
                 let _open = open;
@@ -289,11 +303,70 @@ pub(crate) fn keep_alive(listener: &TcpListener) {
     }
 }
 
-/// Waits for the next connection; `None` once `stop` fires (dropping the listener refuses new ones).
+/// A connection let in: counted among the open ones and holding one of the listener's slots
+/// until dropped.
+struct Admitted {
+    _open: OpenConnection,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A listener's connection slots, `downstream.max_connections` of them. With none free it
+/// stops accepting, so the kernel's backlog, not Rampart's memory, holds the next clients;
+/// each time, a counter goes up and (at most once a minute) a warning says so.
+struct Slots {
+    free: Arc<Semaphore>,
+    max: usize,
+    listener: &'static str,
+    full: Counter,
+    warned: Option<Instant>,
+}
+
+/// The least time between two "listener full" warnings.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+impl Slots {
+    fn new(listener: &'static str, max: usize) -> Self {
+        Self {
+            free: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+            listener,
+            full: metrics::listener_full(listener),
+            warned: None,
+        }
+    }
+
+    /// A free slot, waiting for one if need be; `None` once `stop` fires.
+    async fn take(&mut self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.free.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        self.full.inc();
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
+        {
+            self.warned = Some(Instant::now());
+            warn!(
+                listener = self.listener,
+                max_connections = self.max,
+                "listener full: not accepting until a connection closes"
+            );
+        }
+        tokio::select! {
+            () = stop.cancelled() => None,
+            slot = self.free.clone().acquire_owned() => slot.ok(),
+        }
+    }
+}
+
+/// Waits for a free slot, then for the next connection; `None` once `stop` fires (dropping
+/// the listener refuses new ones).
 async fn accept(
     listener: &TcpListener,
+    slots: &mut Slots,
     stop: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr)> {
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let slot = slots.take(stop).await?;
     loop {
         tokio::select! {
             () = stop.cancelled() => return None,
@@ -304,7 +377,7 @@ async fn accept(
                     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; logs and
                     // X-Forwarded-For want a.b.c.d.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                    return Some((tcp, peer));
+                    return Some((tcp, peer, slot));
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");
@@ -331,7 +404,7 @@ async fn serve_tls(
     proxy: Proxy,
     servers: HttpServers,
     stop: CancellationToken,
-    _open: OpenConnection,
+    _open: Admitted,
 ) {
     if let Some(settings) = &pre_tls.proxy_protocol {
         let read = proxy_protocol::read_peer(&mut tcp, peer, settings);

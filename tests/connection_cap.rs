@@ -1,0 +1,94 @@
+//! The connection cap keeps the process alive: a listener holds `downstream.max_connections`
+//! client connections at most, stops accepting at the cap (the kernel's backlog queues the
+//! next client) and accepts again as soon as one closes; a metric counts the times it was full.
+
+mod common;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::{Env, Rampart, Upstream, WAIT, within};
+
+const CAP: usize = 4;
+
+fn times_full() -> f64 {
+    rampart::observe::metrics::encode_text()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("rampart_downstream_listener_full_total{listener=\"https\"} ")
+        })
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+/// A GET of `/` on `stream` (HTTP/1.1): the status line.
+async fn get(stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .expect("write");
+    stream.flush().await.expect("flush");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = within(WAIT, "the answer", stream.read(&mut buf))
+            .await
+            .expect("read");
+        assert_ne!(n, 0, "the connection closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    got.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_full_listener_accepts_again_once_a_connection_closes() {
+    let (env, origin) = (Env::new(), Upstream::echo("origin").await);
+    env.leaf("a", &["a.test"]);
+    let rampart: Rampart = env
+        .start(&format!(
+            "downstream: {{ max_connections: {CAP} }}
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{}]
+",
+            origin.url()
+        ))
+        .await;
+    let tls = rampart.tls().alpn(&["http/1.1"]);
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        assert_eq!(times_full(), 0.0, "full before the cap was reached");
+        let mut conn = tls
+            .connect(rampart.https_addr(), Some("a.test"))
+            .await
+            .expect("a connection within the cap")
+            .stream;
+        assert_eq!(get(&mut conn).await, "HTTP/1.1 200 OK");
+        held.push(conn);
+    }
+    assert_eq!(times_full(), 1.0, "the listener says it is full");
+
+    // One over the cap: its TCP connection waits in the backlog, its handshake unanswered.
+    let (over_tls, addr) = (tls.clone(), rampart.https_addr());
+    let over = tokio::spawn(async move { over_tls.connect(addr, Some("a.test")).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!over.is_finished(), "a handshake over the cap was answered");
+
+    // One closes: the waiting client is let in and served.
+    drop(held.pop());
+    let mut over = within(WAIT, "the waiting handshake", over)
+        .await
+        .expect("joined")
+        .expect("handshake once a slot is free")
+        .stream;
+    assert_eq!(get(&mut over).await, "HTTP/1.1 200 OK");
+    for mut conn in held {
+        assert_eq!(
+            get(&mut conn).await,
+            "HTTP/1.1 200 OK",
+            "the others still served"
+        );
+    }
+}
