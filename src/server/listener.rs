@@ -28,6 +28,7 @@ use crate::observe::Chain;
 use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
+use crate::server::calm::Calm;
 use crate::server::hangup::{Hangup, SharedTcp};
 use crate::server::idle::{Expiry, IdleIo, Timeouts};
 use crate::server::open_requests::OpenRequests;
@@ -469,7 +470,7 @@ async fn serve_h2<T, S, B>(
     let conn = servers
         .h2
         .server(streams.exec())
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(Calm::new(io)), service);
     // Dropped as soon as it ends: that is what tells the streams still running that their
     // connection is gone, so they end too.
     let conn = Some(conn);

@@ -4,6 +4,7 @@
 
 pub mod activation;
 mod admin;
+mod calm;
 mod error;
 mod hangup;
 mod http01;
