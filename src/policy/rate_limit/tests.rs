@@ -175,3 +175,30 @@ fn a_zero_rate_or_burst_builds_no_limiter() {
     assert!(RateLimiter::new(&config(0, MINUTE, 1, RateKey::ClientIp)).is_none());
     assert!(RateLimiter::new(&config(1, MINUTE, 0, RateKey::ClientIp)).is_none());
 }
+
+#[test]
+fn ipv6_clients_share_a_bucket_per_64_and_ipv4_ones_are_keyed_by_address() {
+    let key = |addr: &str| {
+        key_for(
+            &RateKey::ClientIp,
+            addr.parse().expect("an address"),
+            &HeaderMap::new(),
+            None,
+        )
+    };
+    assert_eq!(
+        key("2001:db8:1:2::1"),
+        key("2001:db8:1:2:ffff:eeee:dddd:cccc")
+    );
+    assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    assert_eq!(
+        key("2001:db8:1:2::1"),
+        Key::Ip("2001:db8:1:2::".parse().expect("an address"))
+    );
+    assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+    assert_eq!(
+        key("::ffff:192.0.2.1"),
+        key("192.0.2.1"),
+        "v4-mapped is IPv4"
+    );
+}
