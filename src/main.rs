@@ -242,9 +242,9 @@ fn run(path: &Path) -> ExitCode {
     })
 }
 
-/// One clear line on stderr (and in the log) for a start-up failure.
+/// One clear line on stderr for a start-up failure. Only that: the log goes to stderr too, and
+/// a second, structured copy of the same failure there only buried it.
 fn fatal(err: &(dyn std::error::Error + 'static)) -> ExitCode {
     eprintln!("rampart: {}", Chain(err));
-    tracing::error!(error = %Chain(err), "cannot start");
     ExitCode::FAILURE
 }

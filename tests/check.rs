@@ -1,5 +1,7 @@
 //! The CLI: `rampart check` on valid and broken configurations (every problem as
-//! `FILE:LINE:COL: key.path: reason`, exit 64), and `rampart version`.
+//! `FILE:LINE:COL: key.path: reason`, exit 64), `rampart run`'s start-up failures (one line on
+//! stderr; 64 for the configuration, certificates included, 1 for the rest) and
+//! `rampart version`.
 //!
 //! Fixtures under `tests/fixtures/broken/` mark each offending line with `# expect: KEY.PATH`;
 //! the problem for that key must be reported at that line.
@@ -273,4 +275,70 @@ fn version_prints_the_package_version() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
+}
+
+/// `rampart run -c PATH`: exit code and stderr.
+fn run(path: &Path) -> (Option<i32>, String) {
+    let output = rampart_command(&["run", "-c"])
+        .arg(path)
+        .output()
+        .expect("runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_on_a_port_in_use_says_so_in_one_line_and_exits_1() {
+    let env = common::Env::new();
+    env.leaf("a", &["a.test"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let config = env.write(
+        "run.yaml",
+        &format!(
+            "listen: {{ https: \"{}\", http: \"{}\" }}
+storage: storage
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [http://127.0.0.1:9]
+",
+            taken.local_addr().expect("bound"),
+            common::refused_addr()
+        ),
+    );
+    let (code, stderr) = run(&config);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("rampart: cannot listen on 127.0.0.1:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_with_an_unreadable_certificate_exits_64_naming_the_file_and_line() {
+    let env = common::Env::new();
+    let config = env.write(
+        "run.yaml",
+        &format!(
+            "listen: {{ https: \"{}\", http: \"{}\" }}
+storage: storage
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: missing.pem, key: missing.key }}
+    upstreams: [http://127.0.0.1:9]
+",
+            common::refused_addr(),
+            common::refused_addr()
+        ),
+    );
+    let (code, stderr) = run(&config);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("run.yaml:5:") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
 }
