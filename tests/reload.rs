@@ -75,9 +75,13 @@ async fn invalid_reload_keeps_serving_the_old_configuration() {
     let mut client = rampart.client("a.test").await;
     assert_eq!(client.get("a.test", "/").await.echo().name, "one");
 
-    // An unknown key: rejected with file, line and key; the old routes keep serving.
+    // Two bad values: rejected with file, line and key, both of them, as `rampart check`
+    // reports them; the old routes keep serving.
     let failures_before = failed_reloads();
-    let path = env.write_config(&format!("{}    upstreamz: []\n", config(&ws, &two, false)));
+    let path = env.write_config(&format!(
+        "downstream: {{ max_headers: 0, idle_timeout: soon }}\n{}",
+        config(&ws, &two, false)
+    ));
     let err = rampart
         .server()
         .reload()
@@ -85,7 +89,9 @@ async fn invalid_reload_keeps_serving_the_old_configuration() {
     let message = common::rampart::chain(&err);
     let position = format!("{}:", path.display());
     assert!(
-        message.contains(&position) && message.contains("upstreamz"),
+        message.contains(&position)
+            && message.contains("downstream.idle_timeout")
+            && message.contains("downstream.max_headers"),
         "{message}"
     );
     // The error is in the log (file, line, key) and counted in the metrics.
@@ -93,13 +99,24 @@ async fn invalid_reload_keeps_serving_the_old_configuration() {
     assert!(
         logged.contains("reload failed")
             && logged.contains(&position)
-            && logged.contains("upstreamz"),
+            && logged.contains("downstream.idle_timeout")
+            && logged.contains("downstream.max_headers"),
         "{logged}"
     );
     assert!(
         failed_reloads() >= failures_before + 1.0,
         "failed reloads are counted"
     );
+    assert_eq!(client.get("a.test", "/").await.echo().name, "one");
+
+    // A structural problem (an unknown key) is reported alone, as `rampart check` does.
+    env.write_config(&format!("{}    upstreamz: []\n", config(&ws, &two, false)));
+    let err = rampart
+        .server()
+        .reload()
+        .expect_err("an unknown key is refused");
+    let message = common::rampart::chain(&err);
+    assert!(message.contains("did you mean `upstreams`"), "{message}");
     assert_eq!(client.get("a.test", "/").await.echo().name, "one");
 
     // Fixed: the new routes apply to the next request on the same connection.
