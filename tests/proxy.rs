@@ -393,6 +393,65 @@ async fn websocket_echoes_through_the_proxy() {
     rampart.stop().await;
 }
 
+/// A WebSocket tunnel lives while bytes move and closes once none has moved either way for
+/// the route's `timeouts.idle`, on both sides.
+#[tokio::test]
+async fn an_idle_websocket_tunnel_is_closed_after_the_idle_timeout() {
+    let env = Env::new();
+    let ws = Upstream::ws_echo().await;
+    env.leaf("a", &["a.test"]);
+    let rampart = env
+        .start(&format!(
+            "sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{}]
+    timeouts: {{ idle: 1s }}
+",
+            ws.url()
+        ))
+        .await;
+    let tls = rampart
+        .tls()
+        .alpn(&["http/1.1"])
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("handshake");
+    let (mut socket, _) = within(
+        WAIT,
+        "the WebSocket handshake",
+        tokio_tungstenite::client_async("wss://a.test/ws", tls.stream),
+    )
+    .await
+    .expect("WebSocket upgrade through the proxy");
+    // Busy for twice the timeout: the tunnel stays.
+    for n in 0..8 {
+        let message = Message::text(format!("message {n}"));
+        socket.send(message.clone()).await.expect("send");
+        let echoed = within(WAIT, "the echo", socket.next())
+            .await
+            .expect("a message")
+            .expect("no error");
+        assert_eq!(echoed, message);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then quiet: Rampart closes both sides.
+    let quiet = Instant::now();
+    let end = within(WAIT, "the idle tunnel to close", socket.next()).await;
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed before the idle timeout: {waited:?}"
+    );
+    ws.wait_open(WAIT, "the tunnel to close upstream", |n| n == 0)
+        .await;
+    rampart.stop().await;
+}
+
 #[tokio::test]
 async fn client_disconnecting_mid_download_leaves_no_upstream_connection() {
     let env = Env::new();

@@ -185,7 +185,9 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From the request sent to the response head, per try.
     pub response_header: Duration,
-    /// The origin sending no response body bytes for this long ends the response (default 60s).
+    /// The origin sending no response body bytes for this long ends the response, and an
+    /// upgraded (WebSocket) tunnel with no bytes moving either way this long closes
+    /// (default 60s).
     pub idle: Duration,
     /// Deadline for the response head over all tries, retries included (default 60s).
     pub total: Duration,

@@ -7,8 +7,8 @@
 //! request body is in memory and through hyper's client otherwise; `forward` rewrites headers
 //! for the hop; `trace` continues or starts the W3C trace; `body` meters bodies for the access
 //! log; `ahead` reads response bodies ahead of slow clients; `linger` reads away the bodies of
-//! requests answered early; `error` turns failures into responses. This module never imports `tls`, `acme` or `server`:
-//! it sees a [`ConnInfo`].
+//! requests answered early; `tunnel` joins upgraded connections; `error` turns failures into
+//! responses. This module never imports `tls`, `acme` or `server`: it sees a [`ConnInfo`].
 
 mod ahead;
 mod balance;
@@ -24,6 +24,7 @@ mod retry;
 mod router;
 mod service;
 pub mod trace;
+mod tunnel;
 mod upstream;
 mod wire;
 

@@ -17,7 +17,6 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -34,6 +33,7 @@ use crate::proxy::error::CLIENT_CLOSED;
 use crate::proxy::linger;
 use crate::proxy::retry::BodyLimits;
 use crate::proxy::trace::RequestIds;
+use crate::proxy::tunnel::tunnel;
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
     UpstreamPool, forward, retry,
@@ -374,7 +374,11 @@ impl Proxy {
             let tunnelled = downstream_upgrade.is_some();
             if let Some(downstream) = downstream_upgrade {
                 let upstream_side = hyper::upgrade::on(&mut response);
-                self.tasks.spawn(tunnel(downstream, upstream_side));
+                self.tasks.spawn(tunnel(
+                    downstream,
+                    upstream_side,
+                    pool.settings().timeouts.idle,
+                ));
             }
             forward::strip_hop_by_hop(response.headers_mut(), tunnelled);
             return Ok(response);
@@ -506,17 +510,6 @@ struct Hop {
 }
 
 /// Copies bytes both ways between an upgraded client and origin until either side closes.
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
-    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
-        Err(err) => return debug!(error = %Chain(&err), "upgrade did not complete"),
-    };
-    let (mut downstream, mut upstream) = (TokioIo::new(downstream), TokioIo::new(upstream));
-    if let Err(err) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        debug!(error = %Chain(&err), "tunnel closed with an error");
-    }
-}
-
 fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
