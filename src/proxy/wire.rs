@@ -149,6 +149,9 @@ pub enum WireError {
     /// Broken chunked framing.
     #[error("invalid chunked body")]
     Chunked,
+    /// Transfer-Encoding in an HTTP/1.0 response.
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncoding10,
     /// A 101 to a request that asked for no upgrade.
     #[error("unexpected 101 Switching Protocols")]
     UnexpectedSwitch,
@@ -277,15 +280,23 @@ impl Wire {
             headers.append(name, value);
         }
         let keep_alive = head.version == Version::HTTP_11 && !head.close;
+        let mut suspect = false;
         let framing = if head_request
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
         {
             Framing::Done
         } else if let Some(chunked) = head.transfer_coding {
+            // HTTP/1.0 has no Transfer-Encoding (RFC 9112 §6.1): its framing is faulty, and
+            // hyper's client refuses it too.
+            if head.version == Version::HTTP_10 {
+                return Err(WireError::TransferEncoding10);
+            }
             // Transfer-Encoding wins over any Content-Length (RFC 9112 §6.3), which would
-            // mislead the client, as the hop-by-hop Transfer-Encoding is not forwarded.
-            headers.remove(header::CONTENT_LENGTH);
+            // mislead the client, as the hop-by-hop Transfer-Encoding is not forwarded. Both
+            // at once is how smuggling starts: the body is read as chunked, but what follows
+            // it on that connection is not trusted, so the connection is never reused.
+            suspect = headers.remove(header::CONTENT_LENGTH).is_some();
             if chunked {
                 Framing::Chunked(Chunk::Size)
             } else {
@@ -298,7 +309,7 @@ impl Wire {
                 None => Framing::UntilClose,
             }
         };
-        let reusable = keep_alive && !matches!(framing, Framing::UntilClose);
+        let reusable = keep_alive && !suspect && !matches!(framing, Framing::UntilClose);
         let mut response = Response::new(WireBody {
             wire: Some(self),
             framing,
@@ -864,7 +875,25 @@ mod tests {
         let (data, trailers) = collect(response).await.unwrap();
         assert_eq!(data, "hello world");
         assert_eq!(trailers.unwrap()["x-sum"], "11");
-        assert!(pool.checkout_wire().is_some(), "a clean end returns it");
+        assert!(
+            pool.checkout_wire().is_none(),
+            "Transfer-Encoding with Content-Length: never pooled"
+        );
+        // Chunked alone: back in the pool (a second answer keeps the origin's side open).
+        let (addr, _) = origin(
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            usize::MAX,
+        )
+        .await;
+        let response = get(connect(addr).await, Method::GET, &pool).await.unwrap();
+        assert_eq!(collect(response).await.unwrap().0, "ok");
+        assert!(
+            pool.checkout_wire().is_some(),
+            "a clean chunked end returns it"
+        );
     }
 
     #[tokio::test]
@@ -941,7 +970,11 @@ mod tests {
 
     #[tokio::test]
     async fn broken_answers_are_errors_and_their_connection_is_dropped() {
-        let cases: [(&'static [u8], Check); 4] = [
+        let cases: [(&'static [u8], Check); 5] = [
+            (
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                |e| matches!(e, WireError::TransferEncoding10),
+            ),
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
                 |e| matches!(e, WireError::ContentLength),
