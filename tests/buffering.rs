@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use common::{Echoed, Env, Rampart, Upstream, WAIT, within};
@@ -14,15 +16,18 @@ use common::{Echoed, Env, Rampart, Upstream, WAIT, within};
 const UPLOADERS: usize = 200;
 
 async fn site(env: &Env, origin: &Upstream) -> Rampart {
+    site_for(env, &origin.url()).await
+}
+
+async fn site_for(env: &Env, origin: &str) -> Rampart {
     env.leaf("a", &["a.test"]);
     env.start(&format!(
         "downstream: {{ client_body_timeout: 10s }}
 sites:
   - hosts: [a.test]
     tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-",
-        origin.url()
+    upstreams: [{origin}]
+"
     ))
     .await
 }
@@ -171,5 +176,101 @@ async fn a_route_with_buffer_0_streams_even_a_small_body() {
     send(&mut stream, b"6\r\n world\r\n0\r\n\r\n").await;
     let response = read_until(&mut stream, b"}").await;
     assert!(response.contains("\"len\":11"), "{response}");
+    rampart.stop().await;
+}
+
+/// An origin that takes `Expect: 100-continue` at its word: it refuses such a request at once,
+/// without reading its body, and reads what follows as its next request. Every request line
+/// it read, in order.
+async fn literal_origin() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = listener.local_addr().expect("origin address");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 16 << 10];
+                loop {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    got.drain(..end + 4);
+                    seen.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap_or("").to_owned());
+                    let answer: &[u8] = if head.contains("\r\nexpect: 100-continue") {
+                        b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while got.len() < length {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        got.drain(..length);
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), lines)
+}
+
+/// A body that streams (over the buffer) after `Expect: 100-continue` reaches the origin as
+/// the body of the request routed, never as a request of its own: Rampart grants the
+/// expectation and does not forward it.
+#[tokio::test]
+async fn an_expectation_stops_at_rampart_so_no_body_passes_for_a_request() {
+    let (env, (origin, lines)) = (Env::new(), literal_origin().await);
+    let rampart = site_for(&env, &origin).await;
+    let mut stream = rampart
+        .connect_offering("a.test", &["http/1.1"])
+        .await
+        .stream;
+    let size = 256 * 1024;
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {size}\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    );
+    send(&mut stream, head.as_bytes()).await;
+    let continued = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(
+        continued.starts_with("HTTP/1.1 100 Continue"),
+        "{continued}"
+    );
+    let mut body = b"GET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec();
+    body.resize(size, b'x');
+    send(&mut stream, &body).await;
+    let response = read_until(&mut stream, b"\r\n\r\n").await;
+    // Whatever else the origin got comes before the next exchange over a pooled connection.
+    let again = rampart
+        .client_h1("a.test")
+        .await
+        .get("a.test", "/next")
+        .await;
+    assert_eq!(
+        *lines.lock().unwrap(),
+        ["post /up http/1.1", "get /next http/1.1"],
+        "the origin read the body as the request's"
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(again.status, 200);
     rampart.stop().await;
 }

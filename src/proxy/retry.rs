@@ -87,6 +87,11 @@ pub(crate) async fn prepare(
     let payload = if body.is_end_stream() {
         Payload::Buffered(Bytes::new())
     } else {
+        // Rampart grants the expectation itself (hyper's server sends 100 Continue when the body
+        // is first read) and the origin gets the body right after the head, framed by its
+        // length. Forwarded, `Expect` would let an origin answer without reading the body and
+        // take the body that follows for its next request (RFC 9110 §10.1.1 lets it).
+        head.headers.remove(header::EXPECT);
         let counter = counter.unwrap_or_default();
         let length = head
             .headers
@@ -108,12 +113,7 @@ pub(crate) async fn prepare(
                 read_up_to(body, limits.buffer),
             ));
             match read.await {
-                Ok(Ok(Read::Whole(bytes))) => {
-                    // The body is here: the origin has no continuation to grant (RFC 9110
-                    // §10.1.1); the client got its 100 Continue when its body was first read.
-                    head.headers.remove(header::EXPECT);
-                    Payload::Buffered(bytes)
-                }
+                Ok(Ok(Read::Whole(bytes))) => Payload::Buffered(bytes),
                 Ok(Ok(Read::Prefix(prefix, rest))) => {
                     Payload::Streamed(UpstreamBody::streamed(Some(prefix), rest), fate)
                 }
