@@ -148,10 +148,43 @@ fn a_million_distinct_idle_keys_are_swept_away() {
 }
 
 #[test]
-fn a_flood_of_busy_keys_past_the_cap_starts_afresh() {
+fn a_flood_of_new_keys_evicts_the_idlest_and_a_throttled_client_stays_throttled() {
     let clock = FakeRelativeClock::default();
     let (cap, sweep_every) = (50_000, 10_000);
-    // Nothing refills while the clock stands still, so no bucket is ever idle.
+    let limiter = RateLimiter::with_clock(
+        &config(1, MINUTE, 5, RateKey::ClientIp),
+        clock.clone(),
+        cap,
+        sweep_every,
+    )
+    .unwrap();
+    let throttled = ip(u32::MAX);
+    for _ in 0..5 {
+        limiter.check(&throttled).unwrap();
+    }
+    assert!(limiter.check(&throttled).is_err());
+    // 300,000 invented keys over ten seconds, one request each: every bucket is in use, so none
+    // is full again, and the cap holds by eviction.
+    let mut largest = 0;
+    for n in 0..300_000u32 {
+        limiter.check(&ip(n)).unwrap();
+        if n % 1000 == 0 {
+            clock.advance(Duration::from_millis(33));
+            largest = largest.max(limiter.len());
+        }
+    }
+    assert!(largest <= cap + sweep_every as usize, "{largest} buckets");
+    assert!(limiter.check(&throttled).is_err(), "still refused");
+    // The survivors are the latest keys: the earliest were the idlest.
+    assert_eq!(limiter.check(&ip(299_999)), Ok(3), "a kept bucket");
+    assert_eq!(limiter.check(&ip(0)), Ok(4), "an evicted one is new again");
+}
+
+#[test]
+fn eviction_keeps_the_cap_when_every_bucket_is_equally_idle() {
+    let clock = FakeRelativeClock::default();
+    let (cap, sweep_every) = (50_000, 10_000);
+    // Nothing refills while the clock stands still: every bucket has the same state.
     let limiter = RateLimiter::with_clock(
         &config(1, MINUTE, 1, RateKey::ClientIp),
         clock,
