@@ -1,6 +1,7 @@
-//! The connection cap keeps the process alive: a listener holds `downstream.max_connections`
+//! The connection caps keep the process alive: a listener holds `downstream.max_connections`
 //! client connections at most, stops accepting at the cap (the kernel's backlog queues the
 //! next client) and accepts again as soon as one closes; a metric counts the times it was full.
+//! With `max_connections_per_ip`, a client's connections beyond it are closed as they come.
 
 mod common;
 
@@ -12,13 +13,31 @@ use common::{Env, Rampart, Upstream, WAIT, within};
 
 const CAP: usize = 4;
 
-fn times_full() -> f64 {
+/// The value of the `https` listener's sample of counter `name`.
+fn https_counter(name: &str) -> f64 {
+    let sample = format!("{name}{{listener=\"https\"}} ");
     rampart::observe::metrics::encode_text()
         .lines()
-        .find_map(|line| {
-            line.strip_prefix("rampart_downstream_listener_full_total{listener=\"https\"} ")
-        })
+        .find_map(|line| line.strip_prefix(&sample))
         .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+fn times_full() -> f64 {
+    https_counter("rampart_downstream_listener_full_total")
+}
+
+async fn site(env: &Env, origin: &Upstream, downstream: &str) -> Rampart {
+    env.leaf("a", &["a.test"]);
+    env.start(&format!(
+        "downstream: {{ {downstream} }}
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{}]
+",
+        origin.url()
+    ))
+    .await
 }
 
 /// A GET of `/` on `stream` (HTTP/1.1): the status line.
@@ -44,18 +63,7 @@ async fn get(stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>
 #[tokio::test]
 async fn a_full_listener_accepts_again_once_a_connection_closes() {
     let (env, origin) = (Env::new(), Upstream::echo("origin").await);
-    env.leaf("a", &["a.test"]);
-    let rampart: Rampart = env
-        .start(&format!(
-            "downstream: {{ max_connections: {CAP} }}
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-",
-            origin.url()
-        ))
-        .await;
+    let rampart = site(&env, &origin, &format!("max_connections: {CAP}")).await;
     let tls = rampart.tls().alpn(&["http/1.1"]);
     let mut held = Vec::new();
     for _ in 0..CAP {
@@ -91,4 +99,58 @@ sites:
             "the others still served"
         );
     }
+}
+
+#[tokio::test]
+async fn a_client_at_its_cap_has_its_next_connection_closed_and_others_are_served() {
+    let (env, origin) = (Env::new(), Upstream::echo("origin").await);
+    let rampart = site(&env, &origin, "max_connections_per_ip: 2").await;
+    let (one, other) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    let tls = rampart.tls().alpn(&["http/1.1"]);
+    let from = |ip| tls.clone().local_address(ip);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = from(one)
+            .connect(rampart.https_addr(), Some("a.test"))
+            .await
+            .expect("a connection within the client's cap")
+            .stream;
+        assert_eq!(get(&mut conn).await, "HTTP/1.1 200 OK");
+        held.push(conn);
+    }
+    let refused = https_counter("rampart_downstream_per_ip_refused_total");
+    assert!(
+        from(one)
+            .connect(rampart.https_addr(), Some("a.test"))
+            .await
+            .is_err(),
+        "a third connection from the client is closed"
+    );
+    assert_eq!(
+        https_counter("rampart_downstream_per_ip_refused_total"),
+        refused + 1.0
+    );
+    let mut conn = from(other)
+        .connect(rampart.https_addr(), Some("a.test"))
+        .await
+        .expect("another client is let in")
+        .stream;
+    assert_eq!(get(&mut conn).await, "HTTP/1.1 200 OK");
+
+    // One closes: once Rampart has seen it go, the client may connect again.
+    drop(held.pop());
+    let again = async {
+        loop {
+            match from(one)
+                .connect(rampart.https_addr(), Some("a.test"))
+                .await
+            {
+                Ok(tls) => break tls.stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    let mut again = within(WAIT, "a place for the client", again).await;
+    assert_eq!(get(&mut again).await, "HTTP/1.1 200 OK");
+    assert_eq!(get(&mut held[0]).await, "HTTP/1.1 200 OK", "still served");
 }

@@ -94,6 +94,7 @@ pub(super) struct RawDownstream {
     pub(super) max_headers: Spanned<i64>,
     pub(super) h2_max_streams: Spanned<i64>,
     pub(super) max_connections: Spanned<i64>,
+    pub(super) max_connections_per_ip: Option<Spanned<i64>>,
     pub(super) cipher_suites: Option<List<String>>,
 }
 
@@ -267,6 +268,7 @@ impl Default for RawDownstream {
             max_headers: unplaced(100),
             h2_max_streams: unplaced(256),
             max_connections: unplaced(50_000),
+            max_connections_per_ip: None,
             cipher_suites: None,
         }
     }

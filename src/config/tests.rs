@@ -95,6 +95,7 @@ downstream:
   max_headers: 50
   h2_max_streams: 10
   max_connections: 1000
+  max_connections_per_ip: 64
   cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
 upstream:
   connect_timeout: 2s
@@ -164,6 +165,7 @@ sites:
             max_headers: 50,
             h2_max_streams: 10,
             max_connections: 1000,
+            max_connections_per_ip: Some(64),
             cipher_suites: vec![
                 "TLS_AES_128_GCM_SHA256".to_owned(),
                 "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()
@@ -277,6 +279,7 @@ fn omitted_keys_take_their_defaults() {
             max_headers: 100,
             h2_max_streams: 256,
             max_connections: 50_000,
+            max_connections_per_ip: None,
             cipher_suites: Vec::new(),
         }
     );

@@ -168,6 +168,9 @@ pub struct Downstream {
     /// Client connections each listener holds open at most; at the cap it stops accepting
     /// (the kernel's backlog queues the next) until one closes.
     pub max_connections: usize,
+    /// Client connections one client (an IPv4 address, an IPv6 /64) holds open at once on a
+    /// listener, if capped; more are closed as they come.
+    pub max_connections_per_ip: Option<usize>,
     /// The TLS cipher suites offered, by IANA name (`TLS_AES_128_GCM_SHA256`, ...); empty for
     /// rustls's defaults. At least one is a TLS 1.3 suite.
     pub cipher_suites: Vec<String>,

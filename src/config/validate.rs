@@ -345,6 +345,12 @@ impl Checker {
         let max_headers = self.count(&raw.max_headers, "downstream.max_headers");
         let h2_max_streams = self.count(&raw.h2_max_streams, "downstream.h2_max_streams");
         let max_connections = self.count(&raw.max_connections, "downstream.max_connections");
+        let max_connections_per_ip = match &raw.max_connections_per_ip {
+            Some(cap) => self
+                .count(cap, "downstream.max_connections_per_ip")
+                .map(Some),
+            None => Some(None),
+        };
         let cipher_suites = self.cipher_suites(&raw.cipher_suites);
         Some(Downstream {
             handshake_timeout: handshake_timeout?,
@@ -356,6 +362,7 @@ impl Checker {
             max_headers: max_headers?,
             h2_max_streams: h2_max_streams?,
             max_connections: max_connections?,
+            max_connections_per_ip: max_connections_per_ip?,
             cipher_suites: cipher_suites?,
         })
     }

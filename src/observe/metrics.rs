@@ -60,6 +60,7 @@ struct Families {
     upstream_healthy: Family<Labels<1>, Gauge>,
     open_connections: Family<Labels<1>, Gauge>,
     listener_full: Family<Labels<1>, Counter>,
+    per_ip_refused: Family<Labels<1>, Counter>,
     handshakes: Family<Labels<2>, Counter>,
     handshake_duration: Histogram,
     certificate_not_after: Family<Labels<1>, Gauge>,
@@ -83,6 +84,7 @@ fn families() -> &'static Families {
             upstream_healthy: Family::default(),
             open_connections: Family::default(),
             listener_full: Family::default(),
+            per_ip_refused: Family::default(),
             handshakes: Family::default(),
             handshake_duration: HandshakeBuckets.new_metric(),
             certificate_not_after: Family::default(),
@@ -129,6 +131,12 @@ fn families() -> &'static Families {
             "rampart_downstream_listener_full",
             "Times a listener stopped accepting, at downstream.max_connections, by listener",
             f.listener_full.clone(),
+        );
+        r.register(
+            "rampart_downstream_per_ip_refused",
+            "Connections closed on accept, their client at downstream.max_connections_per_ip, \
+             by listener",
+            f.per_ip_refused.clone(),
         );
         r.register(
             "rampart_tls_handshakes",
@@ -368,6 +376,13 @@ pub fn open_connections(listener: &'static str) -> Gauge {
 pub fn listener_full(listener: &'static str) -> Counter {
     families()
         .listener_full
+        .get_or_create_owned(&[("listener", listener.to_owned())])
+}
+
+/// A counter of the connections `listener` closed on accept, their client at its cap.
+pub fn per_ip_refused(listener: &'static str) -> Counter {
+    families()
+        .per_ip_refused
         .get_or_create_owned(&[("listener", listener.to_owned())])
 }
 

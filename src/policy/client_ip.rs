@@ -20,6 +20,17 @@ use crate::config::{IpNet, contains_ip};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// What counts as one client when clients are counted (rate-limit buckets, connections per
+/// client): an IPv4 address itself, an IPv6 address its /64. One IPv6 subscriber, host or VM
+/// is routinely given a whole /64 and can send from any address in it: counted by address, it
+/// would be 2^64 clients.
+pub fn prefix(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// The client IP of a request that arrived from `peer` with `headers`, believing
 /// `X-Forwarded-For` only as far as `trusted` proxies vouch for it.
 pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {

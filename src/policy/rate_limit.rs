@@ -30,6 +30,7 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::{Map, Value};
 
 use crate::config::{RateKey, RateLimit};
+use crate::policy::client_ip;
 
 /// Buckets kept at most (plus up to [`SWEEP_EVERY`] new ones between sweeps): about 64 MB.
 pub const MAX_KEYS: usize = 1_000_000;
@@ -53,7 +54,7 @@ pub type Claims<'a> = Option<&'a Map<String, Value>>;
 /// The bucket key of a request under `key`.
 pub fn key_for(key: &RateKey, client: IpAddr, headers: &HeaderMap, claims: Claims<'_>) -> Key {
     match key {
-        RateKey::ClientIp => Key::Ip(client_prefix(client)),
+        RateKey::ClientIp => Key::Ip(client_ip::prefix(client)),
         RateKey::Header(name) => headers
             .get(name)
             .map_or(Key::Absent, |v| Key::Value(v.as_bytes().into())),
@@ -63,16 +64,6 @@ pub fn key_for(key: &RateKey, client: IpAddr, headers: &HeaderMap, claims: Claim
             // Numbers and the rest key by their JSON text: `42` and `"42"` stay distinct.
             Some(other) => Key::Value(other.to_string().into_bytes().into()),
         },
-    }
-}
-
-/// The bucket of a client address: an IPv4 address itself, an IPv6 address its /64. One
-/// IPv6 subscriber, host or VM is routinely given a whole /64 and can send from any address
-/// in it: keyed by address, it would get 2^64 buckets (and flood the map).
-fn client_prefix(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        v4 => v4,
     }
 }
 

@@ -32,6 +32,7 @@ use crate::server::calm::Calm;
 use crate::server::hangup::{Hangup, SharedTcp};
 use crate::server::idle::{Expiry, IdleIo, Timeouts};
 use crate::server::open_requests::OpenRequests;
+use crate::server::per_ip::{Held, PerIp};
 use crate::server::proxy_protocol;
 use crate::server::streams::{StreamExec, Streams};
 use crate::tls::TlsAcceptor;
@@ -147,6 +148,8 @@ pub(crate) struct HttpServers {
     send_timeout: Duration,
     /// Connections open at once per listener.
     max_connections: usize,
+    /// Connections open at once per client and listener, if capped.
+    max_connections_per_ip: Option<usize>,
 }
 
 /// HTTP/2 settings; the server is built per connection, around that connection's executor.
@@ -210,6 +213,7 @@ impl HttpServers {
             header_timeout: limits.header_timeout,
             send_timeout: limits.send_timeout,
             max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
         }
     }
 }
@@ -235,7 +239,7 @@ pub(crate) async fn accept_https(
     stop: CancellationToken,
 ) {
     let open = metrics::open_connections("https");
-    let mut slots = Slots::new("https", servers.max_connections);
+    let mut slots = Slots::new("https", &servers);
     while let Some((tcp, peer, slot)) = accept(&listener, &mut slots, &stop).await {
         let (acceptor, pre_tls, proxy, servers, stop) = (
             acceptor.clone(),
@@ -266,7 +270,7 @@ pub(crate) async fn accept_http(
     stop: CancellationToken,
 ) {
     let open = metrics::open_connections("http");
-    let mut slots = Slots::new("http", servers.max_connections);
+    let mut slots = Slots::new("http", &servers);
     while let Some((tcp, peer, slot)) = accept(&listener, &mut slots, &stop).await {
         let (answer, servers, stop) = (answer.clone(), servers.clone(), stop.clone());
         let open = Admitted {
@@ -305,10 +309,16 @@ pub(crate) fn keep_alive(listener: &TcpListener) {
 }
 
 /// A connection let in: counted among the open ones and holding one of the listener's slots
-/// until dropped.
+/// (and its place in its client's count) until dropped.
 struct Admitted {
     _open: OpenConnection,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
+}
+
+/// A listener's slot and, where clients are counted, the client's place.
+struct Slot {
+    _listener: OwnedSemaphorePermit,
+    _client: Option<Box<Held>>,
 }
 
 /// A listener's connection slots, `downstream.max_connections` of them. With none free it
@@ -320,19 +330,22 @@ struct Slots {
     listener: &'static str,
     full: Counter,
     warned: Option<Instant>,
+    per_ip: Option<PerIp>,
 }
 
 /// The least time between two "listener full" warnings.
 const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl Slots {
-    fn new(listener: &'static str, max: usize) -> Self {
+    fn new(listener: &'static str, servers: &HttpServers) -> Self {
+        let max = servers.max_connections;
         Self {
             free: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             max,
             listener,
             full: metrics::listener_full(listener),
             warned: None,
+            per_ip: PerIp::new(listener, servers.max_connections_per_ip),
         }
     }
 
@@ -360,13 +373,13 @@ impl Slots {
     }
 }
 
-/// Waits for a free slot, then for the next connection; `None` once `stop` fires (dropping
-/// the listener refuses new ones).
+/// Waits for a free slot, then for the next connection whose client is under its cap (the
+/// others are closed); `None` once `stop` fires (dropping the listener refuses new ones).
 async fn accept(
     listener: &TcpListener,
     slots: &mut Slots,
     stop: &CancellationToken,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, SocketAddr, Slot)> {
     let slot = slots.take(stop).await?;
     loop {
         tokio::select! {
@@ -378,7 +391,15 @@ async fn accept(
                     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; logs and
                     // X-Forwarded-For want a.b.c.d.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                    return Some((tcp, peer, slot));
+                    let client = match &mut slots.per_ip {
+                        None => None,
+                        Some(per_ip) => match per_ip.admit(peer.ip()) {
+                            Some(held) => Some(held),
+                            // Dropped unread: the client's kernel sees it closed.
+                            None => continue,
+                        },
+                    };
+                    return Some((tcp, peer, Slot { _listener: slot, _client: client }));
                 }
                 Err(error) => {
                     warn!(%error, "accept failed");

@@ -11,6 +11,7 @@ mod http01;
 mod idle;
 mod listener;
 mod open_requests;
+mod per_ip;
 mod proxy_protocol;
 mod reload;
 mod selfcheck;

@@ -73,6 +73,7 @@ pub struct TlsClient {
     tls12_only: bool,
     receive_buffer: Option<u32>,
     send_buffer: Option<u32>,
+    local: Option<std::net::IpAddr>,
 }
 
 impl TlsClient {
@@ -85,6 +86,7 @@ impl TlsClient {
             tls12_only: false,
             receive_buffer: None,
             send_buffer: None,
+            local: None,
         }
     }
 
@@ -109,6 +111,11 @@ impl TlsClient {
 
     /// Asks the kernel for a send buffer of `bytes` (it doubles it, and no longer grows it):
     /// a server that stops reading then stops the client's writes after a few KiB.
+    pub fn local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local = Some(ip);
+        self
+    }
+
     pub fn send_buffer(mut self, bytes: u32) -> Self {
         self.send_buffer = Some(bytes);
         self
@@ -158,9 +165,9 @@ impl TlsClient {
         let server_name = ServerName::try_from(sni.unwrap_or(verify_name).to_owned())
             .map_err(io::Error::other)?;
         let handshake = async {
-            let tcp = match (self.receive_buffer, self.send_buffer) {
-                (None, None) => TcpStream::connect(addr).await?,
-                (receive, send) => {
+            let tcp = match (self.receive_buffer, self.send_buffer, self.local) {
+                (None, None, None) => TcpStream::connect(addr).await?,
+                (receive, send, local) => {
                     let socket = if addr.is_ipv4() {
                         tokio::net::TcpSocket::new_v4()?
                     } else {
@@ -171,6 +178,9 @@ impl TlsClient {
                     }
                     if let Some(bytes) = send {
                         socket.set_send_buffer_size(bytes)?;
+                    }
+                    if let Some(ip) = local {
+                        socket.bind(SocketAddr::new(ip, 0))?;
                     }
                     socket.connect(addr).await?
                 }
