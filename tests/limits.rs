@@ -343,9 +343,14 @@ async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
 
 /// A sink origin behind a.test with `max_body: 4KiB`.
 async fn max_body_4kib(env: &Env) -> (Upstream, Rampart) {
+    max_body(env, "4KiB").await
+}
+
+/// A sink origin behind a.test with `max_body: limit`.
+async fn max_body(env: &Env, limit: &str) -> (Upstream, Rampart) {
     let origin = Upstream::sink().await;
     let route = format!(
-        "      - {{ path: /, upstreams: [{}], max_body: 4KiB }}\n",
+        "      - {{ path: /, upstreams: [{}], max_body: {limit} }}\n",
         origin.url()
     );
     let rampart = env.start_a_test("", &route).await;
@@ -401,6 +406,40 @@ async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
     // Whatever reached the origin was cut at the limit; it never answered a complete body.
     assert!(
         origin.received() <= 4096,
+        "origin read {} bytes",
+        origin.received()
+    );
+    rampart.stop().await;
+}
+
+/// A chunked body over `buffer_request_body` (64 KiB) streams to the origin and is cut there at
+/// `max_body`: the client still gets its 413.
+#[tokio::test]
+async fn a_chunked_upload_over_max_body_while_streaming_is_cut_and_answered_413() {
+    let env = Env::new();
+    let (origin, rampart) = max_body(&env, "100KiB").await;
+    for client in [
+        rampart.client_h1("a.test").await,
+        rampart.client("a.test").await,
+    ] {
+        let mut client = client;
+        let chunks =
+            (0..200).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'y'; 1024]))));
+        let body: Body = BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::iter(chunks)));
+        let request = client
+            .request(Method::POST, "a.test", "/")
+            .body(body)
+            .expect("valid request");
+        let reply = client.fetch(request).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{:?}",
+            client.version()
+        );
+    }
+    assert!(
+        origin.received() <= 2 * 100 * 1024,
         "origin read {} bytes",
         origin.received()
     );

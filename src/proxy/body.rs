@@ -361,10 +361,11 @@ impl Body for UpstreamBody {
             Self::Streamed { prefix, body } => {
                 let read = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let mut hint = body.size_hint();
-                hint.set_lower(hint.lower() + read);
+                // Upper first: `set_lower` refuses a lower bound above the upper one.
                 if let Some(upper) = hint.upper() {
                     hint.set_upper(upper + read);
                 }
+                hint.set_lower(hint.lower() + read);
                 hint
             }
             Self::Buffered { data } => {
