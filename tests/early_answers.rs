@@ -18,31 +18,62 @@ use common::{Env, Rampart, Upstream, WAIT, within};
 const UPLOADS: usize = 100;
 
 async fn site(env: &Env, origin: &Upstream) -> Rampart {
+    site_with(env, origin, "1KiB").await
+}
+
+async fn site_with(env: &Env, origin: &Upstream, max_body: &str) -> Rampart {
     env.leaf("a", &["a.test"]);
     env.start(&format!(
         "sites:
   - hosts: [a.test]
     tls: {{ cert: a.pem, key: a.key }}
     upstreams: [{}]
-    max_body: 1KiB
+    max_body: {max_body}
 ",
         origin.url()
     ))
     .await
 }
 
+/// Where a body of unknown length turns out too long: while it is buffered (`max_body` under
+/// `buffer_request_body`'s 64 KiB) and while it streams to the origin (over it): the
+/// `max_body` and the size of the upload.
+const FOUND_OVER: [(&str, usize); 2] = [("1KiB", 32 << 10), ("100KiB", 1 << 20)];
+
+/// How curl sends a body.
+#[derive(Clone, Copy)]
+enum Sent {
+    /// With its length (`--data-binary @file`).
+    Declared,
+    /// Of unknown length, from standard input (`-T -`): over HTTP/2 without a length, over
+    /// HTTP/1.1 chunked. Rampart finds it too long only by reading it.
+    Undeclared,
+}
+
 /// `curl` uploading `file` to `rampart` with `protocol` (`--http2`, `--http1.1`): its exit
 /// status and the status it got, as `exit:status`.
-async fn curl_upload(rampart: &Rampart, protocol: &str, file: &std::path::Path) -> String {
+async fn curl_upload(
+    rampart: &Rampart,
+    protocol: &str,
+    file: &std::path::Path,
+    sent: Sent,
+) -> String {
     let port = rampart.https_addr().port();
-    let output = tokio::process::Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "10", protocol, "-o", "/dev/null"])
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args(["-sS", "-k", "--max-time", "10", protocol, "-o", "/dev/null"])
         .args(["-w", "%{http_code}", "--resolve"])
-        .arg(format!("a.test:{port}:127.0.0.1"))
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
+        .arg(format!("a.test:{port}:127.0.0.1"));
+    match sent {
+        Sent::Declared => curl
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .stdin(Stdio::null()),
+        Sent::Undeclared => curl
+            .args(["-T", "-"])
+            .stdin(std::fs::File::open(file).expect("the upload file")),
+    };
+    let output = curl
         .arg(format!("https://a.test:{port}/up"))
-        .stdin(Stdio::null())
         .output()
         .await
         .unwrap_or_else(|e| panic!("curl runs ({e}): apt-get install -y curl"));
@@ -60,10 +91,16 @@ async fn curl_upload(rampart: &Rampart, protocol: &str, file: &std::path::Path) 
 }
 
 /// [`UPLOADS`] curl uploads of `size` bytes with `protocol`, four at a time: how each ended.
-async fn curl_uploads(env: &Env, rampart: &Rampart, protocol: &str, size: usize) -> Vec<String> {
+async fn curl_uploads(
+    env: &Env,
+    rampart: &Rampart,
+    protocol: &str,
+    size: usize,
+    sent: Sent,
+) -> Vec<String> {
     let file = env.write("upload.bin", &"x".repeat(size));
     let all = futures_util::stream::iter(0..UPLOADS)
-        .map(|_| curl_upload(rampart, protocol, &file))
+        .map(|_| curl_upload(rampart, protocol, &file, sent))
         .buffer_unordered(4)
         .collect::<Vec<_>>();
     within(WAIT * 4, "the uploads", all).await
@@ -73,20 +110,39 @@ async fn curl_uploads(env: &Env, rampart: &Rampart, protocol: &str, size: usize)
 async fn oversized_uploads_over_http2_all_get_their_413() {
     let (env, origin) = (Env::new(), Upstream::echo("origin").await);
     let rampart = site(&env, &origin).await;
-    let outcomes = curl_uploads(&env, &rampart, "--http2", 10_000).await;
-    let failed: Vec<&String> = outcomes.iter().filter(|o| *o != "0:413").collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {UPLOADS} did not end in 413: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let outcomes = curl_uploads(&env, &rampart, "--http2", 10_000, Sent::Declared).await;
+    all_413(&outcomes, "0:413");
     assert_eq!(origin.requests(), 0, "no upload reached the origin");
 }
 
+/// Every outcome is `expected` (a 413).
+fn all_413(outcomes: &[String], expected: &str) {
+    let failed: Vec<&String> = outcomes.iter().filter(|o| *o != expected).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} did not end in 413: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// A body of unknown length is found too long by reading it: the rest is read away as for a
+/// declared one.
+#[tokio::test]
+async fn undeclared_oversized_uploads_over_http2_all_get_their_413() {
+    for (max_body, size) in FOUND_OVER {
+        let (env, origin) = (Env::new(), Upstream::sink().await);
+        let rampart = site_with(&env, &origin, max_body).await;
+        let outcomes = curl_uploads(&env, &rampart, "--http2", size, Sent::Undeclared).await;
+        all_413(&outcomes, "0:413");
+    }
+}
+
 /// An HTTP/1.1 client that sends its whole request before it reads, as simple clients do:
-/// how its upload of `size` bytes ended (`413`, or what went wrong).
-async fn send_all_then_read(rampart: &Rampart, size: usize) -> String {
+/// how its upload of `size` bytes ended (`413`, or what went wrong). `sent` says whether the
+/// body has a Content-Length or is chunked (16 KiB chunks).
+async fn send_all_then_read(rampart: &Rampart, size: usize, sent: Sent) -> String {
     // A small send buffer: the kernel cannot take the whole body while Rampart reads none.
     let tls = rampart.tls().alpn(&["http/1.1"]).send_buffer(16 << 10);
     let mut stream = tls
@@ -94,9 +150,24 @@ async fn send_all_then_read(rampart: &Rampart, size: usize) -> String {
         .await
         .expect("handshake")
         .stream;
-    let head = format!("POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {size}\r\n\r\n");
-    let mut request = head.into_bytes();
-    request.resize(request.len() + size, b'x');
+    let framing = match sent {
+        Sent::Declared => format!("Content-Length: {size}"),
+        Sent::Undeclared => "Transfer-Encoding: chunked".to_owned(),
+    };
+    let mut request =
+        format!("POST /up HTTP/1.1\r\nHost: a.test\r\n{framing}\r\n\r\n").into_bytes();
+    match sent {
+        Sent::Declared => request.resize(request.len() + size, b'x'),
+        Sent::Undeclared => {
+            let chunk = 16 << 10;
+            for _ in 0..size / chunk {
+                request.extend_from_slice(format!("{chunk:x}\r\n").as_bytes());
+                request.resize(request.len() + chunk, b'x');
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
     let exchange = async {
         stream.write_all(&request).await?;
         stream.flush().await?;
@@ -130,18 +201,25 @@ async fn oversized_uploads_over_http1_all_get_their_413() {
     // More than the sockets' buffers hold: the answer comes while the client is still sending,
     // and it reads only once it has sent everything.
     let all = futures_util::stream::iter(0..UPLOADS)
-        .map(|_| send_all_then_read(&rampart, 512 << 10))
+        .map(|_| send_all_then_read(&rampart, 512 << 10, Sent::Declared))
         .buffer_unordered(4)
         .collect::<Vec<_>>();
     let outcomes = within(WAIT * 4, "the uploads", all).await;
-    let failed: Vec<&String> = outcomes.iter().filter(|o| *o != "413").collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {UPLOADS} did not end in 413: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    all_413(&outcomes, "413");
     assert_eq!(origin.requests(), 0, "no upload reached the origin");
+}
+
+#[tokio::test]
+async fn undeclared_oversized_uploads_over_http1_all_get_their_413() {
+    for (max_body, size) in FOUND_OVER {
+        let (env, origin) = (Env::new(), Upstream::sink().await);
+        let rampart = site_with(&env, &origin, max_body).await;
+        let all = futures_util::stream::iter(0..UPLOADS)
+            .map(|_| send_all_then_read(&rampart, size, Sent::Undeclared))
+            .buffer_unordered(4)
+            .collect::<Vec<_>>();
+        all_413(&within(WAIT * 4, "the uploads", all).await, "413");
+    }
 }
 
 /// The refused body is read to its end, so the connection serves the next request.

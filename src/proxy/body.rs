@@ -11,11 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tokio_util::task::TaskTracker;
 
 use crate::observe::access_log::AccessRecord;
+use crate::policy::body_limit::{Capped, OverLimit};
 use crate::policy::concurrency::Permit;
 
 /// Every response body the proxy produces, origin-streamed or generated.
@@ -109,18 +110,26 @@ impl<B: Body<Data = Bytes>> Body for Metered<B> {
     }
 }
 
-pin_project! {
-    /// The client's request body on its way to an origin: counts the bytes it passes on (for
-    /// the access log), fails once no bytes have arrived for `client_body_timeout`, and records
-    /// in its [`BodyFate`] how it ended, so that a failed exchange is blamed on the side that
-    /// failed it: a client's broken, abandoned, stalled or oversized body is never the origin's.
-    pub(crate) struct ClientBody<B> {
-        #[pin]
-        inner: B,
-        counter: Arc<AtomicU64>,
-        fate: Arc<BodyFate>,
-        stall: Stall,
-    }
+/// The client's request body on its way to an origin: counts the bytes it passes on (for
+/// the access log), fails once no bytes have arrived for `client_body_timeout`, and records
+/// in its [`BodyFate`] how it ended, so that a failed exchange is blamed on the side that
+/// failed it: a client's broken, abandoned, stalled or oversized body is never the origin's.
+/// A body cut at `max_body` is handed to its [`Spill`], if it has one, the moment it is cut:
+/// whoever was reading it (an origin's request, the buffer) is about to drop it, and the 413
+/// must still reach the client (see `proxy::linger`).
+pub(crate) struct ClientBody<B> {
+    /// `None` once spilled.
+    inner: Option<B>,
+    counter: Arc<AtomicU64>,
+    fate: Arc<BodyFate>,
+    stall: Stall,
+    spill: Option<Spill<B>>,
+}
+
+/// Where a body cut at `max_body` goes: `drain` is given it and `tasks`.
+pub(crate) struct Spill<B> {
+    pub(crate) tasks: TaskTracker,
+    pub(crate) drain: fn(B, &TaskTracker),
 }
 
 impl<B> ClientBody<B> {
@@ -133,17 +142,24 @@ impl<B> ClientBody<B> {
         fate: Arc<BodyFate>,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             counter,
             fate,
             stall: Stall::new(between_reads),
+            spill: None,
         }
+    }
+
+    /// Hands the body to `spill` if it is cut at `max_body`.
+    pub(crate) fn spilling(mut self, spill: Spill<B>) -> Self {
+        self.spill = Some(spill);
+        self
     }
 }
 
 impl<B> Body for ClientBody<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BodyError>,
 {
     type Data = Bytes;
@@ -153,8 +169,11 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let polled = match this.inner.poll_frame(cx) {
+        let this = self.get_mut();
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(polled) => {
                 this.stall.progressed();
                 polled.map(|frame| frame.map_err(Into::into))
@@ -170,18 +189,28 @@ where
                     this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            Some(Err(error)) => this.fate.set(Fate::of(error.as_ref())),
+            Some(Err(error)) => {
+                let fate = Fate::of(error.as_ref());
+                this.fate.set(fate);
+                if fate == Fate::TooLarge
+                    && let (Some(spill), Some(body)) = (this.spill.take(), this.inner.take())
+                {
+                    (spill.drain)(body, &spill.tasks);
+                }
+            }
             None => this.fate.set(Fate::Complete),
         }
         Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -244,7 +273,7 @@ impl Fate {
     pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Self {
         let mut cause = Some(error);
         while let Some(error) = cause {
-            if error.is::<LengthLimitError>() {
+            if error.is::<OverLimit>() {
                 return Self::TooLarge;
             }
             if error.is::<ClientBodyStalled>() {
@@ -292,7 +321,7 @@ pin_project! {
         /// future holds this type a few times over, and most bodies are buffered or empty.
         Streamed {
             prefix: Option<Bytes>,
-            body: Pin<Box<ClientBody<Limited<Incoming>>>>,
+            body: Pin<Box<ClientBody<Capped<Incoming>>>>,
         },
         /// A complete body; cloning the `Bytes` for another try costs no copy.
         Buffered {
@@ -303,7 +332,7 @@ pin_project! {
 
 impl UpstreamBody {
     /// The client's body, streamed after `prefix` (see `policy::body_limit::limit`).
-    pub(crate) fn streamed(prefix: Option<Bytes>, body: ClientBody<Limited<Incoming>>) -> Self {
+    pub(crate) fn streamed(prefix: Option<Bytes>, body: ClientBody<Capped<Incoming>>) -> Self {
         Self::Streamed {
             prefix,
             body: Box::pin(body),
@@ -327,7 +356,7 @@ impl UpstreamBody {
 }
 
 /// A request body's failure: the client's connection, or the body limit
-/// (`http_body_util::LengthLimitError`).
+/// (`policy::body_limit::OverLimit`).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for UpstreamBody {
@@ -529,7 +558,8 @@ mod tests {
         });
         let fate = Arc::new(BodyFate::default());
         let limit = Duration::from_secs(30);
-        let body = ClientBody::new(StreamBody::new(stream), Arc::default(), limit, fate.clone());
+        let stream = StreamBody::new(Box::pin(stream));
+        let body = ClientBody::new(stream, Arc::default(), limit, fate.clone());
         tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
             .await
             .unwrap();

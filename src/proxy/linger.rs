@@ -29,7 +29,15 @@ pub(crate) const LINGER_PAUSE: Duration = Duration::from_secs(5);
 /// Reads what is left of `body`, of a request with `headers` that was answered without it,
 /// on a task of `tasks`, for at most [`LINGER_TIME`] and [`LINGER_PAUSE`] between frames.
 pub(crate) fn linger(headers: &HeaderMap, body: Incoming, tasks: &TaskTracker) {
-    if http_body::Body::is_end_stream(&body) || expects_continue(headers) {
+    if !expects_continue(headers) {
+        drain(body, tasks);
+    }
+}
+
+/// Reads what is left of `body` as [`linger`] does, whether or not its client asked to
+/// continue: for a body already being read (and cut at `max_body`).
+pub(crate) fn drain(body: Incoming, tasks: &TaskTracker) {
+    if http_body::Body::is_end_stream(&body) {
         return;
     }
     tasks.spawn(async move {

@@ -15,17 +15,19 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, Uri, Version, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::{Timeouts, is_idempotent};
 use crate::observe::Chain;
 use crate::observe::metrics::UpstreamFailure;
-use crate::policy::body_limit;
-use crate::proxy::body::{BodyError, BodyFate, ClientBody, Fate, UpstreamBody};
+use crate::policy::body_limit::{self, Capped};
+use crate::proxy::body::{BodyError, BodyFate, ClientBody, Fate, Spill, UpstreamBody};
 use crate::proxy::health::Outcome;
+use crate::proxy::linger;
 use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
 
 /// The client's request body, as the forwarding step will send it.
@@ -71,7 +73,8 @@ impl Outgoing {
 /// so by reading) is read whole first: a slow uploader then holds a buffer, not an origin
 /// connection, and the request can be sent again. A larger one streams, after what was read of
 /// it. Body bytes are added to `counter`, which a request with a body must bring; a body may
-/// pause at most `between_reads` (`client_body_timeout`) and is cut at `max_body`.
+/// pause at most `between_reads` (`client_body_timeout`) and is cut at `max_body`; what is left
+/// of a body cut there is read away on `tasks`, so the 413 reaches the client.
 ///
 /// # Errors
 /// The client's failure ([`client_failure`]) when its body breaks, stalls or ends early, or
@@ -82,6 +85,7 @@ pub(crate) async fn prepare(
     counter: Option<Arc<AtomicU64>>,
     limits: BodyLimits,
     deadline: Instant,
+    tasks: &TaskTracker,
 ) -> Result<Outgoing, ProxyError> {
     use http_body::Body as _;
     let payload = if body.is_end_stream() {
@@ -101,7 +105,11 @@ pub(crate) async fn prepare(
         let fate = Arc::new(BodyFate::default());
         // The declared length was checked against `max_body`; an undeclared one is cut there.
         let limited = body_limit::limit(body, limits.max_body);
-        let body = ClientBody::new(limited, counter, limits.between_reads, fate.clone());
+        let body =
+            ClientBody::new(limited, counter, limits.between_reads, fate.clone()).spilling(Spill {
+                tasks: tasks.clone(),
+                drain: |body, tasks| linger::drain(body.into_inner(), tasks),
+            });
         // `0` streams every body: a route whose clients talk while they upload.
         if limits.buffer == 0 || length.is_some_and(|length| length > limits.buffer) {
             Payload::Streamed(UpstreamBody::streamed(None, body), fate)
@@ -134,14 +142,11 @@ enum Read {
     /// The whole body (trailers, if any, are not kept).
     Whole(Bytes),
     /// More than the limit: what was read, and the body to stream after it.
-    Prefix(Bytes, ClientBody<Limited<Incoming>>),
+    Prefix(Bytes, ClientBody<Capped<Incoming>>),
 }
 
 /// Reads `body` until it ends or more than `limit` bytes have come.
-async fn read_up_to(
-    mut body: ClientBody<Limited<Incoming>>,
-    limit: u64,
-) -> Result<Read, BodyError> {
+async fn read_up_to(mut body: ClientBody<Capped<Incoming>>, limit: u64) -> Result<Read, BodyError> {
     let mut read = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {

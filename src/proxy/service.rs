@@ -363,7 +363,7 @@ impl Proxy {
             buffer: route.buffer_request_body,
             between_reads: self.client_body_timeout,
         };
-        let outgoing = retry::prepare(head, body, counter, limits, deadline).await?;
+        let outgoing = retry::prepare(head, body, counter, limits, deadline, &self.tasks).await?;
         // An oversized body is cut at `max_body` (413): the origin saw it cut short, never
         // complete.
         let mut response =
