@@ -20,16 +20,8 @@ async fn site(env: &Env, origin: &Upstream) -> Rampart {
 }
 
 async fn site_for(env: &Env, origin: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "downstream: {{ client_body_timeout: 10s }}
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{origin}]
-"
-    ))
-    .await
+    env.start_a_test_to(origin, "downstream: { client_body_timeout: 10s }", "")
+        .await
 }
 
 /// Reads from `stream` until `buf` holds `marker`; what was read.

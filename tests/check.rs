@@ -289,25 +289,29 @@ fn run(path: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// `run.yaml` in `env`: one site with certificate `stem`.pem, served on `https`.
+fn run_config(env: &common::Env, https: std::net::SocketAddr, stem: &str) -> std::path::PathBuf {
+    env.write(
+        "run.yaml",
+        &format!(
+            "listen: {{ https: \"{https}\", http: \"{}\" }}
+storage: storage
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: {stem}.pem, key: {stem}.key }}
+    upstreams: [http://127.0.0.1:9]
+",
+            common::refused_addr()
+        ),
+    )
+}
+
 #[test]
 fn run_on_a_port_in_use_says_so_in_one_line_and_exits_1() {
     let env = common::Env::new();
     env.leaf("a", &["a.test"]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let config = env.write(
-        "run.yaml",
-        &format!(
-            "listen: {{ https: \"{}\", http: \"{}\" }}
-storage: storage
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [http://127.0.0.1:9]
-",
-            taken.local_addr().expect("bound"),
-            common::refused_addr()
-        ),
-    );
+    let config = run_config(&env, taken.local_addr().expect("bound"), "a");
     let (code, stderr) = run(&config);
     assert_eq!(code, Some(1), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -321,20 +325,7 @@ sites:
 #[test]
 fn run_with_an_unreadable_certificate_exits_64_naming_the_file_and_line() {
     let env = common::Env::new();
-    let config = env.write(
-        "run.yaml",
-        &format!(
-            "listen: {{ https: \"{}\", http: \"{}\" }}
-storage: storage
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: missing.pem, key: missing.key }}
-    upstreams: [http://127.0.0.1:9]
-",
-            common::refused_addr(),
-            common::refused_addr()
-        ),
-    );
+    let config = run_config(&env, common::refused_addr(), "missing");
     let (code, stderr) = run(&config);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(

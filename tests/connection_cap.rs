@@ -27,17 +27,8 @@ fn times_full() -> f64 {
 }
 
 async fn site(env: &Env, origin: &Upstream, downstream: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "downstream: {{ {downstream} }}
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-",
-        origin.url()
-    ))
-    .await
+    let top = format!("downstream: {{ {downstream} }}");
+    env.start_a_test_to(&origin.url(), &top, "").await
 }
 
 /// A GET of `/` on `stream` (HTTP/1.1): the status line.

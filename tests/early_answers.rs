@@ -22,17 +22,8 @@ async fn site(env: &Env, origin: &Upstream) -> Rampart {
 }
 
 async fn site_with(env: &Env, origin: &Upstream, max_body: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-    max_body: {max_body}
-",
-        origin.url()
-    ))
-    .await
+    let keys = format!("    max_body: {max_body}\n");
+    env.start_a_test_to(&origin.url(), "", &keys).await
 }
 
 /// Where a body of unknown length turns out too long: while it is buffered (`max_body` under

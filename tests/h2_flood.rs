@@ -51,16 +51,7 @@ async fn exchange(rampart: &Rampart, sent: &[u8]) -> (Vec<(u8, u8, Vec<u8>)>, bo
 }
 
 async fn site(env: &Env, origin: &Upstream) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-",
-        origin.url()
-    ))
-    .await
+    env.start_a_test_to(&origin.url(), "", "").await
 }
 
 fn opening() -> Vec<u8> {

@@ -20,17 +20,8 @@ use common::{Env, Rampart, Upstream, WAIT, within};
 const SIZE: u64 = 16 * 1024 * 1024;
 
 async fn site(env: &Env, origin: &Upstream, keys: &str) -> Rampart {
-    env.leaf("a", &["a.test"]);
-    env.start(&format!(
-        "downstream: {{ send_timeout: 1s }}
-sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-{keys}",
-        origin.url()
-    ))
-    .await
+    env.start_a_test_to(&origin.url(), "downstream: { send_timeout: 1s }", keys)
+        .await
 }
 
 /// An HTTP/1.1 client with a 4 KiB receive buffer that asks for `/big` and reads only the

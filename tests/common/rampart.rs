@@ -86,6 +86,22 @@ impl Env {
         .await
     }
 
+    /// Starts Rampart with one site, `a.test` (its certificate issued here), proxying to
+    /// `origin`: `top` is further top-level YAML (e.g. `downstream: {...}`), `site_keys` the
+    /// site's further keys, indented to sit in it.
+    pub async fn start_a_test_to(&self, origin: &str, top: &str, site_keys: &str) -> Rampart {
+        self.leaf("a", &["a.test"]);
+        self.start(&format!(
+            "{top}
+sites:
+  - hosts: [a.test]
+    tls: {{ cert: a.pem, key: a.key }}
+    upstreams: [{origin}]
+{site_keys}"
+        ))
+        .await
+    }
+
     /// [`Env::start_a_test`] with one route, at `/`, whose settings are `route` (indented).
     pub async fn start_a_test_route(&self, route: &str) -> Rampart {
         self.start_a_test("", &format!("      - path: /\n{route}"))
