@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use crate::config::{RateKey, RateLimit};
 use crate::policy::client_ip;
 
-/// Buckets kept at most (plus up to [`SWEEP_EVERY`] new ones between sweeps): about 64 MB.
+/// Buckets kept at most (plus up to [`SWEEP_EVERY`] new ones between sweeps): about 100 MB.
 pub const MAX_KEYS: usize = 1_000_000;
 /// Checks between two sweeps of idle buckets; a sweep visits every bucket once.
 pub const SWEEP_EVERY: u64 = 65_536;
