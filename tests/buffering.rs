@@ -48,10 +48,7 @@ async fn send(stream: &mut TlsStream<TcpStream>, bytes: &[u8]) {
 
 /// An uploader that has sent its head (asking to continue) and 10 of its 1000 body bytes.
 async fn stalled_upload(rampart: &Rampart) -> TlsStream<TcpStream> {
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let head = "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\
                 Expect: 100-continue\r\nConnection: close\r\n\r\n";
     send(&mut stream, head.as_bytes()).await;
@@ -99,10 +96,7 @@ async fn slow_uploads_under_the_buffer_hold_no_origin_connection() {
 async fn a_small_chunked_body_reaches_the_origin_whole_with_its_length() {
     let (env, origin) = (Env::new(), Upstream::echo("origin").await);
     let rampart = site(&env, &origin).await;
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let request = "POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\
                    Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
     send(&mut stream, request.as_bytes()).await;
@@ -119,10 +113,7 @@ async fn a_small_chunked_body_reaches_the_origin_whole_with_its_length() {
 async fn a_body_over_the_buffer_streams_as_it_arrives() {
     let (env, origin) = (Env::new(), Upstream::sink().await);
     let rampart = site(&env, &origin).await;
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let size = 256 * 1024;
     let head = format!(
         "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
@@ -142,22 +133,10 @@ async fn a_body_over_the_buffer_streams_as_it_arrives() {
 #[tokio::test]
 async fn a_route_with_buffer_0_streams_even_a_small_body() {
     let (env, origin) = (Env::new(), Upstream::sink().await);
-    env.leaf("a", &["a.test"]);
     let rampart = env
-        .start(&format!(
-            "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    buffer_request_body: 0
-    upstreams: [{}]
-",
-            origin.url()
-        ))
+        .start_a_test_to(&origin.url(), "", "    buffer_request_body: 0\n")
         .await;
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let head = "POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\
                 Connection: close\r\n\r\n5\r\nhello\r\n";
     send(&mut stream, head.as_bytes()).await;
@@ -232,10 +211,7 @@ async fn literal_origin() -> (String, Arc<Mutex<Vec<String>>>) {
 async fn an_expectation_stops_at_rampart_so_no_body_passes_for_a_request() {
     let (env, (origin, lines)) = (Env::new(), literal_origin().await);
     let rampart = site_for(&env, &origin).await;
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let size = 256 * 1024;
     let head = format!(
         "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {size}\r\n\

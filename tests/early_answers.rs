@@ -218,10 +218,7 @@ async fn undeclared_oversized_uploads_over_http1_all_get_their_413() {
 async fn a_refused_body_is_read_away_and_the_connection_kept() {
     let (env, origin) = (Env::new(), Upstream::echo("origin").await);
     let rampart = site(&env, &origin).await;
-    let mut stream = rampart
-        .connect_offering("a.test", &["http/1.1"])
-        .await
-        .stream;
+    let mut stream = rampart.h1_stream("a.test").await;
     let body = vec![b'x'; 100_000];
     let head = format!(
         "POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",

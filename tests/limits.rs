@@ -341,11 +341,6 @@ async fn a_site_rate_limit_is_shared_by_all_routes_of_the_site() {
     rampart.stop().await;
 }
 
-/// A sink origin behind a.test with `max_body: 4KiB`.
-async fn max_body_4kib(env: &Env) -> (Upstream, Rampart) {
-    max_body(env, "4KiB").await
-}
-
 /// A sink origin behind a.test with `max_body: limit`.
 async fn max_body(env: &Env, limit: &str) -> (Upstream, Rampart) {
     let origin = Upstream::sink().await;
@@ -360,7 +355,7 @@ async fn max_body(env: &Env, limit: &str) -> (Upstream, Rampart) {
 #[tokio::test]
 async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
     let env = Env::new();
-    let (origin, rampart) = max_body_4kib(&env).await;
+    let (origin, rampart) = max_body(&env, "4KiB").await;
     let mut client = rampart.client("a.test").await;
     let request = client
         .request(Method::POST, "a.test", "/")
@@ -379,17 +374,16 @@ async fn a_declared_body_over_max_body_is_refused_before_the_origin_sees_it() {
     rampart.stop().await;
 }
 
-#[tokio::test]
-async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
-    let env = Env::new();
-    let (origin, rampart) = max_body_4kib(&env).await;
+/// Uploads `kib` chunks of 1 KiB with no Content-Length to `rampart`'s a.test, over HTTP/1.1
+/// and over HTTP/2, so only counting can find the excess: each gets 413.
+async fn chunked_uploads_get_413(rampart: &Rampart, kib: usize) {
     for client in [
         rampart.client_h1("a.test").await,
         rampart.client("a.test").await,
     ] {
         let mut client = client;
-        // No Content-Length: 32 chunks of 1 KiB, so only counting can find the excess.
-        let chunks = (0..32).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'y'; 1024]))));
+        let chunks =
+            (0..kib).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'y'; 1024]))));
         let body: Body = BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::iter(chunks)));
         let request = client
             .request(Method::POST, "a.test", "/")
@@ -403,6 +397,13 @@ async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
             client.version()
         );
     }
+}
+
+#[tokio::test]
+async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
+    let env = Env::new();
+    let (origin, rampart) = max_body(&env, "4KiB").await;
+    chunked_uploads_get_413(&rampart, 32).await;
     // Whatever reached the origin was cut at the limit; it never answered a complete body.
     assert!(
         origin.received() <= 4096,
@@ -418,26 +419,7 @@ async fn a_chunked_upload_over_max_body_is_cut_and_answered_413() {
 async fn a_chunked_upload_over_max_body_while_streaming_is_cut_and_answered_413() {
     let env = Env::new();
     let (origin, rampart) = max_body(&env, "100KiB").await;
-    for client in [
-        rampart.client_h1("a.test").await,
-        rampart.client("a.test").await,
-    ] {
-        let mut client = client;
-        let chunks =
-            (0..200).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'y'; 1024]))));
-        let body: Body = BodyExt::boxed_unsync(StreamBody::new(futures_util::stream::iter(chunks)));
-        let request = client
-            .request(Method::POST, "a.test", "/")
-            .body(body)
-            .expect("valid request");
-        let reply = client.fetch(request).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "{:?}",
-            client.version()
-        );
-    }
+    chunked_uploads_get_413(&rampart, 200).await;
     assert!(
         origin.received() <= 2 * 100 * 1024,
         "origin read {} bytes",

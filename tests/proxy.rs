@@ -359,32 +359,9 @@ async fn websocket_echoes_through_the_proxy() {
     let env = Env::new();
     let ws = Upstream::ws_echo().await;
     let rampart = one_site(&env, &ws.url(), "").await;
-    // WebSocket over TLS needs HTTP/1.1 (RFC 6455 Upgrade): offer only that.
-    let tls = rampart
-        .tls()
-        .alpn(&["http/1.1"])
-        .connect(rampart.https_addr(), Some("a.test"))
-        .await
-        .expect("handshake");
-    let (mut socket, response) = within(
-        WAIT,
-        "the WebSocket handshake",
-        tokio_tungstenite::client_async("wss://a.test/ws", tls.stream),
-    )
-    .await
-    .expect("WebSocket upgrade through the proxy");
-    assert_eq!(response.status(), 101);
-    for message in [
-        Message::text("hello through rampart"),
-        Message::binary(vec![0u8, 1, 2, 255]),
-    ] {
-        socket.send(message.clone()).await.expect("send");
-        let echoed = within(WAIT, "the echo", socket.next())
-            .await
-            .expect("a message")
-            .expect("no error");
-        assert_eq!(echoed, message);
-    }
+    let mut socket = rampart.websocket("a.test", "wss://a.test/ws").await;
+    echo(&mut socket, Message::text("hello through rampart")).await;
+    echo(&mut socket, Message::binary(vec![0u8, 1, 2, 255])).await;
     socket.close(None).await.expect("close");
     assert_eq!(ws.requests(), 1);
     drop(socket);
@@ -393,46 +370,32 @@ async fn websocket_echoes_through_the_proxy() {
     rampart.stop().await;
 }
 
+/// Sends `message` on `socket` and expects it back.
+async fn echo<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, message: Message)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    socket.send(message.clone()).await.expect("send");
+    let echoed = within(WAIT, "the echo", socket.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(echoed, message);
+}
+
 /// A WebSocket tunnel lives while bytes move and closes once none has moved either way for
 /// the route's `timeouts.idle`, on both sides.
 #[tokio::test]
 async fn an_idle_websocket_tunnel_is_closed_after_the_idle_timeout() {
     let env = Env::new();
     let ws = Upstream::ws_echo().await;
-    env.leaf("a", &["a.test"]);
     let rampart = env
-        .start(&format!(
-            "sites:
-  - hosts: [a.test]
-    tls: {{ cert: a.pem, key: a.key }}
-    upstreams: [{}]
-    timeouts: {{ idle: 1s }}
-",
-            ws.url()
-        ))
+        .start_a_test_to(&ws.url(), "", "    timeouts: { idle: 1s }\n")
         .await;
-    let tls = rampart
-        .tls()
-        .alpn(&["http/1.1"])
-        .connect(rampart.https_addr(), Some("a.test"))
-        .await
-        .expect("handshake");
-    let (mut socket, _) = within(
-        WAIT,
-        "the WebSocket handshake",
-        tokio_tungstenite::client_async("wss://a.test/ws", tls.stream),
-    )
-    .await
-    .expect("WebSocket upgrade through the proxy");
+    let mut socket = rampart.websocket("a.test", "wss://a.test/ws").await;
     // Busy for twice the timeout: the tunnel stays.
     for n in 0..8 {
-        let message = Message::text(format!("message {n}"));
-        socket.send(message.clone()).await.expect("send");
-        let echoed = within(WAIT, "the echo", socket.next())
-            .await
-            .expect("a message")
-            .expect("no error");
-        assert_eq!(echoed, message);
+        echo(&mut socket, Message::text(format!("message {n}"))).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // Then quiet: Rampart closes both sides.

@@ -209,19 +209,7 @@ async fn fifty_reloads_under_load_fail_no_request_and_keep_a_websocket_open() {
     );
     let rampart: Rampart = env.start(&config(&ws, &one, false)).await;
 
-    let tls = rampart
-        .tls()
-        .alpn(&["http/1.1"])
-        .connect(rampart.https_addr(), Some("a.test"))
-        .await
-        .expect("handshake");
-    let (mut socket, _) = within(
-        WAIT,
-        "the WebSocket handshake",
-        tokio_tungstenite::client_async("wss://a.test/ws", tls.stream),
-    )
-    .await
-    .expect("WebSocket upgrade");
+    let mut socket = rampart.websocket("a.test", "wss://a.test/ws").await;
 
     let (stop, ok, failed) = (
         Arc::new(AtomicBool::new(false)),

@@ -9,6 +9,9 @@ use rampart::{Listeners, Server};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 
 use super::client::{HttpClient, Tls, TlsClient};
 use super::{Leaf, TestCa, within};
@@ -169,6 +172,26 @@ impl Rampart {
     /// An HTTP client on a new connection with `sni`, speaking whatever ALPN picked (h2).
     pub async fn client(&self, sni: &str) -> HttpClient {
         HttpClient::handshake(self.connect(sni).await.expect("handshake")).await
+    }
+
+    /// A new connection with `sni` that offers only HTTP/1.1, for requests written by hand.
+    pub async fn h1_stream(&self, sni: &str) -> TlsStream<TcpStream> {
+        self.connect_offering(sni, &["http/1.1"]).await.stream
+    }
+
+    /// A WebSocket to `url` (`wss://a.test/ws`) over a new HTTP/1.1 connection with `sni`
+    /// (RFC 6455 upgrades need HTTP/1.1).
+    pub async fn websocket(&self, sni: &str, url: &str) -> WebSocketStream<TlsStream<TcpStream>> {
+        let stream = self.h1_stream(sni).await;
+        let (socket, response) = within(
+            super::WAIT,
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async(url, stream),
+        )
+        .await
+        .expect("WebSocket upgrade through the proxy");
+        assert_eq!(response.status(), 101);
+        socket
     }
 
     /// An HTTP/1.1-only client on a new connection with `sni`.
