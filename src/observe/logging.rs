@@ -2,6 +2,9 @@
 //!
 //! Called once by `main` after the configuration is loaded.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Log, LogFormat};
@@ -27,4 +30,42 @@ pub fn init(log: &Log) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Lets a warning that may repeat many times a second (a full listener, a client at its cap)
+/// through at most once a minute, the first time at once.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// The least time between two warnings.
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    /// Whether to warn now; if so, the next one waits [`Throttle::EVERY`].
+    pub fn ready(&mut self) -> bool {
+        let ready = self.last.is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if ready {
+            self.last = Some(Instant::now());
+        }
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_warning_goes_out_at_once_then_once_a_minute() {
+        let mut throttle = Throttle::default();
+        assert!(throttle.ready());
+        assert!(!throttle.ready());
+        tokio::time::advance(Throttle::EVERY - Duration::from_secs(1)).await;
+        assert!(!throttle.ready());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(throttle.ready());
+        assert!(!throttle.ready());
+    }
 }

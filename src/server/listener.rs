@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +24,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::{Downstream, Listen, ProxyProtocol};
 use crate::observe::Chain;
+use crate::observe::logging::Throttle;
 use crate::observe::metrics::{self, OpenConnection};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::server::ServerError;
@@ -329,12 +329,9 @@ struct Slots {
     max: usize,
     listener: &'static str,
     full: Counter,
-    warned: Option<Instant>,
+    warnings: Throttle,
     per_ip: Option<PerIp>,
 }
-
-/// The least time between two "listener full" warnings.
-const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 impl Slots {
     fn new(listener: &'static str, servers: &HttpServers) -> Self {
@@ -344,7 +341,7 @@ impl Slots {
             max,
             listener,
             full: metrics::listener_full(listener),
-            warned: None,
+            warnings: Throttle::default(),
             per_ip: PerIp::new(listener, servers.max_connections_per_ip),
         }
     }
@@ -355,11 +352,7 @@ impl Slots {
             return Some(slot);
         }
         self.full.inc();
-        if self
-            .warned
-            .is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
-        {
-            self.warned = Some(Instant::now());
+        if self.warnings.ready() {
             warn!(
                 listener = self.listener,
                 max_connections = self.max,

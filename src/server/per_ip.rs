@@ -9,17 +9,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::time::Instant;
 use tracing::warn;
 
+use crate::observe::logging::Throttle;
 use crate::observe::metrics;
 use crate::policy::client_ip;
-
-/// The least time between two "client at its cap" warnings.
-const WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Open connections per client on one listener.
 type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -30,7 +26,7 @@ pub(crate) struct PerIp {
     open: Counts,
     listener: &'static str,
     refused: Counter,
-    warned: Option<Instant>,
+    warnings: Throttle,
 }
 
 /// One admitted connection's place in its client's count, given back on drop.
@@ -48,7 +44,7 @@ impl PerIp {
             open: Counts::default(),
             listener,
             refused: metrics::per_ip_refused(listener),
-            warned: None,
+            warnings: Throttle::default(),
         })
     }
 
@@ -70,8 +66,7 @@ impl PerIp {
             }));
         }
         self.refused.inc();
-        if self.warned.is_none_or(|at| at.elapsed() >= WARNING_EVERY) {
-            self.warned = Some(Instant::now());
+        if self.warnings.ready() {
             warn!(
                 listener = self.listener,
                 %client,
