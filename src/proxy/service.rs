@@ -509,7 +509,7 @@ struct Hop {
     upgrade: bool,
 }
 
-/// Copies bytes both ways between an upgraded client and origin until either side closes.
+/// A response Rampart writes itself (a `respond:` route, an error): `body` as plain text.
 fn text_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
