@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: `server` accepts, `tls` terminates, `request` makes each request
 //! canonical, `proxy` routes and forwards; `config` describes it all, `acme` keeps certificates
-//! fresh, `observe` records what happens.
+//! fresh, `observe` records what happens, and `pki` holds the host names and certificate
+//! material they all share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -10,6 +11,7 @@
 pub mod acme;
 pub mod config;
 pub mod observe;
+pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod request;

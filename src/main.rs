@@ -96,7 +96,7 @@ fn certs(path: &Path, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let sites = rampart::acme::status(&config, &rampart::tls::crypto_provider());
+    let sites = rampart::acme::status(&config, &rampart::pki::crypto_provider());
     if json {
         match serde_json::to_string_pretty(&sites) {
             Ok(text) => println!("{text}"),

@@ -17,7 +17,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rampart::acme::storage::RenewalReason;
 use rampart::acme::{CertFiles, ChallengeStore, RenewalScheduler, account_path};
-use rampart::config::{Acme, HostName, KeyType, Site, SiteTls};
+use rampart::config::{Acme, KeyType, Site, SiteTls};
+use rampart::pki::HostName;
 use rampart::tls::CertStore;
 use tokio_util::sync::CancellationToken;
 

@@ -17,7 +17,8 @@ use rampart::acme::{
     AccountSlot, AcmeError, CertFiles, ChallengeStore, OrderRequest, RenewalScheduler, SelfCheck,
     Tuning, account_path, issue,
 };
-use rampart::config::{Acme, HostName, KeyType, Site, SiteTls};
+use rampart::config::{Acme, KeyType, Site, SiteTls};
+use rampart::pki::HostName;
 use rampart::tls::{CertStore, LeafFacts, Published};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;

@@ -21,7 +21,8 @@ use crate::acme::error::{ALREADY_REPLACED, RATE_LIMITED, Step, problem_of};
 use crate::acme::http::{Tally, current_retry_after};
 use crate::acme::retry::StepRetry;
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, HostProblem};
-use crate::config::{HostName, KeyType, Site};
+use crate::config::{KeyType, Site};
+use crate::pki::HostName;
 
 /// How long the CA may take to validate every name (RFC 8555 §7.5.1 leaves it open; Let's
 /// Encrypt validates in seconds, Pebble with `PEBBLE_VA_NOSLEEP` in milliseconds).

@@ -21,7 +21,8 @@ use crate::acme::timing::{self, Served};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
 use crate::config::{KeyType, Site};
 use crate::observe::{Chain, metrics};
-use crate::tls::{CertStore, LeafFacts, certified_key_from_pem};
+use crate::pki::{PemError, certified_key_from_pem};
+use crate::tls::{CertStore, LeafFacts, TlsError};
 
 /// ARI support of the directory, learnt from the first renewal-info call.
 pub(super) const ARI_UNKNOWN: u8 = 0;
@@ -253,12 +254,13 @@ async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: Sy
         issued.chain_pem.as_bytes(),
         issued.key_pem.as_bytes(),
     )
+    .map_err(TlsError::from)
     .and_then(|key| {
         key.keys_match()
-            .map_err(crate::tls::TlsError::KeyMismatch)?;
+            .map_err(|e| TlsError::from(PemError::KeyMismatch(e)))?;
         let leaf = key
             .end_entity_cert()
-            .map_err(crate::tls::TlsError::KeyMismatch)?
+            .map_err(|e| TlsError::from(PemError::KeyMismatch(e)))?
             .clone()
             .into_owned();
         let facts = LeafFacts::parse(&leaf)?;
@@ -267,7 +269,7 @@ async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: Sy
             .iter()
             .find(|h| !facts.names.iter().any(|n| n == h.as_str()))
         {
-            return Err(crate::tls::TlsError::NameMissing {
+            return Err(TlsError::NameMissing {
                 site: site.name.clone(),
                 host: missing.clone(),
             });

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::acme::storage::{CertFiles, LastError, RenewalReason, rfc3339};
 use crate::config::{Config, Site, SiteTls};
 use crate::observe::Chain;
-use crate::tls::{self, LeafFacts};
+use crate::tls::LeafFacts;
 
 /// One site's certificate state.
 #[derive(Clone, Debug, Serialize)]
@@ -120,7 +120,8 @@ fn site_status(site: &Site, files: &CertFiles, provider: &CryptoProvider) -> Sit
 }
 
 fn read_files(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<LeafFacts, String> {
-    let certified = tls::load_pem_files(provider, cert, key).map_err(|e| Chain(&e).to_string())?;
+    let certified =
+        crate::pki::load_pem_files(provider, cert, key).map_err(|e| Chain(&e).to_string())?;
     let leaf = certified.end_entity_cert().map_err(|e| e.to_string())?;
     LeafFacts::parse(leaf).map_err(|e| Chain(&e).to_string())
 }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::acme::{AcmeError, HostProblem};
 use crate::config::Site;
-use crate::tls::{LeafFacts, certified_key_from_pem, disk};
+use crate::pki::{PemError, certified_key_from_pem};
+use crate::tls::{LeafFacts, disk};
 
 /// Chain file name.
 const CERT_FILE: &str = "cert.pem";
@@ -194,12 +195,13 @@ impl CertFiles {
             path: cert_path.clone(),
             source,
         };
-        let key = certified_key_from_pem(provider, &chain, &key).map_err(stored_error)?;
+        let key =
+            certified_key_from_pem(provider, &chain, &key).map_err(|e| stored_error(e.into()))?;
         key.keys_match()
-            .map_err(|e| stored_error(crate::tls::TlsError::KeyMismatch(e)))?;
+            .map_err(|e| stored_error(PemError::KeyMismatch(e).into()))?;
         let leaf = key
             .end_entity_cert()
-            .map_err(|e| stored_error(crate::tls::TlsError::KeyMismatch(e)))?;
+            .map_err(|e| stored_error(PemError::KeyMismatch(e).into()))?;
         let facts = LeafFacts::parse(leaf).map_err(stored_error)?;
         Ok(Some(StoredCert { key, facts }))
     }
@@ -314,7 +316,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{HostName, SiteTls};
+    use crate::config::SiteTls;
+    use crate::pki::HostName;
 
     fn site(name: &str) -> Site {
         Site {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::*;
+use crate::pki::HostName;
 
 mod gateway;
 mod site;

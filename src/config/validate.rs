@@ -373,7 +373,7 @@ impl Checker {
         let Some(list) = raw else {
             return Some(Vec::new());
         };
-        let known: Vec<(&str, bool)> = crate::tls::cipher_suite_names().collect();
+        let known: Vec<(&str, bool)> = crate::pki::cipher_suite_names().collect();
         let mut all = Some(Vec::new());
         let mut tls13 = false;
         for (index, entry) in list.value.iter().enumerate() {

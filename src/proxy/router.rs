@@ -23,10 +23,11 @@ use bytes::Bytes;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::config::{
-    Concurrency, Config, EscapedSlashes, HeaderRules, HostName, IpNet, PathMatch, RateLimit,
-    Rewrite, RouteAction, SitePolicy, Underscores, UpstreamDefaults, Upstreams,
+    Concurrency, Config, EscapedSlashes, HeaderRules, IpNet, PathMatch, RateLimit, Rewrite,
+    RouteAction, SitePolicy, Underscores, UpstreamDefaults, Upstreams,
 };
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
+use crate::pki::HostName;
 use crate::policy::RouteAuth;
 use crate::policy::concurrency::ConcurrencyLimit;
 use crate::policy::jwks::KeyStores;

@@ -29,7 +29,7 @@ use crate::proxy::{Proxy, RouteTable};
 use crate::server::ServerError;
 use crate::server::selfcheck::ListenerCheck;
 use crate::server::systemd;
-use crate::tls::{self, CertStore, InternalCa};
+use crate::tls::{CertStore, InternalCa, TlsError};
 
 /// Quiet time after a file event before reloading: editors write a file in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -152,9 +152,9 @@ impl Reloader {
         for site in &config.sites {
             let unchanged = old_sites.contains(site);
             let prepared = match &site.tls {
-                SiteTls::Files { cert, key } => {
-                    Some(tls::load_pem_files(&self.provider, cert, key))
-                }
+                SiteTls::Files { cert, key } => Some(
+                    crate::pki::load_pem_files(&self.provider, cert, key).map_err(TlsError::from),
+                ),
                 SiteTls::Internal if !unchanged => internal_ca
                     .as_ref()
                     .map(|ca| ca.issue(site, SystemTime::now())),

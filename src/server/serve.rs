@@ -20,7 +20,7 @@ use crate::server::http01::Http01;
 use crate::server::listener::{self, HttpServers};
 use crate::server::reload::Reloader;
 use crate::server::{Listeners, ServerError, shutdown};
-use crate::tls::{self, CertStore, TlsAcceptor};
+use crate::tls::{CertStore, TlsAcceptor};
 
 /// A running instance: its tasks, its stop token and the shared stores.
 pub struct Server {
@@ -53,7 +53,7 @@ impl Server {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Self, ServerError> {
         let (https_addr, http_addr) = (listeners.https_addr(), listeners.http_addr());
         let admin_addr = listeners.admin_addr();
-        let provider = tls::crypto_provider();
+        let provider = crate::pki::crypto_provider();
         let certs = CertStore::default();
         let challenges = ChallengeStore::default();
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::server::ServerSessionMemoryCache;
-use rustls::{CipherSuite, ProtocolVersion, ServerConfig, SupportedCipherSuite};
+use rustls::{ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::observe::metrics::{HandshakeMetrics, HandshakeResult};
+use crate::pki::{crypto_provider, iana_name};
 use crate::tls::{CertStore, SniResolver};
 
 /// Bounded session-ID cache for TLS 1.2 resumption (TLS 1.3 uses stateless tickets).
@@ -23,36 +23,6 @@ const SESSION_CACHE_ENTRIES: usize = 10_240;
 
 /// A fatal `unrecognized_name` alert record (RFC 6066 §3), sent in plaintext before any keys exist.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-
-/// aws-lc-rs with the key exchanges we offer, post-quantum hybrid first.
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    let mut provider = aws_lc_rs::default_provider();
-    provider.kx_groups = vec![
-        kx_group::X25519MLKEM768,
-        kx_group::X25519,
-        kx_group::SECP256R1,
-    ];
-    Arc::new(provider)
-}
-
-/// The cipher suites an operator may name (`downstream.cipher_suites`), by IANA name, TLS 1.3
-/// first: rustls's default set. The flag says whether it is a TLS 1.3 suite.
-pub fn cipher_suite_names() -> impl Iterator<Item = (&'static str, bool)> {
-    aws_lc_rs::DEFAULT_CIPHER_SUITES
-        .iter()
-        .filter_map(|suite| Some((iana_name(*suite)?, suite.tls13().is_some())))
-}
-
-/// rustls spells TLS 1.3 suites `TLS13_...`; IANA (and OpenSSL, nginx) `TLS_...`.
-fn iana_name(suite: SupportedCipherSuite) -> Option<&'static str> {
-    let name = suite.suite().as_str()?;
-    Some(match suite.suite() {
-        CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
-        CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
-        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
-        _ => name,
-    })
-}
 
 /// [`crypto_provider`] offering only `names` (IANA names, checked by the config), or all of
 /// its suites when `names` is empty.
@@ -122,7 +92,7 @@ impl TlsAcceptor {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         // Ticket keys rotate every 6 hours; old tickets stay valid for one more period.
-        config.ticketer = aws_lc_rs::Ticketer::new()?;
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         Ok(Self {
             config: Arc::new(config),
             store,

@@ -3,26 +3,14 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::config::HostName;
+use crate::pki::{HostName, PemError};
 
 /// What went wrong while preparing or publishing a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM block did not parse.
-    #[error("cannot parse the {what} as PEM")]
-    Pem {
-        /// Which part: "certificate chain" or "private key".
-        what: &'static str,
-        /// Parser error.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// The PEM had no certificate.
-    #[error("the certificate file holds no certificate")]
-    EmptyChain,
-    /// The private key is unusable or is not the leaf's.
-    #[error("the private key does not match the certificate")]
-    KeyMismatch(#[source] rustls::Error),
+    /// The certificate and key do not parse or do not belong together.
+    #[error(transparent)]
+    Pem(#[from] PemError),
     /// The leaf did not parse as X.509.
     #[error("the certificate is not valid X.509")]
     X509,

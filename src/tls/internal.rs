@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Site;
+use crate::pki::PemError;
 use crate::tls::{CertStore, TlsError, disk};
 
 /// Lifetime of the root: long, because operators copy it into trust stores by hand.
@@ -70,7 +71,7 @@ impl InternalCa {
             let key = KeyPair::from_pem(&key_pem).map_err(issue)?;
             let root_der =
                 CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|source| {
-                    TlsError::Pem {
+                    PemError::Pem {
                         what: "internal CA certificate",
                         source,
                     }
@@ -139,7 +140,7 @@ impl InternalCa {
         let leaf = params.signed_by(&key, &self.issuer).map_err(issue)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         CertifiedKey::from_der(vec![leaf.der().clone()], key_der, &self.provider)
-            .map_err(TlsError::KeyMismatch)
+            .map_err(|e| TlsError::from(PemError::KeyMismatch(e)))
     }
 
     /// Keeps the leaves of `sites` fresh until `stop` is cancelled.

@@ -14,9 +14,9 @@ mod resolver;
 mod selfcheck;
 mod store;
 
-pub use acceptor::{Handshake, TlsAcceptor, cipher_suite_names, crypto_provider};
+pub use acceptor::{Handshake, TlsAcceptor};
 pub use error::TlsError;
 pub use internal::InternalCa;
 pub use resolver::SniResolver;
 pub use selfcheck::{SelfCheckError, served_serial};
-pub use store::{CertStore, LeafFacts, Published, certified_key_from_pem, load_pem_files};
+pub use store::{CertStore, LeafFacts, Published};

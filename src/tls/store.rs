@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
-use crate::config::{HostName, Site};
+use crate::config::Site;
 use crate::observe::metrics;
+use crate::pki::{HostName, PemError};
 use crate::tls::TlsError;
 
 /// Certificates by host name, replaced as a whole map. Readers never wait.
@@ -113,53 +112,10 @@ impl CertStore {
     }
 }
 
-/// Reads and checks an operator's `{cert, key}` PEM files (static sites, reload, `rampart certs`).
-///
-/// # Errors
-/// `Io` naming the unreadable file, otherwise as [`certified_key_from_pem`].
-pub fn load_pem_files(
-    provider: &CryptoProvider,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<CertifiedKey, TlsError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| TlsError::Io {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    certified_key_from_pem(provider, &read(cert)?, &read(key)?)
-}
-
-/// Builds a servable key from a PEM chain (leaf first) and a PEM private key.
-///
-/// # Errors
-/// `Pem` when either is unparsable or empty, `KeyMismatch` when the key is not the leaf's.
-pub fn certified_key_from_pem(
-    provider: &CryptoProvider,
-    chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            what: "certificate chain",
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::EmptyChain);
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
-        what: "private key",
-        source,
-    })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(TlsError::KeyMismatch)
-}
-
 /// Names, key pair and dates of a certificate about to be served for `site`.
 fn check(site: &Site, cert: &CertifiedKey, now: SystemTime) -> Result<Published, TlsError> {
-    cert.keys_match().map_err(TlsError::KeyMismatch)?;
-    let leaf = cert.end_entity_cert().map_err(TlsError::KeyMismatch)?;
+    cert.keys_match().map_err(PemError::KeyMismatch)?;
+    let leaf = cert.end_entity_cert().map_err(PemError::KeyMismatch)?;
     let facts = LeafFacts::parse(leaf)?;
     if let Some(missing) = site
         .hosts

@@ -16,11 +16,11 @@ use super::gateway::Layer;
 use crate::config::error::{closest, position};
 use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles, Text};
 use crate::config::{
-    HeaderRules, HostName, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy,
-    SiteTls, UpstreamDefaults,
+    HeaderRules, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy, SiteTls,
+    UpstreamDefaults,
 };
+use crate::pki::{HostName, PemError, certified_key_from_pem};
 use crate::request;
-use crate::tls::{TlsError, certified_key_from_pem};
 
 /// Who already claimed a host name or the default role, for duplicate reports.
 struct Claim {
@@ -295,7 +295,7 @@ impl Checker {
             return Some(SiteTls::Files { cert, key });
         };
         let (location, path, reason) = match &error {
-            TlsError::KeyMismatch(rustls::Error::InconsistentKeys(_)) => (
+            PemError::KeyMismatch(rustls::Error::InconsistentKeys(_)) => (
                 &raw.key.referenced,
                 key_at,
                 format!(
@@ -305,7 +305,7 @@ impl Checker {
                 ),
             ),
             // Any other refusal is about the key itself, such as an unsupported algorithm.
-            TlsError::KeyMismatch(cause) => (
+            PemError::KeyMismatch(cause) => (
                 &raw.key.referenced,
                 key_at,
                 format!(
@@ -314,7 +314,7 @@ impl Checker {
                     cert.display()
                 ),
             ),
-            TlsError::Pem {
+            PemError::Pem {
                 what: "private key",
                 ..
             } => (
