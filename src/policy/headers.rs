@@ -15,19 +15,10 @@
 //! can remove it.
 
 use http::HeaderMap;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 
 use crate::config::{HeaderOps, HeaderRules, Hsts};
-use crate::request::fields::{self, Class};
-
-/// The forwarding fields Rampart sets itself; a rule may set the others of the family (such as
-/// `X-Forwarded-Prefix` for an origin behind `strip_prefix`).
-const OURS: [&str; 4] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-];
+use crate::request::fields::is_protected;
 
 /// Applies the request rules of the site, then of the route, to a request about to be forwarded.
 pub fn apply_request(headers: &mut HeaderMap, site: &HeaderRules, route: &HeaderRules) {
@@ -79,16 +70,11 @@ fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
     }
 }
 
-/// Whether `name` is a field Rampart owns (forwarding fields it sets, hop-by-hop fields):
-/// `rampart check` refuses rules naming one, and the rules skip it regardless.
-pub fn is_protected(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    OURS.contains(&name) || matches!(fields::class(name), Class::HopByHop | Class::Upgrade)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use http::header::HeaderName;
 
     use super::*;
 

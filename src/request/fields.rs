@@ -3,10 +3,11 @@
 //! word (forwarding fields from an untrusted peer, names with underscores).
 //!
 //! Read by [`canonical`](super::canonical) once per request, before routing, and by
-//! `proxy::wire` and `proxy::forward` for responses.
+//! `proxy::wire` and `proxy::forward` for responses; [`is_protected`] names the fields header
+//! rules may not touch (`policy::headers`, and `rampart check` before it).
 
 use http::HeaderMap;
-use http::header;
+use http::header::{self, HeaderName};
 
 /// `headers_with_underscores:` what happens to a request field whose name holds `_`, which
 /// CGI-style gateways (and so many origins) read as the `-` field of the same name: `X_User_Id`
@@ -172,6 +173,22 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &st
 /// The tokens of one `Connection` field value.
 pub(crate) fn tokens(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// The forwarding fields Rampart sets itself; a rule may set the others of the family (such as
+/// `X-Forwarded-Prefix` for an origin behind `strip_prefix`).
+const OURS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Whether `name` is a field Rampart owns (forwarding fields it sets, hop-by-hop fields):
+/// `rampart check` refuses rules naming one, and the rules skip it regardless.
+pub fn is_protected(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    OURS.contains(&name) || matches!(class(name), Class::HopByHop | Class::Upgrade)
 }
 
 #[cfg(test)]

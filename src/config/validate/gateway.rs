@@ -816,7 +816,7 @@ impl Checker {
     /// A header a rule may change: not one of the forwarding or hop-by-hop fields Rampart owns.
     fn rule_header_name(&mut self, raw: &Text, at: &str) -> Option<HeaderName> {
         let name = self.header_name(raw, at)?;
-        if crate::policy::headers::is_protected(&name) {
+        if crate::request::fields::is_protected(&name) {
             self.report(
                 &raw.referenced,
                 at,
