@@ -1,15 +1,16 @@
 //! Rampart: an edge TLS terminator with automatic certificates and one shared reverse-proxy core.
 //!
-//! Data flows one way: `server` accepts, `tls` terminates, `request` makes each request
-//! canonical, `proxy` routes and forwards; `config` describes it all, `acme` keeps certificates
-//! fresh, `observe` records what happens, and `pki` holds the host names and certificate
-//! material they all share.
+//! Data flows one way: `server` accepts, `tls` terminates, `http` serves the connection,
+//! `request` makes each request canonical, `proxy` routes and forwards; `config` describes it
+//! all, `acme` keeps certificates fresh, `observe` records what happens, and `pki` holds the
+//! host names and certificate material they all share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod acme;
 pub mod config;
+mod http;
 pub mod observe;
 pub mod pki;
 pub mod policy;

@@ -4,7 +4,7 @@
 //! for its tunnels), so a tunnel both ends forgot holds no connection for ever.
 //!
 //! Each side is wrapped to raise one shared flag per read or write that moves bytes; the
-//! tunnel looks at it every quarter of the timeout, as `server::idle` does for connections,
+//! tunnel looks at it every quarter of the timeout, as `http::idle` does for connections,
 //! rather than reading the clock per copy.
 
 use std::io;

@@ -4,20 +4,15 @@
 
 pub mod activation;
 mod admin;
-mod calm;
 mod error;
-mod hangup;
 mod http01;
-mod idle;
 mod listener;
-mod open_requests;
 mod per_ip;
 mod proxy_protocol;
 mod reload;
 mod selfcheck;
 mod serve;
 pub mod shutdown;
-mod streams;
 pub mod systemd;
 
 pub use error::ServerError;

@@ -14,10 +14,11 @@ use tracing::{info, warn};
 
 use crate::acme::ChallengeStore;
 use crate::config::Config;
+use crate::http::HttpServers;
 use crate::proxy::{Proxy, RouteTable};
 use crate::server::admin::{self, Admin};
 use crate::server::http01::Http01;
-use crate::server::listener::{self, HttpServers};
+use crate::server::listener;
 use crate::server::reload::Reloader;
 use crate::server::{Listeners, ServerError, shutdown};
 use crate::tls::{CertStore, TlsAcceptor};
@@ -95,7 +96,7 @@ impl Server {
         listener::keep_alive(&listeners.https);
         listener::keep_alive(&listeners.http);
         tasks.spawn(listener::accept_https(
-            listeners.https,
+            listener::Gate::new(listeners.https, "https", &downstream),
             acceptor,
             pre_tls,
             proxy,
@@ -104,7 +105,7 @@ impl Server {
             stop.clone(),
         ));
         tasks.spawn(listener::accept_http(
-            listeners.http,
+            listener::Gate::new(listeners.http, "http", &downstream),
             http01,
             servers,
             tasks.clone(),

@@ -1,7 +1,7 @@
 //! Marks each HTTP/1 request open from its head's end until its response ends, for the header
-//! timeout of `server::idle` (which must not run while a request is being answered).
+//! timeout of `http::idle` (which must not run while a request is being answered).
 //!
-//! `listener::serve_connection` wraps the connection's service in [`OpenRequests`]: hyper calls
+//! `conn::serve_h1` wraps the connection's service in [`OpenRequests`]: hyper calls
 //! it as a request head is complete, and the guard it takes rides on the response body.
 
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::server::idle::{Activity, OpenRequest};
+use crate::http::idle::{Activity, OpenRequest};
 
 /// A service whose every request stays open, for `activity`, until its response body ends.
 pub(crate) struct OpenRequests<S> {

@@ -5,7 +5,7 @@
 //! hyper can do this itself, by reading the connection mid-request; but every such read first
 //! makes room in its read buffer, which still holds the request's header values, so it took a
 //! fresh 8 KiB buffer per request (5% of HTTP/1 throughput, measured). Its watch is turned off
-//! (`half_close`, see `listener`), and [`Hangup`] watches the TCP socket's readiness instead,
+//! (`half_close`, see `conn`), and [`Hangup`] watches the TCP socket's readiness instead,
 //! below TLS and without reading: a peek (which consumes nothing) only once the socket turns
 //! readable. [`SharedTcp`] is the transport that lets it: the same socket, shared between TLS
 //! and the watch.

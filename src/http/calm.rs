@@ -169,7 +169,7 @@ impl<T: AsyncWrite> Calm<T> {
             }
         }
         // A shutdown, not a flush: the transport beneath may defer a flush (see
-        // `server::idle`), and nothing is written after this.
+        // `http::idle`), and nothing is written after this.
         let _ = ready!(this.inner.poll_shutdown(cx));
         Poll::Ready(flooded())
     }
