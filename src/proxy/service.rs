@@ -31,12 +31,12 @@ use crate::policy::{body_limit, client_ip, headers, rate_limit};
 use crate::proxy::ahead::ReadAhead;
 use crate::proxy::error::CLIENT_CLOSED;
 use crate::proxy::linger;
-use crate::proxy::retry::BodyLimits;
 use crate::proxy::trace::RequestIds;
 use crate::proxy::tunnel::tunnel;
+use crate::proxy::upstream::retry::{self, BodyLimits};
 use crate::proxy::{
     Action, Metered, ProxyBody, ProxyError, Route, RouteMiss, RouteTable, Side, SiteRoutes,
-    UpstreamPool, forward, retry,
+    UpstreamPool, forward,
 };
 use crate::request::{self, Canonical, Client, Refusal};
 

@@ -3,7 +3,7 @@
 //!
 //! Created with the route table (by `balance::UpstreamPool`) and live as long as it does.
 //! Requests run on the request's own task: checkout, connect if needed, send; no task or box per
-//! request. A request whose body is in memory also does its connection's I/O (`wire`); a hyper
+//! request. A request whose body is in memory also does its connection's I/O (`h1`); a hyper
 //! connection's I/O runs in a task of its own. Each upstream has one maintenance task (idle
 //! expiry, DNS re-resolution) that ends when the `Upstream` is dropped.
 
@@ -25,12 +25,13 @@ use crate::config::{
 use crate::observe::Chain;
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::body::{IdleTimeout, UpstreamBody};
-use crate::proxy::connect::Connector;
 use crate::proxy::error::ConnectError;
 use crate::proxy::forward;
-use crate::proxy::pool::{Conn, InFlight, Pool, PooledBody};
-use crate::proxy::resolve::Addresses;
-use crate::proxy::wire::{self, Wire};
+use crate::proxy::upstream::connect::Connector;
+use crate::proxy::upstream::h1::{self, Wire};
+use crate::proxy::upstream::lease::{InFlight, PooledBody};
+use crate::proxy::upstream::pool::{Conn, Pool};
+use crate::proxy::upstream::resolve::Addresses;
 use crate::proxy::{ProxyBody, ProxyError};
 
 /// One origin and its connection pool.
@@ -145,8 +146,7 @@ impl Upstream {
         // A plain function choosing a future, not an `async fn` awaiting one: every request's
         // future carries this one, and an extra async level would add its own copy of the
         // request. The hyper path is boxed for the same reason (most requests are lean).
-        if request.body().as_buffered().is_some()
-            && wire::suits(request.method(), request.headers())
+        if request.body().as_buffered().is_some() && h1::suits(request.method(), request.headers())
         {
             Either::Left(self.send_lean(request, timeouts, head_by))
         } else {
@@ -213,7 +213,7 @@ impl Upstream {
     }
 
     /// [`Upstream::send`] for a request whose body is in memory, over a lean connection (see
-    /// `wire`). A pooled connection that the origin closed before answering is replaced when
+    /// `h1`). A pooled connection that the origin closed before answering is replaced when
     /// the request is idempotent; it may have reached the origin otherwise.
     async fn send_lean(
         &self,

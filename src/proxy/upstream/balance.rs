@@ -17,8 +17,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::debug;
 
 use crate::config::{Balance, UpstreamDefaults, UpstreamUrl, Upstreams};
-use crate::proxy::health::{self, Admission, Outcome, PoolHealth};
-use crate::proxy::{ProxyError, Upstream};
+use crate::proxy::ProxyError;
+use crate::proxy::upstream::checker;
+use crate::proxy::upstream::health::{Admission, Outcome, PoolHealth};
+use crate::proxy::upstream::origin::Upstream;
+use crate::proxy::upstream::origins::Origins;
 
 /// Longest smooth weighted round-robin schedule; larger weight sums are scaled down to it.
 const MAX_SCHEDULE: u64 = 4096;
@@ -32,17 +35,6 @@ pub struct UpstreamPool {
     settings: Upstreams,
     /// Cancels the health checker when the pool goes.
     _checker: Option<DropGuard>,
-}
-
-/// The origins and their health, shared with the checker task.
-#[derive(Debug)]
-pub(crate) struct Origins {
-    /// In configured order; indexes are shared with `health` and `ids`.
-    pub(crate) upstreams: Vec<Upstream>,
-    /// Active and passive state per origin.
-    pub(crate) health: PoolHealth,
-    /// A stable hash of each origin's URL, for rendezvous hashing.
-    ids: Vec<u64>,
 }
 
 /// A `Balance` made ready to run.
@@ -95,7 +87,7 @@ impl UpstreamPool {
             let stop = CancellationToken::new();
             // Owned by the pool, not the server's tracker: it holds no client connection and
             // ends at the next await once the pool (and so the guard) is dropped.
-            runtime.spawn(health::run(
+            runtime.spawn(checker::run(
                 origins.clone(),
                 check,
                 settings.timeouts.clone(),

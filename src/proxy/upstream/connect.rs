@@ -1,8 +1,8 @@
 //! Opens one HTTP/1.1 connection to an origin: TCP (TCP_NODELAY), TLS for `https://` origins,
-//! then either a lean `wire::Wire` or hyper's client handshake.
+//! then either a lean `h1::Wire` or hyper's client handshake.
 //!
 //! A [`Connector`] is built with its `Upstream` (reading the route's `ca:` file once) and used by
-//! `upstream::Upstream::send` when the pool has no idle connection. The I/O of each hyper
+//! `origin::Upstream::send` when the pool has no idle connection. The I/O of each hyper
 //! connection runs in a task on the upstream's `TaskTracker`; it ends when the connection closes.
 //! A lean connection has no task: the request that uses it does its I/O.
 
@@ -24,7 +24,7 @@ use tracing::{debug, error, warn};
 use crate::config::UpstreamUrl;
 use crate::proxy::body::UpstreamBody;
 use crate::proxy::error::ConnectError;
-use crate::proxy::wire::{OriginIo, Wire};
+use crate::proxy::upstream::h1::{OriginIo, Wire};
 
 /// How an origin is reached once an address is chosen.
 #[derive(Clone)]
@@ -93,7 +93,7 @@ impl Connector {
         }
     }
 
-    /// Connects to `addr` for lean exchanges (see `wire`).
+    /// Connects to `addr` for lean exchanges (see `h1`).
     ///
     /// # Errors
     /// As [`Connector::connect`].

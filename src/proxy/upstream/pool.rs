@@ -1,31 +1,24 @@
-//! The idle HTTP/1.1 connections of one origin, and the response body that gives its
-//! connection back.
+//! The idle HTTP/1.1 connections of one origin, and its count of requests in flight.
 //!
-//! Two kinds of connection, each in its own idle list: lean ones (`wire::Wire`) for requests
+//! Two kinds of connection, each in its own idle list: lean ones (`h1::Wire`) for requests
 //! whose body is in memory, and hyper's for streamed bodies and upgrades.
-//! `upstream::Upstream::send` checks a connection out ([`Pool::checkout`],
-//! [`Pool::checkout_wire`]); the response body ([`PooledBody`], `wire::WireBody`) checks it back
-//! in only when it ended cleanly. The upstream's maintenance task calls [`Pool::sweep`] and
-//! [`Pool::retain`]. The idle lists share one `std::sync::Mutex`, held for a push or pop, never
-//! across an `.await`.
+//! `origin::Upstream::send` checks a connection out ([`Pool::checkout`],
+//! [`Pool::checkout_wire`]); the response body (`lease::PooledBody`, `h1::WireBody`) checks it
+//! back in only when it ended cleanly. The upstream's maintenance task calls [`Pool::sweep`]
+//! and [`Pool::retain`]. The idle lists share one `std::sync::Mutex`, held for a push or pop,
+//! never across an `.await`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::proxy::body::UpstreamBody;
-use crate::proxy::wire::Wire;
+use crate::proxy::upstream::h1::Wire;
 
 /// One origin's idle connections and its count of requests in flight.
 #[derive(Debug)]
@@ -34,7 +27,7 @@ pub(crate) struct Pool {
     idle: Mutex<IdleLists>,
     max_idle: usize,
     idle_timeout: Duration,
-    in_flight: AtomicUsize,
+    pub(super) in_flight: AtomicUsize,
 }
 
 /// An open connection to one address of the origin.
@@ -131,7 +124,7 @@ impl Pool {
     }
 
     /// Puts `conn` back unless it is closed; the oldest goes when more than `max_idle` wait.
-    fn checkin(&self, conn: Conn) {
+    pub(super) fn checkin(&self, conn: Conn) {
         if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
@@ -139,7 +132,7 @@ impl Pool {
     }
 
     /// Puts a lean connection back; the oldest goes when more than `max_idle` wait.
-    fn checkin_wire(&self, wire: Wire) {
+    pub(super) fn checkin_wire(&self, wire: Wire) {
         if self.max_idle > 0 {
             self.push(wire, |lists| &mut lists.wires);
         }
@@ -178,107 +171,16 @@ impl Pool {
     }
 }
 
-/// Counts one request in flight for as long as it lives.
-#[derive(Debug)]
-pub(crate) struct InFlight(Arc<Pool>);
-
-impl InFlight {
-    /// Counts a request that starts now.
-    pub(crate) fn enter(pool: &Arc<Pool>) -> Self {
-        pool.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(pool.clone())
-    }
-
-    /// Gives a lean connection whose exchange has ended back to the pool.
-    pub(crate) fn checkin_wire(&self, wire: Wire) {
-        self.0.checkin_wire(wire);
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pin_project! {
-    /// An origin's response body. Its connection goes back to the pool once the body has ended
-    /// cleanly; an error or a drop mid-way closes it, since unread bytes would corrupt the
-    /// next exchange. The request stays counted in flight until this is dropped.
-    pub(crate) struct PooledBody {
-        #[pin]
-        inner: Incoming,
-        conn: Option<Conn>,
-        in_flight: InFlight,
-    }
-
-    impl PinnedDrop for PooledBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            // A body with no frames (204, HEAD, Content-Length: 0) is never polled: dropping
-            // it is its normal end.
-            if this.inner.is_end_stream()
-                && let Some(conn) = this.conn.take()
-            {
-                this.in_flight.0.checkin(conn);
-            }
-        }
-    }
-}
-
-impl PooledBody {
-    /// Wraps `inner`; `conn` (if any) returns to the pool of `in_flight` when the body ends.
-    pub(crate) fn new(inner: Incoming, conn: Option<Conn>, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            conn,
-            in_flight,
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            // hyper stops polling once a body reports its end, so this may be the last call.
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                this.conn.take(); // dropping the sender closes the broken connection
-                false
-            }
-            Poll::Pending => false,
-        };
-        if ended && let Some(conn) = this.conn.take() {
-            this.in_flight.0.checkin(conn);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use hyper_util::rt::TokioIo;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::proxy::wire::OriginIo;
+    use crate::proxy::upstream::h1::OriginIo;
+    use crate::proxy::upstream::lease::InFlight;
 
     #[tokio::test]
     async fn pool_max_idle_bounds_both_kinds_of_connection_together() {

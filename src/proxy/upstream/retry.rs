@@ -26,9 +26,10 @@ use crate::observe::Chain;
 use crate::observe::metrics::UpstreamFailure;
 use crate::policy::body_limit::{self, Capped};
 use crate::proxy::body::{BodyError, BodyFate, ClientBody, Fate, Spill, UpstreamBody};
-use crate::proxy::health::Outcome;
 use crate::proxy::linger;
-use crate::proxy::{ProxyBody, ProxyError, UpstreamPool};
+use crate::proxy::upstream::UpstreamPool;
+use crate::proxy::upstream::health::Outcome;
+use crate::proxy::{ProxyBody, ProxyError};
 
 /// The client's request body, as the forwarding step will send it.
 pub(crate) enum Payload {
