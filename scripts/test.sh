@@ -5,17 +5,18 @@
 #
 #   1. Debian packages the tests use (Pebble, curl, openssl, nghttp2-client, ...) and the C
 #      toolchain aws-lc-sys builds with; apt-get runs only when one of them is missing.
-#   2. cargo fmt --check
-#   3. cargo clippy --all-targets --locked -- -D warnings
-#   4. cargo test --locked         (unit tests and the end-to-end tests, Pebble included)
-#   5. scripts/check-deb.sh        (the Debian package's contents; installs cargo-deb once)
+#   2. scripts/check-commits.sh (commit messages, CONTRIBUTING.md)
+#   3. cargo fmt --check
+#   4. cargo clippy --all-targets --locked -- -D warnings
+#   5. cargo test --locked         (unit tests and the end-to-end tests, Pebble included)
+#   6. scripts/check-deb.sh        (the Debian package's contents; installs cargo-deb once)
 #
 # Needs a Rust toolchain with rustfmt and clippy (rustup); it is not installed here.
 set -euo pipefail
 
 # Everything the build and the tests need from Debian, in one place.
 # systemd: systemd-socket-activate for tests/systemd.rs.
-PACKAGES="pebble curl openssl ca-certificates build-essential pkg-config nghttp2-client procps iproute2 systemd"
+PACKAGES="git pebble curl openssl ca-certificates build-essential pkg-config nghttp2-client procps iproute2 systemd"
 
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +33,7 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
 set -x
+scripts/check-commits.sh
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked 2>&1 | tee "$results"
