@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_max_and_a_closed_connection_frees_its_place() {
-        let mut per_ip = PerIp::new("test", Some(2)).expect("capped");
+        // The refusal counter lives in the process-wide registry: a listener name of its own
+        // keeps the other tests' refusals, run in parallel, out of this count.
+        let mut per_ip = PerIp::new("per_ip_counts", Some(2)).expect("capped");
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let first = per_ip.admit(a).expect("first");
@@ -120,7 +122,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_64_is_one_client_and_forgotten_once_it_holds_nothing() {
-        let mut per_ip = PerIp::new("test", Some(1)).expect("capped");
+        let mut per_ip = PerIp::new("per_ip_v6", Some(1)).expect("capped");
         let held = per_ip
             .admit("2001:db8:1:2::1".parse().unwrap())
             .expect("first");
