@@ -70,7 +70,7 @@ async fn names(client: &mut HttpClient, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn active_checks_eject_an_origin_whose_healthz_fails_and_bring_it_back() {
-    logs::capture(logs::Format::Json, "rampart::proxy::health=info");
+    logs::capture(logs::Format::Json, "rampart::proxy::upstream::health=info");
     let env = Env::new();
     let flaky = Flaky::start(None).await;
     let steady = Upstream::echo("steady").await;
@@ -111,7 +111,7 @@ async fn active_checks_eject_an_origin_whose_healthz_fails_and_bring_it_back() {
 
 #[tokio::test]
 async fn circuit_opens_on_a_dead_origin_and_closes_after_one_probe_when_it_returns() {
-    logs::capture(logs::Format::Json, "rampart::proxy::health=info");
+    logs::capture(logs::Format::Json, "rampart::proxy::upstream::health=info");
     let env = Env::new();
     let dead = refused_addr();
     let steady = Upstream::echo("steady").await;

@@ -12,12 +12,11 @@
 //! A file that cannot be read or parsed leaves the route with an empty key set: every request
 //! is refused (fail closed) and the problem is logged at error level.
 //!
-//! `jwks_url:` is fetched by a task spawned when the route table is built: at once, then every
-//! `jwks_refresh`, and early when a token names a `kid` the set lacks (at most once per
-//! [`MIN_REFETCH`]). A failed fetch keeps the previous set. The task holds only the key set and
-//! a [`CancellationToken`] whose drop guard lives in the route's [`KeyStore`]: dropping the
-//! route table (reload, shutdown) stops it. This is the one long-lived task outside `server/`;
-//! it does no work on behalf of a request and owns nothing the server must drain.
+//! `jwks_url:` is fetched by a task that building the route table returns and the server spawns
+//! on its tracker: at once, then every `jwks_refresh`, and early when a token names a `kid` the
+//! set lacks (at most once per [`MIN_REFETCH`]). A failed fetch keeps the previous set. The
+//! task holds only the key set and a [`CancellationToken`] whose drop guard lives in the
+//! route's [`KeyStore`]: dropping the route table (a reload) stops it, as does shutdown.
 //!
 //! The request path only loads the [`ArcSwap`] snapshot: no lock, no I/O.
 
@@ -28,6 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::DecodingKey;
@@ -222,18 +222,21 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// Loads `keys`: reads the file now, or spawns the refresh task for a url (which needs a
-    /// tokio runtime; without one the set stays empty and the problem is logged).
-    pub fn from_config(keys: &JwtKeys, hmac_allowed: bool) -> Self {
+    /// Loads `keys`: reads the file now, or, for a url, returns with an empty set and the
+    /// refresh task that fills it, for the server to spawn.
+    pub fn from_config(
+        keys: &JwtKeys,
+        hmac_allowed: bool,
+    ) -> (Self, Option<BoxFuture<'static, ()>>) {
         match keys {
             JwtKeys::File(path) => match read_file(path, hmac_allowed) {
                 Ok(set) => {
                     info!(path = %path.display(), keys = set.len(), "loaded JWT keys");
-                    Self::fixed(set)
+                    (Self::fixed(set), None)
                 }
                 Err(err) => {
                     error!(error = %Chain(&err), "JWT auth refuses every request of the route");
-                    Self::fixed(KeySet::default())
+                    (Self::fixed(KeySet::default()), None)
                 }
             },
             JwtKeys::Url { url, refresh, ca } => {
@@ -242,27 +245,24 @@ impl KeyStore {
                     Ok(fetcher) => fetcher,
                     Err(err) => {
                         error!(error = %Chain(&err), "JWT auth refuses every request of the route");
-                        return store;
+                        return (store, None);
                     }
-                };
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    error!(%url, "no runtime to fetch the JWKS on; JWT auth refuses every request");
-                    return store;
                 };
                 let (stop, notify) = (CancellationToken::new(), Arc::new(Notify::new()));
                 // Tied to the table's lifetime by the drop guard; see the module doc.
-                runtime.spawn(keep_fresh(
+                let refresh = keep_fresh(
                     fetcher,
                     store.keys.clone(),
                     *refresh,
                     notify.clone(),
                     stop.clone(),
-                ));
-                Self {
+                );
+                let store = Self {
                     refetch: Some(notify),
                     _stop: Some(stop.drop_guard()),
                     ..store
-                }
+                };
+                (store, Some(Box::pin(refresh)))
             }
         }
     }
@@ -293,14 +293,27 @@ impl KeyStore {
 /// The `jwks_url` key stores of a route table, by their config, so that a rebuilt table (a
 /// reload) and routes sharing one url share one store and one refresh task: no refetch, and no
 /// window with an empty key set. Key files are not shared: a reload re-reads them.
-#[derive(Debug, Default)]
-pub struct KeyStores(Vec<(JwtKeys, Arc<KeyStore>)>);
+#[derive(Default)]
+pub struct KeyStores {
+    stores: Vec<(JwtKeys, Arc<KeyStore>)>,
+    /// Refresh tasks of the stores started here, until the table's builder takes them.
+    started: Vec<BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for KeyStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStores")
+            .field("stores", &self.stores)
+            .field("started", &self.started.len())
+            .finish()
+    }
+}
 
 impl KeyStores {
     /// Offers `store`, loaded from `keys`, for reuse by the table being built.
     pub fn keep(&mut self, keys: &JwtKeys, store: &Arc<KeyStore>) {
         if matches!(keys, JwtKeys::Url { .. }) && self.find(keys).is_none() {
-            self.0.push((keys.clone(), store.clone()));
+            self.stores.push((keys.clone(), store.clone()));
         }
     }
 
@@ -309,13 +322,20 @@ impl KeyStores {
         if let Some(store) = self.find(keys) {
             return store;
         }
-        let store = Arc::new(KeyStore::from_config(keys, hmac_allowed));
+        let (store, refresh) = KeyStore::from_config(keys, hmac_allowed);
+        let store = Arc::new(store);
+        self.started.extend(refresh);
         self.keep(keys, &store);
         store
     }
 
+    /// The refresh tasks of the stores started since the last call, for the server to spawn.
+    pub fn take_started(&mut self) -> Vec<BoxFuture<'static, ()>> {
+        std::mem::take(&mut self.started)
+    }
+
     fn find(&self, keys: &JwtKeys) -> Option<Arc<KeyStore>> {
-        self.0
+        self.stores
             .iter()
             .find(|(k, _)| k == keys)
             .map(|(_, s)| s.clone())

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::config::{
@@ -130,6 +131,8 @@ struct Carried {
     key_stores: KeyStores,
     rate: HashMap<String, Arc<RateLimiter>>,
     concurrency: HashMap<String, Arc<ConcurrencyLimit>>,
+    /// The background work of the pools built new (maintenance, health checks).
+    background: Vec<BoxFuture<'static, ()>>,
 }
 
 impl Carried {
@@ -164,9 +167,14 @@ impl Carried {
 
     /// The pool for `upstreams`: the kept one, else new (and then shared by later routes).
     fn pool(&mut self, upstreams: &Upstreams, defaults: &UpstreamDefaults) -> Arc<UpstreamPool> {
+        let background = &mut self.background;
         self.pools
             .entry(upstreams.clone())
-            .or_insert_with(|| Arc::new(UpstreamPool::new(upstreams, defaults)))
+            .or_insert_with(|| {
+                let (pool, work) = UpstreamPool::new(upstreams, defaults);
+                background.push(Box::pin(work));
+                Arc::new(pool)
+            })
             .clone()
     }
 
@@ -203,8 +211,14 @@ fn route_owner(site: &str, path: &PathMatch, methods: &[Method]) -> String {
 }
 
 impl RouteTable {
-    /// Builds the table, taking over from `previous` what is unchanged (see `Carried`).
-    pub fn from_config(config: &Config, previous: Option<&RouteTable>) -> Self {
+    /// Builds the table, taking over from `previous` what is unchanged (see `Carried`), and
+    /// returns with it the background work of what it built new (origin maintenance, health
+    /// checks, JWKS refreshes), for the server to spawn on its tracker. Each piece ends when
+    /// what it serves is dropped with its table.
+    pub fn from_config(
+        config: &Config,
+        previous: Option<&RouteTable>,
+    ) -> (Self, Vec<BoxFuture<'static, ()>>) {
         let mut carried = Carried::of(previous, config);
         let mut table = Self {
             upstream: Some(config.upstream.clone()),
@@ -249,7 +263,9 @@ impl RouteTable {
                 identity_fields,
             });
         }
-        table
+        let mut background = carried.background;
+        background.extend(carried.key_stores.take_started());
+        (table, background)
     }
 
     /// The site serving `name` (an SNI or a request host, lower-case, no port): exact, then the
@@ -557,5 +573,35 @@ mod tests {
             Err(RouteMiss::MethodNotAllowed(ANY_METHOD.to_vec()))
         );
         assert_eq!(served(&site, Method::GET, "/x"), Ok("any".to_owned()));
+    }
+
+    /// Building a table starts nothing: a pool's health checks run only once the work the
+    /// table returns is spawned (by the server, on its tracker), and stop with the table.
+    #[tokio::test]
+    async fn a_table_returns_its_background_work_instead_of_spawning_it() {
+        let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let yaml = format!(
+            "sites:\n  - hosts: [t.test]\n    tls: internal\n    upstreams: [\"http://{}\"]\n    \
+             health: {{ path: /healthz, every: 10ms, timeout: 100ms }}\n",
+            origin.local_addr().unwrap()
+        );
+        let config = crate::config::parse(&yaml, std::path::Path::new("t.yaml")).unwrap();
+        let probed =
+            || tokio::time::timeout(std::time::Duration::from_millis(300), origin.accept());
+
+        let (table, background) = RouteTable::from_config(&config, None);
+        assert_eq!(background.len(), 1, "one pool, one piece of work");
+        assert!(
+            probed().await.is_err(),
+            "a health check ran before anything was spawned"
+        );
+
+        let running = tokio::spawn(futures_util::future::join_all(background));
+        assert!(probed().await.is_ok(), "the spawned work checks the origin");
+        drop(table);
+        tokio::time::timeout(std::time::Duration::from_secs(5), running)
+            .await
+            .expect("the work ends with its table")
+            .unwrap();
     }
 }

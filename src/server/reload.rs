@@ -188,7 +188,17 @@ impl Reloader {
                 }
             }
         }
-        let table = RouteTable::from_config(&config, Some(&self.proxy.table()));
+        let (table, background) = RouteTable::from_config(&config, Some(&self.proxy.table()));
+        for work in background {
+            let stop = self.stop.clone();
+            // Ends with what it serves (dropped with a replaced table) or at shutdown.
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = work => {}
+                }
+            });
+        }
         self.proxy.replace(table);
 
         let config = Arc::new(config);

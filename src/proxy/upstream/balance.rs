@@ -2,8 +2,9 @@
 //!
 //! Built with the route table (and carried over a reload when the route's upstream settings
 //! did not change); read per request. The choice itself is the pure [`choose`]; the pool
-//! feeds it what it knows of each origin (health, requests in flight, `max_conns`). A pool with
-//! `health:` starts its checker task when built and stops it when dropped.
+//! feeds it what it knows of each origin (health, requests in flight, `max_conns`). A new pool
+//! comes with its background work (its origins' maintenance, and its checker with `health:`)
+//! for the server to spawn; that work ends when the pool is dropped.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -11,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, join_all};
 use http::HeaderMap;
 use rand::Rng;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::debug;
 
 use crate::config::{Balance, UpstreamDefaults, UpstreamUrl, Upstreams};
 use crate::proxy::ProxyError;
@@ -64,14 +66,20 @@ pub(crate) struct Candidate {
 }
 
 impl UpstreamPool {
-    /// One pooled client per origin of `settings`, configured from `defaults`; starts the
-    /// health checker when `settings.health` is set and a runtime is running.
-    pub fn new(settings: &Upstreams, defaults: &UpstreamDefaults) -> Self {
-        let upstreams: Vec<Upstream> = settings
-            .targets
-            .iter()
-            .map(|target| Upstream::new(target, settings, defaults))
-            .collect();
+    /// One pooled client per origin of `settings`, configured from `defaults`; and the pool's
+    /// background work for the server to spawn: each origin's maintenance and, when
+    /// `settings.health` is set, the health checker. It ends when the pool is dropped.
+    pub fn new(
+        settings: &Upstreams,
+        defaults: &UpstreamDefaults,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let mut background: Vec<BoxFuture<'static, ()>> = Vec::new();
+        let mut upstreams = Vec::with_capacity(settings.targets.len());
+        for target in &settings.targets {
+            let (upstream, maintenance) = Upstream::new(target, settings, defaults);
+            upstreams.push(upstream);
+            background.push(Box::pin(maintenance));
+        }
         let labels: Vec<String> = upstreams.iter().map(|u| u.label().to_owned()).collect();
         let ids = labels.iter().map(|l| stable_hash(l.as_bytes())).collect();
         let origins = Arc::new(Origins {
@@ -79,30 +87,26 @@ impl UpstreamPool {
             upstreams,
             ids,
         });
-        let checker = settings.health.clone().and_then(|check| {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                debug!("no runtime: health checks not started");
-                return None;
-            };
+        let checker = settings.health.clone().map(|check| {
             let stop = CancellationToken::new();
-            // Owned by the pool, not the server's tracker: it holds no client connection and
-            // ends at the next await once the pool (and so the guard) is dropped.
-            runtime.spawn(checker::run(
+            // Ends at its next await once the pool (and so the guard) is dropped.
+            background.push(Box::pin(checker::run(
                 origins.clone(),
                 check,
                 settings.timeouts.clone(),
                 stop.clone(),
-            ));
-            Some(stop.drop_guard())
+            )));
+            stop.drop_guard()
         });
         let weights: Vec<u32> = settings.targets.iter().map(|t| t.weight).collect();
-        Self {
+        let pool = Self {
             strategy: Strategy::from_config(&settings.balance, &weights),
             origins,
             turn: AtomicUsize::new(0),
             settings: settings.clone(),
             _checker: checker,
-        }
+        };
+        (pool, join_all(background).map(drop))
     }
 
     /// The settings the pool was built from.
@@ -496,7 +500,8 @@ mod tests {
             unhealthy_after: 1,
             expect_status: ExpectStatus::Class(2),
         });
-        let pool = UpstreamPool::new(&settings, &defaults);
+        let (pool, background) = UpstreamPool::new(&settings, &defaults);
+        tokio::spawn(background);
         let origins = Arc::downgrade(&pool.origins);
         assert_eq!(origins.strong_count(), 2, "the checker holds the origins");
         drop(pool);

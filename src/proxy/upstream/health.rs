@@ -4,7 +4,7 @@
 //! [`PoolHealth`] is created with its `balance::UpstreamPool`. The request path reads it with a
 //! few atomic loads per origin ([`PoolHealth::admission`]) and writes each request's outcome
 //! ([`PoolHealth::report`]). Active checks run in one background task per pool (`checker`),
-//! spawned when the pool is built and cancelled when it is dropped. Every transition is logged
+//! spawned by the server when the pool is built and cancelled when it is dropped. Every transition is logged
 //! once (warn going down, info coming back) and mirrored in `rampart_upstream_healthy`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

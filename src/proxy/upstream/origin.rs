@@ -4,8 +4,9 @@
 //! Created with the route table (by `balance::UpstreamPool`) and live as long as it does.
 //! Requests run on the request's own task: checkout, connect if needed, send; no task or box per
 //! request. A request whose body is in memory also does its connection's I/O (`h1`); a hyper
-//! connection's I/O runs in a task of its own. Each upstream has one maintenance task (idle
-//! expiry, DNS re-resolution) that ends when the `Upstream` is dropped.
+//! connection's I/O runs in a task of its own. Each upstream has one maintenance future (idle
+//! expiry, DNS re-resolution), returned by [`Upstream::new`] for the server to spawn on its
+//! tracker, that ends when the `Upstream` is dropped.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -52,12 +53,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// An origin with an empty pool: `target` from the route's `upstreams`, TLS roots from its
-    /// `ca:`, pool and DNS settings from `defaults`.
+    /// `ca:`, pool and DNS settings from `defaults`; and its maintenance (idle expiry, DNS
+    /// re-resolution) for the server to spawn, which ends when the `Upstream` is dropped.
     pub(crate) fn new(
         target: &UpstreamTarget,
         upstreams: &Upstreams,
         defaults: &UpstreamDefaults,
-    ) -> Self {
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let url = target.url.clone();
         let label: Arc<str> = url.to_string().into();
         let tasks = TaskTracker::new();
@@ -67,21 +69,17 @@ impl Upstream {
         ));
         let addresses = Arc::new(Addresses::new(&url, defaults));
         let stop = CancellationToken::new();
-        // Route tables are built inside the runtime; a table built outside (a unit test) simply
-        // has no maintenance: idle expiry is still checked at checkout.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tasks.spawn(maintain(
-                Arc::downgrade(&pool),
-                addresses.clone(),
-                label.to_string(),
-                Schedule {
-                    sweep_every: defaults.pool_idle_timeout.max(MIN_SWEEP),
-                    resolve_every: defaults.resolve_every,
-                },
-                stop.clone(),
-            ));
-        }
-        Self {
+        let maintenance = maintain(
+            Arc::downgrade(&pool),
+            addresses.clone(),
+            label.to_string(),
+            Schedule {
+                sweep_every: defaults.pool_idle_timeout.max(MIN_SWEEP),
+                resolve_every: defaults.resolve_every,
+            },
+            stop.clone(),
+        );
+        let upstream = Self {
             connector: Connector::new(&url, upstreams.ca.as_deref(), tasks),
             metrics: UpstreamMetrics::new(&label),
             url,
@@ -90,7 +88,8 @@ impl Upstream {
             addresses,
             max_conns: target.max_conns,
             _maintenance: stop.drop_guard(),
-        }
+        };
+        (upstream, maintenance)
     }
 
     /// `url` as text, formatted once.
@@ -436,7 +435,7 @@ mod tests {
         let url = UpstreamUrl::parse(url).unwrap();
         let mut settings = Upstreams::with_defaults(vec![url], &defaults());
         settings.targets[0].max_conns = max_conns;
-        let upstream = Upstream::new(&settings.targets[0], &settings, &defaults());
+        let (upstream, _maintenance) = Upstream::new(&settings.targets[0], &settings, &defaults());
         (upstream, settings.timeouts)
     }
 
