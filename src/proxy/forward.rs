@@ -36,6 +36,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes a response's Content-Length when it also has Transfer-Encoding, and says whether
+/// it did. The transfer coding frames the body (RFC 9112 §6.3) and, being hop-by-hop, is not
+/// forwarded: the length would then describe a body the client never gets, and a proxy must
+/// remove it. Both at once is how response smuggling starts, so the caller does not reuse
+/// that origin connection either. The lean client applies the same rule (`h1::codec`).
+pub(crate) fn drop_overridden_length(headers: &mut HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.remove(header::CONTENT_LENGTH).is_some()
+}
+
 /// An IP address as a field value, as `X-Forwarded-For` and `X-Real-IP` carry it.
 pub(crate) fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid field value")

@@ -163,6 +163,7 @@ impl Upstream {
         self.metrics.request();
         let in_flight = InFlight::enter(&self.pool);
         let mut request = with_host(request, &self.url);
+        let asked_to_switch = request.headers().contains_key(http::header::UPGRADE);
         // Each pass either consumes one idle connection or connects anew and returns, so the
         // loop runs at most `pool_max_idle + 1` times.
         loop {
@@ -190,9 +191,15 @@ impl Upstream {
             match sent {
                 Ok(Ok(mut response)) => {
                     // After a 101 the connection belongs to the tunnel, never to the pool; the
-                    // caller strips its head, knowing whether the client asked to switch.
-                    let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
-                    if reusable {
+                    // caller strips its head, knowing whether the client asked to switch. A
+                    // switch nobody asked for is the origin's fault, as on the lean path.
+                    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    if switched && !asked_to_switch {
+                        return Err(self.exchange_failed(None, h1::WireError::UnexpectedSwitch));
+                    }
+                    let reusable =
+                        !switched && !forward::drop_overridden_length(response.headers_mut());
+                    if !switched {
                         forward::strip_hop_by_hop(response.headers_mut(), false);
                     }
                     let conn = reusable.then_some(conn);
@@ -560,6 +567,83 @@ mod tests {
         assert!(failed.request.is_some(), "the unsent request comes back");
         assert!(matches!(failed.error, ProxyError::UpstreamConnect { .. }));
         assert_eq!(upstream.in_flight(), 0);
+    }
+
+    /// An origin that answers every request on every connection with `answer`; also how
+    /// many connections it has accepted.
+    async fn answering(answer: &'static [u8]) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        seen.clear();
+                        if tcp.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    #[tokio::test]
+    async fn on_the_hyper_path_a_length_beside_chunked_goes_and_the_connection_is_not_reused() {
+        let (url, accepted) = answering(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        let (upstream, timeouts) = upstream(&url, None);
+        for _ in 0..2 {
+            let head_by = Instant::now() + timeouts.response_header;
+            let response = upstream
+                .send_hyper(get(), &timeouts, head_by)
+                .await
+                .ok()
+                .unwrap();
+            assert!(
+                !response
+                    .headers()
+                    .contains_key(http::header::CONTENT_LENGTH),
+                "the length chunked overrides would cut the client's copy short"
+            );
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "hello");
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a connection that sent both framings is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_the_hyper_path_a_switch_nobody_asked_for_is_the_origins_error() {
+        let (url, _) =
+            answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").await;
+        let (upstream, timeouts) = upstream(&url, None);
+        let head_by = Instant::now() + timeouts.response_header;
+        let Err(failed) = upstream.send_hyper(get(), &timeouts, head_by).await else {
+            panic!("a 101 to a request without Upgrade");
+        };
+        assert_eq!(failed.failure, UpstreamFailure::Exchange);
+        assert!(matches!(failed.error, ProxyError::Upstream { .. }));
     }
 
     #[test]

@@ -233,7 +233,13 @@ pub(super) fn framing(
     head_request: bool,
 ) -> Result<(Framing, bool), WireError> {
     let keep_alive = head.version == Version::HTTP_11 && !head.close;
-    let mut suspect = false;
+    // Transfer-Encoding wins over any Content-Length (RFC 9112 §6.3), which would mislead the
+    // client, as the hop-by-hop Transfer-Encoding is not forwarded: it goes, even where no
+    // body follows, as on the hyper path (`forward::drop_overridden_length`). Both at once is
+    // how smuggling starts: what follows on that connection is not trusted, so it is never
+    // reused.
+    let suspect =
+        head.transfer_coding.is_some() && headers.remove(header::CONTENT_LENGTH).is_some();
     let framing = if head_request
         || head.status == StatusCode::NO_CONTENT
         || head.status == StatusCode::NOT_MODIFIED
@@ -245,11 +251,6 @@ pub(super) fn framing(
         if head.version == Version::HTTP_10 {
             return Err(WireError::TransferEncoding10);
         }
-        // Transfer-Encoding wins over any Content-Length (RFC 9112 §6.3), which would
-        // mislead the client, as the hop-by-hop Transfer-Encoding is not forwarded. Both
-        // at once is how smuggling starts: the body is read as chunked, but what follows
-        // it on that connection is not trusted, so the connection is never reused.
-        suspect = headers.remove(header::CONTENT_LENGTH).is_some();
         if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
