@@ -6,15 +6,13 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::codec::{
-    self, Chunk, Framing, MAX_HEAD, ParsedHead, Step, WireError, encode, parse_head, take,
-};
+use super::codec::{self, Chunk, Framing, ParsedHead, Step, WireError, encode, take};
 use super::conn::Wire;
 use crate::proxy::forward;
 use crate::proxy::upstream::lease::InFlight;
@@ -50,18 +48,8 @@ impl Wire {
         })?;
         let mut received = false;
         loop {
-            if let Some(head) = parse_head(&self.read)? {
-                match head.status.as_u16() {
-                    101 => return Err(WireError::UnexpectedSwitch),
-                    100..=199 => {
-                        self.read.advance(head.len);
-                        continue;
-                    }
-                    _ => return self.respond(head, *method == Method::HEAD, in_flight),
-                }
-            }
-            if self.read.len() >= MAX_HEAD {
-                return Err(WireError::HeadTooLarge);
+            if let Some(head) = codec::final_head(&mut self.read)? {
+                return self.respond(head, *method == Method::HEAD, in_flight);
             }
             self.read.reserve(READ_SIZE);
             match self.io.read_buf(&mut self.read).await {

@@ -171,6 +171,25 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, WireError> {
     }))
 }
 
+/// The final response head at the start of `buf`, or `None` while it is incomplete. Interim
+/// 1xx responses before it are consumed, as hyper's client skips them; a 101 is an error, as
+/// no request of this client asks for an upgrade.
+pub(super) fn final_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, WireError> {
+    loop {
+        let Some(head) = parse_head(buf)? else {
+            if buf.len() >= MAX_HEAD {
+                return Err(WireError::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        match head.status.as_u16() {
+            101 => return Err(WireError::UnexpectedSwitch),
+            100..=199 => buf.advance(head.len),
+            _ => return Ok(Some(head)),
+        }
+    }
+}
+
 /// Writes the request line, `headers`, our own framing and `body` into `out`.
 pub(super) fn encode(
     method: &Method,

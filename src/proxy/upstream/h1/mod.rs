@@ -9,11 +9,14 @@
 //!
 //! `codec` is the HTTP/1.1 framing without I/O (heads with httparse, hyper's parser), `conn`
 //! one connection, `body` one exchange on it and the response body that gives it back.
+//! `differential` (a test) holds the codec to hyper's client on generated and corpus responses.
 
 mod body;
 mod codec;
 mod conn;
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;
 
