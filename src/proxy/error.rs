@@ -11,7 +11,19 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use crate::policy::AuthFailure;
 use crate::policy::rate_limit::Limited;
+use crate::proxy::upstream::h1::WireError;
 use crate::request::Refusal;
+
+/// Why an exchange with an origin broke, by the client that ran it.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// hyper's client: streamed bodies and upgrades.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The lean HTTP/1.1 client: bodies in memory.
+    #[error(transparent)]
+    H1(#[from] WireError),
+}
 
 /// A request that failed before the origin's response reached the client.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +60,9 @@ pub enum ProxyError {
     Upstream {
         /// The origin.
         upstream: Arc<str>,
-        /// Cause: hyper's error, or a lean exchange's (`WireError`).
+        /// Cause, by the client that ran the exchange.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: ExchangeError,
     },
     /// The origin sent no response head in time.
     #[error("upstream {upstream} sent no response within {timeout:?}")]

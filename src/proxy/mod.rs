@@ -21,7 +21,7 @@ pub(crate) mod upstream;
 
 pub use ahead::SendStalled;
 pub use body::{BodyError, ClientBodyStalled, IdleElapsed, Metered, ProxyBody};
-pub use error::{ConnectError, ProxyError, Side};
+pub use error::{ConnectError, ExchangeError, ProxyError, Side};
 pub use router::{Action, Route, RouteMiss, RouteTable, SiteRoutes};
 pub use service::{ConnInfo, Proxy};
 pub use upstream::h1::WireError;

@@ -26,7 +26,7 @@ use crate::config::{
 use crate::observe::Chain;
 use crate::observe::metrics::{UpstreamFailure, UpstreamMetrics};
 use crate::proxy::body::{IdleTimeout, UpstreamBody};
-use crate::proxy::error::ConnectError;
+use crate::proxy::error::{ConnectError, ExchangeError};
 use crate::proxy::forward;
 use crate::proxy::upstream::connect::Connector;
 use crate::proxy::upstream::h1::{self, Wire};
@@ -289,11 +289,11 @@ impl Upstream {
     fn exchange_failed(
         &self,
         unsent: Option<Request<UpstreamBody>>,
-        source: impl std::error::Error + Send + Sync + 'static,
+        source: impl Into<ExchangeError>,
     ) -> SendError {
         let error = ProxyError::Upstream {
             upstream: self.label.clone(),
-            source: Box::new(source),
+            source: source.into(),
         };
         self.fail(UpstreamFailure::Exchange, unsent, error)
     }
@@ -643,7 +643,13 @@ mod tests {
             panic!("a 101 to a request without Upgrade");
         };
         assert_eq!(failed.failure, UpstreamFailure::Exchange);
-        assert!(matches!(failed.error, ProxyError::Upstream { .. }));
+        assert!(matches!(
+            failed.error,
+            ProxyError::Upstream {
+                source: ExchangeError::H1(h1::WireError::UnexpectedSwitch),
+                ..
+            }
+        ));
     }
 
     #[test]
