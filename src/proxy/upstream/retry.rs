@@ -280,15 +280,22 @@ pub(crate) async fn forward(
                 return Ok(response);
             }
             Err(failed) => {
-                // A streamed body that failed (or, for a missing response head, had not all
-                // arrived) failed the exchange: the client's doing, never the origin's, and
-                // nothing to retry.
-                let fate = fate.as_ref().map(|fate| fate.get());
-                if let Some(fate) = fate.filter(|fate| {
-                    fate.is_failed()
-                        || (*fate == Fate::Streaming && failed.failure == UpstreamFailure::Timeout)
-                }) {
-                    debug!(upstream = upstream.label(), error = %Chain(&failed.error), ?fate, "client failed the exchange");
+                let failed_try = FailedTry {
+                    failure: failed.failure,
+                    fate: fate.as_ref().map(|fate| fate.get()),
+                    handed_back: failed.request.is_some(),
+                    buffered: buffered.is_some(),
+                    idempotent,
+                };
+                let next = after_failure(&failed_try);
+                debug!(
+                    upstream = upstream.label(),
+                    error = %Chain(&failed.error),
+                    ?failed_try,
+                    ?next,
+                    "try failed"
+                );
+                if let Next::ClientsFault(fate) = next {
                     return Err(match (fate, failed.error) {
                         (Fate::Streaming, ProxyError::UpstreamTimeout { timeout, .. }) => {
                             ProxyError::RequestBodyTimeout { timeout }
@@ -300,28 +307,63 @@ pub(crate) async fn forward(
                 pool.report(index, Outcome::Failure);
                 tried.resize(pool.len(), false);
                 tried[index] = true;
-                let never_sent =
-                    failed.request.is_some() || failed.failure == UpstreamFailure::Connect;
                 if let Some(request) = failed.request {
                     streamed = Some(request.into_body());
                 }
-                let resendable = buffered.is_some() || streamed.is_some();
-                let may_retry = resendable && (never_sent || (idempotent && buffered.is_some()));
-                debug!(
-                    upstream = upstream.label(),
-                    error = %Chain(&failed.error),
-                    never_sent,
-                    may_retry,
-                    "try failed"
-                );
                 last = Some(failed.error);
-                if !may_retry {
+                if next == Next::Stop {
                     break;
                 }
             }
         }
     }
     Err(last.expect("the loop runs at least once and sets `last` before leaving it"))
+}
+
+/// A failed try, as far as deciding what comes next needs it.
+#[derive(Clone, Copy, Debug)]
+struct FailedTry {
+    /// How the exchange failed.
+    failure: UpstreamFailure,
+    /// How the client's streamed body had ended by then (`None`: the body is in memory).
+    fate: Option<Fate>,
+    /// Whether the request came back unsent (hyper found its pooled connection closed, or no
+    /// connection could be made).
+    handed_back: bool,
+    /// Whether the body is in memory, so it can be sent again.
+    buffered: bool,
+    /// Whether the method is idempotent.
+    idempotent: bool,
+}
+
+/// What follows a failed try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The client's body failed the exchange (or, while the origin waited for the rest of it,
+    /// had not all arrived): the client's failure, counted against no origin, never retried.
+    ClientsFault(Fate),
+    /// The origin's failure; the request goes to another origin.
+    Retry,
+    /// The origin's failure, and the client hears of it.
+    Stop,
+}
+
+/// The retry rule. A request is sent again only when it provably never reached the origin
+/// (it was handed back, or no connection was made), or when it is idempotent with its body
+/// in memory; a streamed body handed back can be sent once more, one that left cannot.
+fn after_failure(failed: &FailedTry) -> Next {
+    if let Some(fate) = failed.fate.filter(|fate| {
+        fate.is_failed() || (*fate == Fate::Streaming && failed.failure == UpstreamFailure::Timeout)
+    }) {
+        return Next::ClientsFault(fate);
+    }
+    let never_sent = failed.handed_back || failed.failure == UpstreamFailure::Connect;
+    let resendable = failed.buffered || failed.handed_back;
+    if resendable && (never_sent || (failed.idempotent && failed.buffered)) {
+        Next::Retry
+    } else {
+        Next::Stop
+    }
 }
 
 /// One try's timeouts: the response head may not wait past the total deadline.
@@ -335,6 +377,47 @@ fn try_timeouts(route: &Timeouts, remaining: Duration) -> Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_rule_as_a_table() {
+        use Fate::{Broken, Complete, Gone, Stalled, Streaming, TooLarge};
+        use Next::{ClientsFault, Retry, Stop};
+        use UpstreamFailure::{Connect, Exchange, Timeout};
+        // (failure, fate of a streamed body, handed back, buffered, idempotent) → next
+        #[rustfmt::skip]
+        let table = [
+            // Bodies in memory: idempotent requests go again, others only if they never left.
+            (Exchange, None, false, true, true, Retry),
+            (Timeout, None, false, true, true, Retry),
+            (Exchange, None, false, true, false, Stop),
+            (Timeout, None, false, true, false, Stop),
+            (Connect, None, false, true, false, Retry),
+            (Exchange, None, true, true, false, Retry),
+            // Streamed bodies: only one handed back unsent goes again, whatever the method.
+            (Exchange, Some(Complete), false, false, true, Stop),
+            (Exchange, Some(Streaming), false, false, true, Stop),
+            (Exchange, Some(Streaming), true, false, false, Retry),
+            (Connect, Some(Streaming), true, false, false, Retry),
+            (Timeout, Some(Complete), false, false, true, Stop),
+            // The client's body failed the exchange: its fault, whatever the origin did.
+            (Exchange, Some(Broken), false, false, true, ClientsFault(Broken)),
+            (Exchange, Some(Gone), false, false, true, ClientsFault(Gone)),
+            (Timeout, Some(Stalled), false, false, true, ClientsFault(Stalled)),
+            (Exchange, Some(TooLarge), true, false, false, ClientsFault(TooLarge)),
+            // No head while the body was still arriving: the origin was waiting for it.
+            (Timeout, Some(Streaming), false, false, true, ClientsFault(Streaming)),
+        ];
+        for (failure, fate, handed_back, buffered, idempotent, next) in table {
+            let failed = FailedTry {
+                failure,
+                fate,
+                handed_back,
+                buffered,
+                idempotent,
+            };
+            assert_eq!(after_failure(&failed), next, "{failed:?}");
+        }
+    }
 
     #[test]
     fn a_try_never_waits_past_the_total_deadline() {
