@@ -2,9 +2,10 @@
 //! built with the route table: body limit, JWT auth, rate limits, concurrency limits, header
 //! rules, and the real client IP behind trusted proxies.
 //!
-//! `proxy::service` calls them in one visible order; none of them does I/O on the request path
-//! (JWKS refreshes run in the background).
+//! `admit` holds the order they run in, which `proxy::service` follows; none of them does I/O
+//! on the request path (JWKS refreshes run in the background).
 
+pub mod admit;
 pub mod auth;
 pub mod body_limit;
 pub mod client_ip;

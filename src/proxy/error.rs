@@ -10,6 +10,7 @@ use http::StatusCode;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
 use crate::policy::AuthFailure;
+use crate::policy::admit::Refused;
 use crate::policy::rate_limit::Limited;
 use crate::proxy::upstream::h1::WireError;
 use crate::request::Refusal;
@@ -123,6 +124,16 @@ pub enum ProxyError {
     /// full or the wait timed out).
     #[error("route has its maximum of requests in flight")]
     ConcurrencyLimited,
+}
+
+impl From<Refused> for ProxyError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::BodyTooLarge { max } => Self::BodyTooLarge { max },
+            Refused::RateLimited { scope, limit } => Self::RateLimited { scope, limit },
+            Refused::Unauthorized(failure) => Self::Unauthorized { failure },
+        }
+    }
 }
 
 impl From<Refusal> for ProxyError {

@@ -21,13 +21,12 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::{
-    Downstream, EscapedSlashes, HeaderRules, PathMatch, RateKey, Rewrite, contains_ip,
-};
+use crate::config::{Downstream, EscapedSlashes, HeaderRules, PathMatch, Rewrite, contains_ip};
 use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
-use crate::policy::{body_limit, client_ip, headers, rate_limit};
+use crate::policy::admit::{Refused, Steps, admit};
+use crate::policy::{client_ip, headers};
 use crate::proxy::ahead::ReadAhead;
 use crate::proxy::error::CLIENT_CLOSED;
 use crate::proxy::linger;
@@ -315,20 +314,20 @@ impl Proxy {
         if canonical.escaped_slash && route.escaped_slashes == EscapedSlashes::Reject {
             return Err(Refusal::EscapedSlash.into());
         }
-        // Policy steps, cheap refusals first: max_body (413) → rate limits not keyed by a
-        // claim, site then route (429) → auth (401) → rate limits keyed by a claim (429) →
-        // concurrency (429, taken by the caller). A declared oversized body is refused before
-        // anything; a flood of forged tokens is limited before any signature is checked.
-        body_limit::check_length(request.headers(), route.max_body)
-            .map_err(|too_large| ProxyError::BodyTooLarge { max: too_large.max })?;
-        check_rate_limits(site, route, client_ip, request.headers(), None)?;
-        // JWT auth before anything reaches the origin; the claims key `jwt:CLAIM` rate limits.
-        if let Some(auth) = &route.auth {
-            let claims = auth
-                .check(request.headers_mut())
-                .map_err(|failure| ProxyError::Unauthorized { failure })?;
-            check_rate_limits(site, route, client_ip, request.headers(), Some(&claims))?;
-        }
+        // The policy steps in their order (see `policy::admit`); the caller takes the
+        // concurrency slot last.
+        let steps = Steps {
+            max_body: route.max_body,
+            site_limit: site.rate_limit.as_deref(),
+            route_limit: route.rate_limit.as_deref(),
+            auth: route.auth.as_ref(),
+        };
+        admit(&steps, client_ip, request.headers_mut()).map_err(|refused| {
+            if matches!(refused, Refused::RateLimited { .. }) {
+                route.metrics.rate_limited.inc();
+            }
+            ProxyError::from(refused)
+        })?;
         Ok((site, route, canonical))
     }
 
@@ -431,33 +430,6 @@ fn hop_head(
     // After our forwarding fields, which the rules cannot change (see policy::headers).
     headers::apply_request(&mut parts.headers, &site.policy.headers, &route.headers);
     (parts, body, downstream_upgrade)
-}
-
-/// The site's and the route's rate limits whose keys are at hand: before auth (`claims`
-/// `None`) those not keyed by a claim, after it those that are. Either refusing counts on the
-/// route; the error names whose limit refused.
-fn check_rate_limits(
-    site: &SiteRoutes,
-    route: &Route,
-    client: std::net::IpAddr,
-    headers: &http::HeaderMap,
-    claims: rate_limit::Claims<'_>,
-) -> Result<(), ProxyError> {
-    if site.rate_limit.is_none() && route.rate_limit.is_none() {
-        return Ok(());
-    }
-    for (scope, limiter) in [("site", &site.rate_limit), ("route", &route.rate_limit)] {
-        let Some(limiter) = limiter else { continue };
-        if matches!(limiter.key(), RateKey::JwtClaim(_)) != claims.is_some() {
-            continue;
-        }
-        let key = rate_limit::key_for(limiter.key(), client, headers, claims);
-        if let Err(limit) = limiter.check(&key) {
-            route.metrics.rate_limited.inc();
-            return Err(ProxyError::RateLimited { scope, limit });
-        }
-    }
-    Ok(())
 }
 
 /// A request's record until it has a response, which then logs it (see [`Metered`]). A
