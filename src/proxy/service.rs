@@ -26,6 +26,7 @@ use crate::observe::Chain;
 use crate::observe::access_log::AccessRecord;
 use crate::observe::metrics::{RouteMetrics, SiteMetrics};
 use crate::policy::admit::{Refused, Steps, admit};
+use crate::policy::concurrency::Permit;
 use crate::policy::{client_ip, headers};
 use crate::proxy::ahead::ReadAhead;
 use crate::proxy::error::CLIENT_CLOSED;
@@ -127,7 +128,7 @@ impl Proxy {
         };
         let canonical = request::canonicalize(&mut request, client, table.underscores);
         let host = canonical.as_ref().ok().map(|c| c.authority.host.clone());
-        let mut unanswered = Unanswered {
+        let mut exchange = Exchange {
             record: Some(AccessRecord {
                 started: Instant::now(),
                 peer: client_ip,
@@ -144,55 +145,47 @@ impl Proxy {
                 trace_id: ids.trace_id,
                 request_id: ids.request_id.clone(),
             }),
-            // Handles pre-created with the table; the route sets the ones that matched.
-            metrics: (&table.unmatched, &table.unmatched_duration),
+            table: &table,
+            site: None,
+            route: None,
         };
-        let (record, metrics) = unanswered.parts();
         // The route's concurrency slot, if it has a limit: rides on the response body.
         let mut permit = None;
-        let mut matched = (None, None);
         // Routing never waits, so it is a plain function: one nested future less in every
         // request's (whose whole size is moved and boxed per request).
         let routed = canonical.map_err(ProxyError::from).and_then(|canonical| {
-            Self::route(
-                &table,
-                &mut request,
-                conn,
-                client_ip,
-                canonical,
-                record,
-                metrics,
-                &mut matched,
-            )
+            Self::route(&mut exchange, &mut request, conn, client_ip, canonical)
         });
         let answered = 'answer: {
             // A request answered here, its body unread, has the body read away after (see
             // `linger`): the answer must reach its client.
-            let (site, route, canonical) = match routed {
+            let (matched, canonical) = match routed {
                 Ok(routed) => routed,
                 Err(err) => {
                     self.linger(request);
                     break 'answer Err(err);
                 }
             };
+            let record = exchange.record();
             // Forwarding's clock starts here: `total` bounds the tries, not a wait in the
             // route's concurrency queue; without one, the request's start is as good.
             let mut start = record.started;
-            // Concurrency last: a request refused by an earlier step never holds a slot.
-            if let Some(limit) = &route.concurrency {
+            // Concurrency last (see `policy::admit`): a request refused by an earlier step
+            // never holds a slot.
+            if let Some(limit) = &matched.route.concurrency {
                 match limit.acquire().await {
                     Ok(slot) => {
                         permit = Some(slot);
                         start = Instant::now();
                     }
                     Err(_) => {
-                        route.metrics.concurrency_limited.inc();
+                        matched.route.metrics.concurrency_limited.inc();
                         self.linger(request);
                         break 'answer Err(ProxyError::ConcurrencyLimited);
                     }
                 }
             }
-            match &route.action {
+            match &matched.route.action {
                 Action::Respond { status, body } => {
                     self.linger(request);
                     Ok(text_response(*status, body.clone()))
@@ -203,80 +196,42 @@ impl Proxy {
                         client_ip,
                         host: canonical.authority.value,
                         upgrade: canonical.upgrade,
+                        ids: &ids,
+                        start,
                     };
-                    self.forward(pool, site, route, request, conn, hop, record, &ids, start)
+                    self.forward(matched, pool, request, conn, hop, record)
                         .await
                 }
             }
         };
         let response = match answered {
             Ok(mut response) => {
-                if let (Some(site), route) = matched {
+                if let Some(site) = exchange.site {
                     headers::apply_response(
                         response.headers_mut(),
                         &site.policy.headers,
-                        route.map(|r: &Route| &r.headers),
+                        exchange.route.map(|r| &r.headers),
                         site.policy.hsts.as_ref(),
                     );
                 }
                 response
             }
-            Err(err) => {
-                record.error = Some(err.kind());
-                if let ProxyError::Unauthorized { failure } = &err {
-                    record.auth = Some(failure.reason());
-                }
-                let site = record.site.as_deref().unwrap_or("-");
-                let host = record.host.as_deref();
-                match err.side() {
-                    Side::Upstream => {
-                        warn!(site, host, error = %Chain(&err), "upstream failed")
-                    }
-                    Side::Downstream => {
-                        debug!(site, host, error = %Chain(&err), "request refused")
-                    }
-                }
-                let mut response =
-                    text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
-                response.headers_mut().extend(err.headers());
-                if let ProxyError::MethodNotAllowed { allow } = &err {
-                    let allow: Vec<&str> = allow.iter().map(http::Method::as_str).collect();
-                    if let Ok(value) = HeaderValue::try_from(allow.join(", ")) {
-                        response.headers_mut().insert(header::ALLOW, value);
-                    }
-                }
-                // Our own error pages of a site carry its HSTS too (a 421 has no site).
-                if let Some(site) = matched.0 {
-                    headers::apply_response(
-                        response.headers_mut(),
-                        &HeaderRules::default(),
-                        None,
-                        site.policy.hsts.as_ref(),
-                    );
-                }
-                response
-            }
+            Err(err) => exchange.refusal(&err),
         };
-        record.status = response.status().as_u16();
-        metrics.0.count(record.status);
-        metrics.1.observe(record.started.elapsed());
-        let record = unanswered.answered();
-        Ok(response.map(|body| Metered::new(body, record).holding(permit)))
+        Ok(exchange.answered(response, permit))
     }
 
-    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-    /// The site and route for the canonical `request`, after the policy steps that answer at
-    /// once; the caller takes a concurrency slot and answers.
+    /// The site and route for the canonical `request`, noted in `exchange` as they are found,
+    /// after the policy steps that answer at once; the caller takes a concurrency slot and
+    /// answers.
     fn route<'t>(
-        table: &'t RouteTable,
+        exchange: &mut Exchange<'t>,
         request: &mut Request<Incoming>,
         conn: &ConnInfo,
         client_ip: IpAddr,
         canonical: Canonical,
-        record: &mut AccessRecord,
-        metrics: &mut (&'t RouteMetrics, &'t SiteMetrics),
-        matched: &mut (Option<&'t SiteRoutes>, Option<&'t Route>),
-    ) -> Result<(&'t SiteRoutes, &'t Route, Canonical), ProxyError> {
+    ) -> Result<(Matched<'t>, Canonical), ProxyError> {
+        let table = exchange.table;
         // The connection's site is the one whose certificate the handshake got; a request for a
         // host of another site must not ride on it (RFC 9110 §15.5.20). The host is the one
         // canonicalisation settled, whichever of Host, :authority or the target named it.
@@ -295,9 +250,8 @@ impl Proxy {
                 host: host.to_owned(),
             });
         };
-        record.site = Some(site.name.clone());
-        *metrics = (&site.unrouted, &site.duration);
-        matched.0 = Some(site);
+        exchange.record().site = Some(site.name.clone());
+        exchange.site = Some(site);
         // Identity fields are the site's to set: a client's copy reaches no route's origin,
         // with auth or without.
         for field in &site.identity_fields {
@@ -309,8 +263,7 @@ impl Proxy {
                     RouteMiss::NotFound => ProxyError::NoRoute,
                     RouteMiss::MethodNotAllowed(allow) => ProxyError::MethodNotAllowed { allow },
                 })?;
-        metrics.0 = &route.metrics;
-        matched.1 = Some(route);
+        exchange.route = Some(route);
         if canonical.escaped_slash && route.escaped_slashes == EscapedSlashes::Reject {
             return Err(Refusal::EscapedSlash.into());
         }
@@ -328,7 +281,7 @@ impl Proxy {
             }
             ProxyError::from(refused)
         })?;
-        Ok((site, route, canonical))
+        Ok((Matched { site, route }, canonical))
     }
 
     /// Reads away the unread body of `request`, answered without it.
@@ -337,22 +290,21 @@ impl Proxy {
         linger::linger(&head.headers, body, &self.tasks);
     }
 
-    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+    /// Sends the `matched` request to an origin of `pool` (the route's), with `hop` saying who
+    /// it came from; the response as the client will get it, read ahead of the client.
     async fn forward(
         &self,
+        matched: Matched<'_>,
         pool: &UpstreamPool,
-        site: &SiteRoutes,
-        route: &Route,
         request: Request<Incoming>,
         conn: &ConnInfo,
-        hop: Hop,
+        hop: Hop<'_>,
         record: &mut AccessRecord,
-        ids: &RequestIds,
-        start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Matched { site, route } = matched;
+        let (start, client_ip) = (hop.start, hop.client_ip);
         let deadline = start + pool.settings().timeouts.total;
-        let client_ip = hop.client_ip;
-        let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop, ids);
+        let (head, body, downstream_upgrade) = hop_head(site, route, request, conn, hop);
         // The head moves into each step's future rather than living beside it in this one.
         // A counter only for a request with a body (most have none).
         let counter = (!http_body::Body::is_end_stream(&body))
@@ -399,8 +351,7 @@ fn hop_head(
     route: &Route,
     mut request: Request<Incoming>,
     conn: &ConnInfo,
-    hop: Hop,
-    ids: &RequestIds,
+    hop: Hop<'_>,
 ) -> (Parts, Incoming, Option<OnUpgrade>) {
     let downstream_upgrade = hop.upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -426,43 +377,107 @@ fn hop_head(
         &hop.host,
     );
     // Hop-by-hop fields went before any policy ran, so `Connection` cannot name these.
-    ids.insert_into(&mut parts.headers);
+    hop.ids.insert_into(&mut parts.headers);
     // After our forwarding fields, which the rules cannot change (see policy::headers).
     headers::apply_request(&mut parts.headers, &site.policy.headers, &route.headers);
     (parts, body, downstream_upgrade)
 }
 
-/// A request's record until it has a response, which then logs it (see [`Metered`]). A
-/// request abandoned before that (the client closed its connection or reset its stream, and
-/// hyper dropped the request's future) is logged and counted as it goes: status 499, nginx's
-/// "client closed request", with `client_closed` as the reason.
-struct Unanswered<'t> {
+/// One request from arrival to answer: its record, and the site and route it matched, which
+/// say where it counts. A request abandoned before it has a response (the client closed its
+/// connection or reset its stream, and hyper dropped the request's future) is logged and
+/// counted as it goes: status 499, nginx's "client closed request", with `client_closed` as
+/// the reason. Answered, the record rides on the response body, which logs it (see
+/// [`Metered`]).
+struct Exchange<'t> {
     record: Option<AccessRecord>,
-    /// Where the request counts: the unmatched handles until routing finds its site and route.
-    metrics: (&'t RouteMetrics, &'t SiteMetrics),
+    table: &'t RouteTable,
+    site: Option<&'t SiteRoutes>,
+    route: Option<&'t Route>,
 }
 
-impl<'t> Unanswered<'t> {
-    fn parts(&mut self) -> (&mut AccessRecord, &mut (&'t RouteMetrics, &'t SiteMetrics)) {
-        let record = self
-            .record
+/// The site and route a request matched.
+#[derive(Clone, Copy)]
+struct Matched<'t> {
+    site: &'t SiteRoutes,
+    route: &'t Route,
+}
+
+impl<'t> Exchange<'t> {
+    fn record(&mut self) -> &mut AccessRecord {
+        self.record
             .as_mut()
-            .expect("taken only by `answered`, which consumes the guard");
-        (record, &mut self.metrics)
+            .expect("taken only by `answered`, which consumes the exchange")
     }
 
-    fn answered(mut self) -> AccessRecord {
-        self.record.take().expect("taken only here")
+    /// Where the request counts: the route's counters, else its site's for requests no route
+    /// matched, else the table's for requests no site matched.
+    fn metrics(&self) -> (&'t RouteMetrics, &'t SiteMetrics) {
+        match (self.site, self.route) {
+            (Some(site), Some(route)) => (&route.metrics, &site.duration),
+            (Some(site), None) => (&site.unrouted, &site.duration),
+            _ => (&self.table.unmatched, &self.table.unmatched_duration),
+        }
+    }
+
+    /// The response Rampart writes for `err`, which the record notes and the log explains.
+    fn refusal(&mut self, err: &ProxyError) -> Response<ProxyBody> {
+        let site = self.site;
+        let record = self.record();
+        record.error = Some(err.kind());
+        if let ProxyError::Unauthorized { failure } = err {
+            record.auth = Some(failure.reason());
+        }
+        let name = record.site.as_deref().unwrap_or("-");
+        let host = record.host.as_deref();
+        match err.side() {
+            Side::Upstream => warn!(site = name, host, error = %Chain(err), "upstream failed"),
+            Side::Downstream => debug!(site = name, host, error = %Chain(err), "request refused"),
+        }
+        let mut response = text_response(err.status(), Bytes::from_static(err.body().as_bytes()));
+        response.headers_mut().extend(err.headers());
+        if let ProxyError::MethodNotAllowed { allow } = err {
+            let allow: Vec<&str> = allow.iter().map(http::Method::as_str).collect();
+            if let Ok(value) = HeaderValue::try_from(allow.join(", ")) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        // Our own error pages of a site carry its HSTS too (a 421 has no site).
+        if let Some(site) = site {
+            headers::apply_response(
+                response.headers_mut(),
+                &HeaderRules::default(),
+                None,
+                site.policy.hsts.as_ref(),
+            );
+        }
+        response
+    }
+
+    /// Counts `response` where the request counts, and hands the record to its body, which
+    /// logs it when the body ends; the body holds the route's concurrency `permit` too.
+    fn answered(
+        mut self,
+        response: Response<ProxyBody>,
+        permit: Option<Permit>,
+    ) -> Response<Metered<ProxyBody>> {
+        let (count, duration) = self.metrics();
+        let mut record = self.record.take().expect("taken only here");
+        record.status = response.status().as_u16();
+        count.count(record.status);
+        duration.observe(record.started.elapsed());
+        response.map(|body| Metered::new(body, record).holding(permit))
     }
 }
 
-impl Drop for Unanswered<'_> {
+impl Drop for Exchange<'_> {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
+            let (count, duration) = self.metrics();
             record.status = CLIENT_CLOSED;
             record.error = Some("client_closed");
-            self.metrics.0.count(CLIENT_CLOSED);
-            self.metrics.1.observe(record.started.elapsed());
+            count.count(CLIENT_CLOSED);
+            duration.observe(record.started.elapsed());
             record.emit(0, false);
         }
     }
@@ -470,7 +485,7 @@ impl Drop for Unanswered<'_> {
 
 /// Who the request came from and what it asked for, as the forwarding fields need it.
 #[derive(Clone, Debug)]
-struct Hop {
+struct Hop<'a> {
     /// Whether `peer` is in `trusted_proxies`, so its forwarding fields are kept and extended.
     trusted_peer: bool,
     /// The resolved client IP.
@@ -479,6 +494,10 @@ struct Hop {
     host: HeaderValue,
     /// Whether it is a WebSocket upgrade, to be tunnelled.
     upgrade: bool,
+    /// Its trace context and request id, for the origin.
+    ids: &'a RequestIds,
+    /// When forwarding's clock started: `timeouts.total` runs from here.
+    start: Instant,
 }
 
 /// A response Rampart writes itself (a `respond:` route, an error): `body` as plain text.
@@ -515,6 +534,7 @@ mod tests {
                 proxy.serve(request, conn)
             },
         );
+        eprintln!("request future: {size} bytes");
         assert!(size <= 5 * 1024, "a request's future is {size} bytes");
     }
 }
