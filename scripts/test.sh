@@ -29,6 +29,9 @@ ensure_cargo
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
 
+# One build from a clean clone: incremental state would only add gigabytes to the target dir.
+export CARGO_INCREMENTAL=0
+
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
