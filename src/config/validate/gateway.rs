@@ -57,15 +57,15 @@ const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The inheritable keys as written on a site or a route.
 pub(super) struct Keys<'a> {
     max_body: &'a Option<Text>,
-    auth: &'a Option<Spanned<RawAuth>>,
+    auth: &'a Option<Spanned<Box<RawAuth>>>,
     balance: &'a Option<Spanned<RawBalance>>,
     ca: &'a Option<Text>,
-    health: &'a Option<Spanned<RawHealth>>,
-    passive: &'a Option<Spanned<RawPassive>>,
+    health: &'a Option<Spanned<Box<RawHealth>>>,
+    passive: &'a Option<Spanned<Box<RawPassive>>>,
     retries: &'a Option<Spanned<i64>>,
-    timeouts: &'a Option<Spanned<RawTimeouts>>,
+    timeouts: &'a Option<Spanned<Box<RawTimeouts>>>,
     max_in_flight: &'a Option<Spanned<i64>>,
-    queue: &'a Option<Spanned<RawQueue>>,
+    queue: &'a Option<Spanned<Box<RawQueue>>>,
     escaped_slashes: &'a Option<Text>,
     buffer_request_body: &'a Option<Text>,
     buffer_response: &'a Option<Text>,
@@ -579,7 +579,7 @@ impl Checker {
         }
     }
 
-    fn queue(&mut self, raw: &Spanned<RawQueue>, at: &str) -> Option<Queue> {
+    fn queue(&mut self, raw: &Spanned<Box<RawQueue>>, at: &str) -> Option<Queue> {
         let max = self.count::<usize>(&raw.value.max, &format!("{at}.max"));
         let timeout = self.duration(&raw.value.timeout, &format!("{at}.timeout"), Zero::Refused);
         Some(Queue {
@@ -591,7 +591,7 @@ impl Checker {
     /// `rate_limit:`; `has_auth` says whether a `jwt:` key can have claims to read.
     pub(super) fn rate_limit(
         &mut self,
-        raw: &Spanned<RawRateLimit>,
+        raw: &Spanned<Box<RawRateLimit>>,
         at: &str,
         has_auth: bool,
     ) -> Option<RateLimit> {
@@ -626,7 +626,7 @@ impl Checker {
         })
     }
 
-    fn auth(&mut self, raw: &Spanned<RawAuth>, at: &str) -> Option<JwtAuth> {
+    fn auth(&mut self, raw: &Spanned<Box<RawAuth>>, at: &str) -> Option<JwtAuth> {
         let at = format!("{at}.jwt");
         let jwt: &RawJwt = &raw.value.jwt.value;
         let keys = match (&jwt.keys, &jwt.jwks_url) {
@@ -745,7 +745,7 @@ impl Checker {
     /// `headers:`
     pub(super) fn header_rules(
         &mut self,
-        raw: &Option<Spanned<RawHeaderRules>>,
+        raw: &Option<Spanned<Box<RawHeaderRules>>>,
         at: &str,
     ) -> Option<HeaderRules> {
         let Some(raw) = raw else {
@@ -839,14 +839,14 @@ impl Checker {
     /// `hsts:`
     pub(super) fn hsts(
         &mut self,
-        raw: &Option<Spanned<RawHsts>>,
+        raw: &Option<Spanned<Box<RawHsts>>>,
         at: &str,
     ) -> Option<Option<Hsts>> {
         let Some(raw) = raw else {
             return Some(None);
         };
         let at = format!("{at}.hsts");
-        let (max_age, include_subdomains, preload) = match &raw.value {
+        let (max_age, include_subdomains, preload) = match &*raw.value {
             RawHsts::MaxAge(text) => {
                 let text = Text::new(text.clone(), raw.referenced, raw.defined);
                 (self.duration(&text, &at, Zero::Allowed), false, false)

@@ -587,7 +587,7 @@ impl Checker {
     }
 
     /// A fixed answer; the status must be a final one (200-599).
-    fn respond(&mut self, raw: &Spanned<RawRespond>, at: &str) -> Option<RouteAction> {
+    fn respond(&mut self, raw: &Spanned<Box<RawRespond>>, at: &str) -> Option<RouteAction> {
         let status = &raw.value.status;
         let checked = u16::try_from(status.value)
             .ok()
