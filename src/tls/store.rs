@@ -3,7 +3,6 @@
 //! Written by start-up (stored and static certificates), the internal issuer and the ACME task,
 //! always through [`CertStore::publish`]; read on every handshake by the SNI resolver.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,8 +22,10 @@ pub struct CertStore(Arc<ArcSwap<CertMap>>);
 /// One snapshot of what is served.
 #[derive(Clone, Debug, Default)]
 struct CertMap {
-    /// Exact names and `*.parent` wildcards, as configured.
-    hosts: HashMap<HostName, Arc<CertifiedKey>>,
+    /// Exact names and `*.parent` wildcards, as configured. Persistent: the next snapshot
+    /// shares all but the changed entries with this one, so publishing a certificate costs
+    /// O(log N), not a copy of every name (a start or reload with N sites was quadratic).
+    hosts: imbl::HashMap<HostName, Arc<CertifiedKey>>,
     /// The `default: true` site's certificate, for unknown or absent SNI.
     default: Option<Arc<CertifiedKey>>,
 }
