@@ -217,30 +217,6 @@ pub struct RoutePolicy {
     pub buffer_response: u64,
 }
 
-/// `buffer_request_body` when not written: a request body up to this size is read whole
-/// before an origin connection is taken (and may be sent again on a retry).
-pub const DEFAULT_BUFFER_REQUEST_BODY: u64 = 64 * 1024;
-
-/// `buffer_response` when not written: this much of a response body is read from the origin
-/// ahead of a client, so a response that fits frees its origin connection at once.
-pub const DEFAULT_BUFFER_RESPONSE: u64 = 64 * 1024;
-
-impl Default for RoutePolicy {
-    /// What a route without policy keys gets.
-    fn default() -> Self {
-        Self {
-            max_body: None,
-            auth: None,
-            rate_limit: None,
-            concurrency: None,
-            headers: HeaderRules::default(),
-            escaped_slashes: EscapedSlashes::default(),
-            buffer_request_body: DEFAULT_BUFFER_REQUEST_BODY,
-            buffer_response: DEFAULT_BUFFER_RESPONSE,
-        }
-    }
-}
-
 /// `escaped_slashes:` what a route does with a path holding an encoded slash or backslash
 /// (`%2F`, `%5C`), which some origins decode into a separator and others do not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -408,50 +384,8 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 impl Upstreams {
-    /// Origins with every policy at its default: what a bare `upstreams: [URL, …]` means.
-    pub fn with_defaults(urls: Vec<UpstreamUrl>, defaults: &super::UpstreamDefaults) -> Self {
-        Self {
-            targets: urls
-                .into_iter()
-                .map(|url| UpstreamTarget {
-                    url,
-                    weight: 1,
-                    max_conns: None,
-                })
-                .collect(),
-            balance: Balance::RoundRobin,
-            ca: None,
-            health: None,
-            passive: PassiveHealth::default(),
-            retries: 1,
-            timeouts: Timeouts::from_defaults(defaults),
-        }
-    }
-
     /// The origin URLs, in file order.
     pub fn urls(&self) -> Vec<UpstreamUrl> {
         self.targets.iter().map(|t| t.url.clone()).collect()
-    }
-}
-
-impl Default for PassiveHealth {
-    fn default() -> Self {
-        Self {
-            unhealthy_after: 5,
-            cooldown: Duration::from_secs(10),
-            include_5xx: false,
-        }
-    }
-}
-
-impl Timeouts {
-    /// The route defaults: connect and response head from the `upstream:` section.
-    pub fn from_defaults(defaults: &super::UpstreamDefaults) -> Self {
-        Self {
-            connect: defaults.connect_timeout,
-            response_header: defaults.response_header_timeout,
-            idle: Duration::from_secs(60),
-            total: Duration::from_secs(60).max(defaults.response_header_timeout),
-        }
     }
 }

@@ -3,9 +3,11 @@
 //! [`load`] reads the file, [`parse`] turns text into the raw serde shape (`raw.rs`), and
 //! validation (`validate.rs`) turns that into the typed [`Config`] (`types.rs`) the rest of
 //! Rampart uses, reporting every problem with its `file:line:col` and key path at once.
-//! Durations and sizes are strings with units, parsed by [`humane`]. Nothing here runs as a
-//! task or keeps state; callers swap the resulting snapshot in.
+//! Every default is written once, in `defaults.rs`. Durations and sizes are strings with units,
+//! parsed by [`humane`]. Nothing here runs as a task or keeps state; callers swap the resulting
+//! snapshot in.
 
+mod defaults;
 mod error;
 mod gateway;
 pub mod humane;

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
+use super::defaults;
+
 mod gateway;
 
 pub(super) use gateway::*;
@@ -208,14 +210,14 @@ impl Default for RawConfig {
     fn default() -> Self {
         Self {
             listen: RawListen::default(),
-            storage: text("/var/lib/rampart"),
+            storage: text(defaults::STORAGE),
             log: RawLog::default(),
             acme: RawAcme::default(),
             downstream: RawDownstream::default(),
             upstream: RawUpstream::default(),
-            shutdown_grace: text("30s"),
+            shutdown_grace: text(defaults::SHUTDOWN_GRACE),
             trusted_proxies: None,
-            headers_with_underscores: text("drop"),
+            headers_with_underscores: text(defaults::HEADERS_WITH_UNDERSCORES),
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }
@@ -225,8 +227,8 @@ impl Default for RawConfig {
 impl Default for RawListen {
     fn default() -> Self {
         Self {
-            https: text("[::]:443"),
-            http: text("[::]:80"),
+            https: text(defaults::HTTPS),
+            http: text(defaults::HTTP),
             admin: None,
             admin_token_file: None,
             proxy_protocol: None,
@@ -237,8 +239,8 @@ impl Default for RawListen {
 impl Default for RawLog {
     fn default() -> Self {
         Self {
-            format: text("json"),
-            level: text("info"),
+            format: text(defaults::LOG_FORMAT),
+            level: text(defaults::LOG_LEVEL),
         }
     }
 }
@@ -247,9 +249,9 @@ impl Default for RawAcme {
     fn default() -> Self {
         Self {
             email: None,
-            directory: text("letsencrypt"),
+            directory: text(defaults::ACME_DIRECTORY),
             ca_bundle: None,
-            key_type: text("ecdsa-p256"),
+            key_type: text(defaults::ACME_KEY_TYPE),
             profile: None,
             eab: None,
         }
@@ -259,15 +261,15 @@ impl Default for RawAcme {
 impl Default for RawDownstream {
     fn default() -> Self {
         Self {
-            handshake_timeout: text("10s"),
-            header_timeout: text("10s"),
-            idle_timeout: text("60s"),
-            client_body_timeout: text("30s"),
-            send_timeout: text("60s"),
-            max_header_bytes: text("64KiB"),
-            max_headers: unplaced(100),
-            h2_max_streams: unplaced(256),
-            max_connections: unplaced(50_000),
+            handshake_timeout: text(defaults::HANDSHAKE_TIMEOUT),
+            header_timeout: text(defaults::HEADER_TIMEOUT),
+            idle_timeout: text(defaults::IDLE_TIMEOUT),
+            client_body_timeout: text(defaults::CLIENT_BODY_TIMEOUT),
+            send_timeout: text(defaults::SEND_TIMEOUT),
+            max_header_bytes: text(defaults::MAX_HEADER_BYTES),
+            max_headers: unplaced(defaults::MAX_HEADERS),
+            h2_max_streams: unplaced(defaults::H2_MAX_STREAMS),
+            max_connections: unplaced(defaults::MAX_CONNECTIONS),
             max_connections_per_ip: None,
             cipher_suites: None,
         }
@@ -277,11 +279,11 @@ impl Default for RawDownstream {
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
-            connect_timeout: text("5s"),
-            response_header_timeout: text("30s"),
-            pool_idle_timeout: text("90s"),
-            pool_max_idle: unplaced(32),
-            resolve_every: text("30s"),
+            connect_timeout: text(defaults::CONNECT_TIMEOUT),
+            response_header_timeout: text(defaults::RESPONSE_HEADER_TIMEOUT),
+            pool_idle_timeout: text(defaults::POOL_IDLE_TIMEOUT),
+            pool_max_idle: unplaced(defaults::POOL_MAX_IDLE),
+            resolve_every: text(defaults::RESOLVE_EVERY),
             nameservers: None,
         }
     }
@@ -291,7 +293,7 @@ impl Default for RawSite {
     fn default() -> Self {
         Self {
             hosts: None,
-            tls: unplaced(RawTls::Mode("acme".to_string())),
+            tls: unplaced(RawTls::Mode(defaults::SITE_TLS.to_string())),
             default: unplaced(false),
             upstreams: None,
             routes: None,
@@ -318,7 +320,7 @@ impl Default for RawSite {
 impl Default for RawRespond {
     fn default() -> Self {
         Self {
-            status: unplaced(200),
+            status: unplaced(defaults::RESPOND_STATUS),
             body: String::new(),
         }
     }

@@ -16,6 +16,7 @@ use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde_saphyr::Spanned;
 
 use super::{Checker, Zero};
+use crate::config::defaults;
 use crate::config::error::{closest, position};
 use crate::config::raw::{
     List, RawAuth, RawBalance, RawHeaderOps, RawHeaderRules, RawHealth, RawHsts, RawJwt, RawPairs,
@@ -23,18 +24,10 @@ use crate::config::raw::{
     RawUpstreamEntry, Text,
 };
 use crate::config::{
-    ActiveHealth, Balance, Concurrency, DEFAULT_BUFFER_REQUEST_BODY, DEFAULT_BUFFER_RESPONSE,
-    EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts, IpNet, JwtAlgorithm, JwtAuth,
-    JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit, Timeouts, UpstreamDefaults,
-    UpstreamTarget, UpstreamUrl, Upstreams, humane,
+    ActiveHealth, Balance, Concurrency, EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts,
+    IpNet, JwtAlgorithm, JwtAuth, JwtKeys, PassiveHealth, ProxyProtocol, Queue, RateKey, RateLimit,
+    Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams, humane,
 };
-
-/// Algorithms accepted when `algorithms:` is absent: the asymmetric ones in common use.
-const DEFAULT_ALGORITHMS: [JwtAlgorithm; 3] = [
-    JwtAlgorithm::RS256,
-    JwtAlgorithm::ES256,
-    JwtAlgorithm::EdDSA,
-];
 
 /// Every algorithm name `algorithms:` accepts.
 const ALGORITHMS: [(&str, JwtAlgorithm); 8] = [
@@ -157,12 +150,12 @@ impl Layer {
     /// `buffer_request_body:` as written, else the default (64 KiB).
     pub(super) fn buffer_request_body(&self) -> u64 {
         self.buffer_request_body
-            .unwrap_or(DEFAULT_BUFFER_REQUEST_BODY)
+            .unwrap_or(defaults::BUFFER_REQUEST_BODY)
     }
 
     /// `buffer_response:` as written, else the default (64 KiB).
     pub(super) fn buffer_response(&self) -> u64 {
-        self.buffer_response.unwrap_or(DEFAULT_BUFFER_RESPONSE)
+        self.buffer_response.unwrap_or(defaults::BUFFER_RESPONSE)
     }
 
     /// `escaped_slashes:` as written, else the default (reject).
@@ -271,7 +264,7 @@ impl Checker {
             };
             let url = self.check(url_at, &path, UpstreamUrl::parse(url_text));
             let weight = match weight {
-                None => Some(1),
+                None => Some(defaults::WEIGHT),
                 Some(raw) => self.count::<u32>(raw, &format!("{path}.weight")),
             };
             let max_conns = match max_conns {
@@ -391,10 +384,10 @@ impl Checker {
         let timeouts = Timeouts {
             connect: t.connect.unwrap_or(defaults.connect_timeout),
             response_header,
-            idle: t.idle.unwrap_or(Duration::from_secs(60)),
+            idle: t.idle.unwrap_or(defaults::ROUTE_IDLE),
             total: t
                 .total
-                .unwrap_or(Duration::from_secs(60).max(response_header)),
+                .unwrap_or_else(|| defaults::route_total(response_header)),
         };
         if timeouts.total < timeouts.response_header {
             self.report(
@@ -413,7 +406,7 @@ impl Checker {
             ca: layer.ca.clone(),
             health: layer.health.clone(),
             passive: layer.passive.clone().unwrap_or_default(),
-            retries: layer.retries.unwrap_or(1),
+            retries: layer.retries.unwrap_or(defaults::RETRIES),
             timeouts,
         })
     }
@@ -489,13 +482,24 @@ impl Checker {
             );
             None
         };
-        let every = self.duration_or(&raw.every, &format!("{at}.every"), 10);
-        let timeout = self.duration_or(&raw.timeout, &format!("{at}.timeout"), 2);
-        let healthy_after = self.count_or(&raw.healthy_after, &format!("{at}.healthy_after"), 2);
-        let unhealthy_after =
-            self.count_or(&raw.unhealthy_after, &format!("{at}.unhealthy_after"), 3);
+        let every = self.duration_or(&raw.every, &format!("{at}.every"), defaults::HEALTH_EVERY);
+        let timeout = self.duration_or(
+            &raw.timeout,
+            &format!("{at}.timeout"),
+            defaults::HEALTH_TIMEOUT,
+        );
+        let healthy_after = self.count_or(
+            &raw.healthy_after,
+            &format!("{at}.healthy_after"),
+            defaults::HEALTH_HEALTHY_AFTER,
+        );
+        let unhealthy_after = self.count_or(
+            &raw.unhealthy_after,
+            &format!("{at}.unhealthy_after"),
+            defaults::HEALTH_UNHEALTHY_AFTER,
+        );
         let expect_status = match &raw.expect_status {
-            None => Some(ExpectStatus::Class(2)),
+            None => Some(defaults::HEALTH_EXPECT_STATUS),
             Some(status) => self.check(
                 &status.referenced,
                 &format!("{at}.expect_status"),
@@ -652,8 +656,11 @@ impl Checker {
                         format!("`{}` is not an http(s) URL of a JWKS document", url.value)
                     });
                 let url = self.check(&url.referenced, &format!("{at}.jwks_url"), parsed);
-                let refresh =
-                    self.duration_or(&jwt.jwks_refresh, &format!("{at}.jwks_refresh"), 300);
+                let refresh = self.duration_or(
+                    &jwt.jwks_refresh,
+                    &format!("{at}.jwks_refresh"),
+                    defaults::JWKS_REFRESH,
+                );
                 let ca = self.optional(&jwt.jwks_ca, |c, raw| {
                     c.readable(raw, &format!("{at}.jwks_ca"))
                 });
@@ -688,7 +695,7 @@ impl Checker {
             .as_ref()
             .map_or_else(Vec::new, |a| a.value.0.clone());
         let algorithms = match &jwt.algorithms {
-            None => Some(DEFAULT_ALGORITHMS.to_vec()),
+            None => Some(defaults::JWT_ALGORITHMS.to_vec()),
             Some(list) if list.value.is_empty() => {
                 self.report(
                     &list.referenced,
@@ -711,7 +718,7 @@ impl Checker {
             }
         };
         let leeway = match &jwt.leeway {
-            None => Some(Duration::from_secs(30)),
+            None => Some(defaults::JWT_LEEWAY),
             Some(text) => self.duration(text, &format!("{at}.leeway"), Zero::Allowed),
         };
         let forward_claims = match &jwt.forward_claims {
@@ -873,9 +880,9 @@ impl Checker {
         }))
     }
 
-    fn duration_or(&mut self, raw: &Option<Text>, at: &str, default_secs: u64) -> Option<Duration> {
+    fn duration_or(&mut self, raw: &Option<Text>, at: &str, default: Duration) -> Option<Duration> {
         match raw {
-            None => Some(Duration::from_secs(default_secs)),
+            None => Some(default),
             Some(text) => self.duration(text, at, Zero::Refused),
         }
     }
