@@ -10,13 +10,16 @@
 #             the "configuration applied" log line), its median; RSS right after the R reloads
 #             (reloaded_mb: freed memory the allocator has not yet returned) and after DUR
 #             seconds of handshakes again (after_reloads_served_mb); rss_ratio is that over
-#             served_mb
+#             served_mb; meanwhile 4 keep-alive clients send requests (benches/lib/stall.py), and
+#             reload_wait_max_ms / _p99_ms say how long the longest of them waited
 #
 # Usage
 #   benches/sites.sh [--sites N] [--reloads R] [--dur SECONDS] [--rounds K]
 #     benches/sites.sh --sites 10000 --reloads 10 --dur 5 --rounds 3   # issue 17's figures
 #
 # Each round measures 1 site, then N; the handshake figure is the median of the rounds' ratios.
+#
+# RAMPART=PATH measures that binary instead of building this tree (to compare two builds).
 #
 # Rampart runs pinned to CPU 0, the handshake clients to CPU 1. Needs openssl, python3,
 # util-linux (taskset), curl. Missing Debian packages are installed with apt-get unless
@@ -54,9 +57,12 @@ if [[ ${SKIP_APT:-0} != 1 ]]; then
   fi
 fi
 
-log "cargo build --release"
-(cd "$repo" && cargo build --release -q)
-rampart=$repo/target/release/rampart
+rampart=${RAMPART:-}
+if [[ -z $rampart ]]; then
+  log "cargo build --release"
+  (cd "$repo" && cargo build --release -q)
+  rampart=$repo/target/release/rampart
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rampart-sites.XXXXXX")
 pid=
@@ -130,6 +136,10 @@ run() {
   hs_start=$(handshakes)
   served_mb=$(mb)
 
+  # While reloading, a few keep-alive clients note the longest any request waited.
+  taskset -c 1 python3 "$here/lib/stall.py" 127.0.0.1 "$https" s0.test 4 >"$dir/stall.out" &
+  local stall_pid=$!
+  sleep 0.5
   local times=() i applied
   for ((i = 0; i < reloads; i++)); do
     applied=$(grep -c 'configuration applied' "$dir/out.log" || true)
@@ -143,6 +153,10 @@ run() {
     done
     times+=("$(since "$t0")")
   done
+  kill -TERM "$stall_pid"; wait "$stall_pid" || true
+  local stall_n stall_failed stall_max stall_p99
+  read -r stall_n stall_failed stall_max stall_p99 <"$dir/stall.out"
+  ((stall_failed == 0)) || log "$stall_failed requests failed during reloads of $n sites"
   local reload_s reload_max reloaded_mb
   reload_s=$(printf '%s\n' "${times[@]}" | median)
   reload_max=$(printf '%s\n' "${times[@]}" | sort -g | tail -1)
@@ -156,6 +170,7 @@ run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   echo "sites=$n check_s=$check_s check_mb=$check_mb start_s=$start_s start_mb=$start_mb" \
     "served_mb=$served_mb reload_median_s=$reload_s reload_max_s=$reload_max" \
+    "reload_requests=$stall_n reload_wait_max_ms=$stall_max reload_wait_p99_ms=$stall_p99" \
     "reloaded_mb=$reloaded_mb after_reloads_served_mb=$after_mb" \
     "rss_ratio=$(awk -v a="$after_mb" -v s="$served_mb" 'BEGIN { printf "%.2f", a / s }')" \
     "hs_per_cpu_s=$hs_start hs_per_cpu_s_after_reloads=$hs_reloaded"
