@@ -310,25 +310,14 @@ impl Reloader {
         config: &Config,
         ca: Option<Arc<InternalCa>>,
     ) -> Option<(Arc<InternalCa>, CancellationToken)> {
-        let sites: Vec<Site> = config
-            .sites
-            .iter()
-            .filter(|s| s.tls == SiteTls::Internal)
-            .cloned()
-            .collect();
-        let old: Vec<&Site> = previous.map_or(Vec::new(), |p| {
-            p.config
-                .sites
-                .iter()
-                .filter(|s| s.tls == SiteTls::Internal)
-                .collect()
-        });
+        // Compared in place and cloned only for a new task: most reloads change nothing here.
         if let Some(Applied {
+            config: old,
             internal: Some((old_ca, token)),
             ..
         }) = previous
         {
-            if sites.iter().eq(old.iter().copied())
+            if sites_with(config, &SiteTls::Internal).eq(sites_with(old, &SiteTls::Internal))
                 && ca.as_ref().is_some_and(|ca| Arc::ptr_eq(ca, old_ca))
             {
                 return Some((old_ca.clone(), token.clone()));
@@ -336,6 +325,7 @@ impl Reloader {
             token.cancel();
         }
         let ca = ca?;
+        let sites: Vec<Site> = sites_with(config, &SiteTls::Internal).cloned().collect();
         let token = self.stop.child_token();
         self.tasks
             .spawn(ca.clone().run(self.certs.clone(), sites, token.clone()));
@@ -349,18 +339,11 @@ impl Reloader {
         previous: Option<&Applied>,
         config: &Config,
     ) -> Option<CancellationToken> {
-        let acme_sites = |c: &Config| -> Vec<Site> {
-            c.sites
-                .iter()
-                .filter(|s| s.tls == SiteTls::Acme)
-                .cloned()
-                .collect()
-        };
-        let sites = acme_sites(config);
         if let Some(previous) = previous {
             let same = previous.config.acme == config.acme
                 && previous.config.storage == config.storage
-                && acme_sites(&previous.config) == sites;
+                && sites_with(config, &SiteTls::Acme)
+                    .eq(sites_with(&previous.config, &SiteTls::Acme));
             if same {
                 return previous.acme.clone();
             }
@@ -368,6 +351,7 @@ impl Reloader {
                 token.cancel();
             }
         }
+        let sites: Vec<Site> = sites_with(config, &SiteTls::Acme).cloned().collect();
         if sites.is_empty() {
             return None;
         }
@@ -396,4 +380,9 @@ impl Reloader {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Applied>> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The sites of `config` whose certificates come from `tls`, in file order.
+fn sites_with<'c>(config: &'c Config, tls: &'c SiteTls) -> impl Iterator<Item = &'c Site> {
+    config.sites.iter().filter(move |site| site.tls == *tls)
 }
