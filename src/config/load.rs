@@ -52,19 +52,22 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigError> {
 
 /// Turns YAML into the raw shape, or describes the first structural error.
 fn deserialize(text: &str) -> Result<RawConfig, Problem> {
-    // First pass: the bare shape of the document (any YAML parses into it), to find the key
-    // path of whatever the typed pass trips on. A failure here is a YAML syntax error.
+    let mut strict = Options::default();
+    strict.with_snippet = false;
+    let error = match serde_saphyr::from_str_with_options::<RawConfig>(text, strict) {
+        Ok(raw) => return Ok(raw),
+        Err(error) => error,
+    };
+    // Only when the typed pass fails (parsing is most of a reload's time with many sites): the
+    // bare shape of the document (any YAML parses into it), to find the key path of what it
+    // tripped on. A failure here is a YAML syntax error, reported as this pass words it.
     let mut lenient = Options::default();
     // Keep repeated keys, so the strict pass's complaint about one can be located.
     lenient.duplicate_keys = DuplicateKeyPolicy::PassThrough;
     lenient.with_snippet = false;
     let shape = serde_saphyr::from_str_with_options::<Spanned<Shape>>(text, lenient)
         .map_err(|error| structural_problem(&error, None))?;
-
-    let mut strict = Options::default();
-    strict.with_snippet = false;
-    serde_saphyr::from_str_with_options::<RawConfig>(text, strict)
-        .map_err(|error| structural_problem(&error, Some(&shape)))
+    Err(structural_problem(&error, Some(&shape)))
 }
 
 /// Describes a serde-saphyr error as a [`Problem`], with the key path found in `shape`.
