@@ -9,8 +9,9 @@
 #   reload    wall time of each of R SIGHUP reloads of the unchanged file (from the signal to
 #             the "configuration applied" log line), its median; RSS right after the R reloads
 #             (reloaded_mb: freed memory the allocator has not yet returned) and after DUR
-#             seconds of handshakes again (after_reloads_served_mb); rss_ratio is that over
-#             served_mb; meanwhile 4 keep-alive clients send requests (benches/lib/stall.py), and
+#             seconds of handshakes again (after_reloads_served_mb); reloaded_ratio is
+#             reloaded_mb over start_mb, rss_ratio after_reloads_served_mb over served_mb.
+#             Meanwhile 4 keep-alive clients send requests (benches/lib/stall.py), and
 #             reload_wait_max_ms / _p99_ms say how long the longest of them waited
 #
 # Usage
@@ -172,6 +173,7 @@ run() {
     "served_mb=$served_mb reload_median_s=$reload_s reload_max_s=$reload_max" \
     "reload_requests=$stall_n reload_wait_max_ms=$stall_max reload_wait_p99_ms=$stall_p99" \
     "reloaded_mb=$reloaded_mb after_reloads_served_mb=$after_mb" \
+    "reloaded_ratio=$(awk -v a="$reloaded_mb" -v s="$start_mb" 'BEGIN { printf "%.2f", a / s }')" \
     "rss_ratio=$(awk -v a="$after_mb" -v s="$served_mb" 'BEGIN { printf "%.2f", a / s }')" \
     "hs_per_cpu_s=$hs_start hs_per_cpu_s_after_reloads=$hs_reloaded"
 }
