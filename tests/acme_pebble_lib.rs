@@ -453,18 +453,27 @@ async fn scheduler_serves_sites_and_a_restart_reuses_stored_certificates() -> Te
 
     // Restart: stored certificates are served before any CA request, and no new order is made.
     let certs = CertStore::default();
-    let scheduler = bench.scheduler(&sites, &certs);
+    let mut scheduler = bench.scheduler(&sites, &certs);
     assert_eq!(scheduler.publish_stored(), 2);
     assert_eq!(
         served_serial(&certs, "www.one.rampart.test").as_deref(),
         Some(serial.as_str())
     );
+    let published = certs
+        .lookup(Some("www.one.rampart.test"))
+        .ok_or("not served")?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(scheduler.run(stop.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
     task.await?;
     assert_eq!(served_serial(&certs, "www.one.rampart.test"), Some(serial));
+    // `run` starts from what `publish_stored` read, rather than reading and publishing every
+    // stored certificate a second time.
+    let served = certs
+        .lookup(Some("www.one.rampart.test"))
+        .ok_or("not served")?;
+    assert!(Arc::ptr_eq(&published, &served), "published again by run");
     assert_eq!(
         files.load_meta("one.rampart.test")?.last_attempt,
         meta.last_attempt,
@@ -522,7 +531,7 @@ async fn truncated_certificate_file_is_not_served_and_is_reissued() -> TestResul
     let pem = std::fs::read(&cert_path)?;
     std::fs::write(&cert_path, &pem[..pem.len() / 3])?;
     let certs = CertStore::default();
-    let scheduler = bench.scheduler(&sites, &certs);
+    let mut scheduler = bench.scheduler(&sites, &certs);
     assert_eq!(
         scheduler.publish_stored(),
         0,

@@ -86,6 +86,9 @@ pub struct RenewalScheduler {
     self_check: Arc<dyn SelfCheck>,
     tuning: Tuning,
     provider: Arc<CryptoProvider>,
+    /// What [`RenewalScheduler::publish_stored`] read, so `run` starts from it instead of
+    /// reading and publishing every certificate a second time.
+    loaded: Option<Vec<SiteState>>,
 }
 
 impl RenewalScheduler {
@@ -114,6 +117,7 @@ impl RenewalScheduler {
             self_check: Arc::new(NoSelfCheck),
             tuning: Tuning::default(),
             provider,
+            loaded: None,
         }
     }
 
@@ -132,18 +136,22 @@ impl RenewalScheduler {
     }
 
     /// Publishes every valid stored certificate now, without touching the network; returns how
-    /// many sites are served. [`RenewalScheduler::run`] does this first, so calling it is only
-    /// needed to serve stored certificates before `run` starts.
-    pub fn publish_stored(&self) -> usize {
+    /// many sites are served. [`RenewalScheduler::run`] starts from what this read, or reads it
+    /// itself when this was not called: call it to serve stored certificates before `run` starts.
+    pub fn publish_stored(&mut self) -> usize {
+        let loaded = self.load_all();
+        let served = loaded.iter().filter(|state| state.served.is_some()).count();
+        self.loaded = Some(loaded);
+        served
+    }
+
+    /// Every site's stored state, each usable certificate published.
+    fn load_all(&self) -> Vec<SiteState> {
         let files = CertFiles::new(&self.storage);
         self.sites
             .iter()
-            .filter(|site| {
-                load_state(&files, site, &self.certs, &self.provider)
-                    .served
-                    .is_some()
-            })
-            .count()
+            .map(|site| load_state(&files, site, &self.certs, &self.provider))
+            .collect()
     }
 
     /// Keeps certificates valid until `stop` is cancelled; orders in flight are abandoned then
@@ -151,13 +159,13 @@ impl RenewalScheduler {
     ///
     /// # Cancel safety
     /// Meant to run as its own task and be stopped through `stop`.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let files = CertFiles::new(&self.storage);
-        let mut states: Vec<Option<SiteState>> = self
-            .sites
-            .iter()
-            .map(|site| Some(load_state(&files, site, &self.certs, &self.provider)))
-            .collect();
+        let loaded = match self.loaded.take() {
+            Some(loaded) => loaded,
+            None => self.load_all(),
+        };
+        let mut states: Vec<Option<SiteState>> = loaded.into_iter().map(Some).collect();
         if self.sites.is_empty() {
             return;
         }

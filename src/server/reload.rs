@@ -356,7 +356,7 @@ impl Reloader {
             return None;
         }
         let self_check = Arc::new(ListenerCheck::new(self.provider.clone(), self.https_addr));
-        let scheduler = RenewalScheduler::new(
+        let mut scheduler = RenewalScheduler::new(
             config.acme.clone(),
             &config.storage,
             &sites,
