@@ -10,7 +10,8 @@
 #             the "configuration applied" log line), its median; RSS right after the R reloads
 #             (reloaded_mb: freed memory the allocator has not yet returned) and after DUR
 #             seconds of handshakes again (after_reloads_served_mb); reloaded_ratio is
-#             reloaded_mb over start_mb, rss_ratio after_reloads_served_mb over served_mb.
+#             reloaded_mb over start_mb, settled_ratio the same 2 s later with no traffic
+#             (settled_mb), rss_ratio after_reloads_served_mb over served_mb.
 #             Meanwhile 4 keep-alive clients send requests (benches/lib/stall.py), and
 #             reload_wait_max_ms / _p99_ms say how long the longest of them waited
 #
@@ -164,6 +165,10 @@ run() {
   # At once, freed memory is still the allocator's: mimalloc returns it to the system on
   # later allocation activity (its purge delay), which the handshakes below provide.
   reloaded_mb=$(mb)
+  # Then idle: the blocking thread that ran the reloads exits and its allocator heap with it.
+  sleep 2
+  local settled_mb
+  settled_mb=$(mb)
   local hs_reloaded after_mb
   hs_reloaded=$(handshakes)
   after_mb=$(mb)
@@ -174,6 +179,7 @@ run() {
     "reload_requests=$stall_n reload_wait_max_ms=$stall_max reload_wait_p99_ms=$stall_p99" \
     "reloaded_mb=$reloaded_mb after_reloads_served_mb=$after_mb" \
     "reloaded_ratio=$(awk -v a="$reloaded_mb" -v s="$start_mb" 'BEGIN { printf "%.2f", a / s }')" \
+    "settled_mb=$settled_mb settled_ratio=$(awk -v a="$settled_mb" -v s="$start_mb" 'BEGIN { printf "%.2f", a / s }')" \
     "rss_ratio=$(awk -v a="$after_mb" -v s="$served_mb" 'BEGIN { printf "%.2f", a / s }')" \
     "hs_per_cpu_s=$hs_start hs_per_cpu_s_after_reloads=$hs_reloaded"
 }
