@@ -76,17 +76,10 @@ base=${PERFBENCH_DIR:-/tmp/perfbench}
 # Everything peers.sh's preflight checks for (it needs all peers' binaries whatever --peers says).
 PACKAGES="nginx haproxy caddy hitch wrk nghttp2-client openssl curl iproute2 procps util-linux"
 if [[ ${SKIP_APT:-0} != 1 ]]; then
-  missing=()
-  for pkg in $PACKAGES; do
-    # Whole output captured: `dpkg -s | grep -q` can die of SIGPIPE, which pipefail reports.
-    [[ $(dpkg -s "$pkg" 2>/dev/null) == *$'\nStatus: install ok installed'* ]] || missing+=("$pkg")
-  done
-  if ((${#missing[@]})); then
-    sudo=(); ((EUID == 0)) || sudo=(sudo)
-    log "installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  fi
+  # shellcheck source=../scripts/lib/setup.sh
+  source "$repo/scripts/lib/setup.sh"
+  # shellcheck disable=SC2086 # a list of package names
+  ensure_packages $PACKAGES
 fi
 
 # ------------------------------------------------------------------- build --

@@ -38,16 +38,9 @@ log() { printf '[policies] %s\n' "$*" >&2; }
 die() { printf '[policies] ERROR: %s\n' "$*" >&2; exit 1; }
 
 if [[ ${SKIP_APT:-0} != 1 ]]; then
-  missing=()
-  for pkg in nginx wrk nghttp2-client openssl python3 util-linux; do
-    [[ $(dpkg -s "$pkg" 2>/dev/null) == *$'\nStatus: install ok installed'* ]] || missing+=("$pkg")
-  done
-  if ((${#missing[@]})); then
-    sudo=(); ((EUID == 0)) || sudo=(sudo)
-    log "installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  fi
+  # shellcheck source=../scripts/lib/setup.sh
+  source "$repo/scripts/lib/setup.sh"
+  ensure_packages nginx wrk nghttp2-client openssl python3 util-linux
 fi
 
 log "cargo build --release"
