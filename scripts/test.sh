@@ -31,6 +31,9 @@ cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component 
 
 # One build from a clean clone: incremental state would only add gigabytes to the target dir.
 export CARGO_INCREMENTAL=0
+# The build needs about 3.5 GB here (test binaries and the release .deb build); a CI machine once
+# ran out, so a failed run says how much there was.
+df -h . | awk 'NR == 2 { print "scripts/test.sh: " $4 " free on " $6 " for target/ (about 3.5 GB needed)" }' >&2
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
