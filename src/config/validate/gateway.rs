@@ -369,7 +369,7 @@ impl Checker {
         location: &serde_saphyr::Location,
     ) -> Option<Upstreams> {
         let balance = layer.balance.clone().unwrap_or_default();
-        if balance != Balance::Weighted && targets.iter().any(|t| t.weight != 1) {
+        if balance != Balance::Weighted && targets.iter().any(|t| t.weight != defaults::WEIGHT) {
             self.report(
                 location,
                 format!("{at}.upstreams"),
@@ -377,14 +377,14 @@ impl Checker {
             );
             return None;
         }
-        let t = &layer.timeouts;
-        let response_header = t
-            .response_header
-            .unwrap_or(defaults.response_header_timeout);
+        // What is not written is the route default, but an unwritten `total` follows a
+        // written `response_header`.
+        let (t, unwritten) = (&layer.timeouts, Timeouts::from_defaults(defaults));
+        let response_header = t.response_header.unwrap_or(unwritten.response_header);
         let timeouts = Timeouts {
-            connect: t.connect.unwrap_or(defaults.connect_timeout),
+            connect: t.connect.unwrap_or(unwritten.connect),
             response_header,
-            idle: t.idle.unwrap_or(defaults::ROUTE_IDLE),
+            idle: t.idle.unwrap_or(unwritten.idle),
             total: t
                 .total
                 .unwrap_or_else(|| defaults::route_total(response_header)),
