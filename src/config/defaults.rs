@@ -6,8 +6,8 @@
 //! route's [`RoutePolicy`], [`PassiveHealth`], [`Timeouts`], a bare `upstreams:` list) are
 //! assembled here too. Enum defaults (`balance`, `escaped_slashes`, ...) are the `#[default]`
 //! variant of their type. This module imports the config types and nothing imports back into
-//! them, so it stays out of any cycle. `config/rampart.yaml` states these values in
-//! its comments, and `tests/example.rs` holds every such statement to what loading does.
+//! them, so it stays out of any cycle. `config/rampart.yaml` states these values in its
+//! comments, and `config/tests/example.rs` holds every such statement to what loading does.
 
 use std::time::Duration;
 

@@ -27,6 +27,7 @@ struct Claim {
 fn claims(text: &str) -> (Vec<Claim>, Vec<String>) {
     let key = Regex::new(r"^(?<indent> *)(?<hash># +)?(?<key>[a-z_0-9]+):(?<rest>\s.*)?$")
         .expect("key pattern");
+    let list_item = Regex::new(r"^(?<indent> *)(?<hash># +)?- ").expect("list pattern");
     let stated = Regex::new(r"[(;] ?default (?<value>[^\s):;,][^);]*)\)").expect("default pattern");
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
@@ -54,7 +55,7 @@ fn claims(text: &str) -> (Vec<Claim>, Vec<String>) {
             unchecked.push(format!("line {}: more than one default", index + 1));
             continue;
         }
-        if commented && parent_is_commented(&lines, &key, at, indent) {
+        if commented && parent_is_commented(&lines[..at], [&key, &list_item], indent) {
             unchecked.push(format!("line {}: under a commented-out key", index + 1));
             continue;
         }
@@ -75,11 +76,11 @@ fn claims(text: &str) -> (Vec<Claim>, Vec<String>) {
     (found, unchecked)
 }
 
-/// Whether the nearest key above line `at` that is less indented is itself commented out.
-fn parent_is_commented(lines: &[&str], key: &Regex, at: usize, indent: usize) -> bool {
-    let list_item = Regex::new(r"^(?<indent> *)(?<hash># +)?- ").expect("list pattern");
-    for line in lines[..at].iter().rev() {
-        let caps = key.captures(line).or_else(|| list_item.captures(line));
+/// Whether the last line of `above` that opens a key or a list item less indented than `indent`
+/// is commented out.
+fn parent_is_commented(above: &[&str], openers: [&Regex; 2], indent: usize) -> bool {
+    for line in above.iter().rev() {
+        let caps = openers.iter().find_map(|opener| opener.captures(line));
         if let Some(caps) = caps
             && caps["indent"].len() + caps.name("hash").map_or(0, |m| m.len().saturating_sub(2))
                 < indent
