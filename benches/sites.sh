@@ -67,7 +67,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+rss_mb() { awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -94,7 +95,7 @@ config() {
 
 # run N: every figure for N sites, one line of key=value.
 run() {
-  local n=$1 dir=$work/n$1 ports https admin t0 line
+  local n=$1 dir=$work/n$1 ports https admin t0
   ports=$(config "$n" "$dir")
   read -r https admin <<<"$ports"
 
@@ -114,7 +115,7 @@ run() {
   done
   local start_s start_mb
   start_s=$(since "$t0")
-  start_mb=$(awk -v k="$(rss_kb "$pid")" 'BEGIN { printf "%.0f", k / 1024 }')
+  start_mb=$(rss_mb "$pid")
 
   # handshakes: full TLS 1.3 handshakes per second of Rampart's CPU time.
   handshakes() {
@@ -126,10 +127,9 @@ run() {
     ((failed == 0)) || log "$failed handshakes failed on $n sites"
     awk -v d="$done" -v a="$c1" -v b="$c2" 'BEGIN { printf "%.0f", (b > a) ? d / (b - a) : 0 }'
   }
-  mb() { awk -v k="$(rss_kb "$pid")" 'BEGIN { printf "%.0f", k / 1024 }'; }
   local hs_start served_mb
   hs_start=$(handshakes)
-  served_mb=$(mb)
+  served_mb=$(rss_mb "$pid")
 
   # While reloading, a few keep-alive clients note the longest any request waited.
   taskset -c 1 python3 "$here/lib/stall.py" 127.0.0.1 "$https" s0.test 4 >"$dir/stall.out" &
@@ -155,25 +155,24 @@ run() {
   local reload_s reload_max reloaded_mb
   reload_s=$(printf '%s\n' "${times[@]}" | median)
   reload_max=$(printf '%s\n' "${times[@]}" | sort -g | tail -1)
-  # At once, freed memory is still the allocator's: mimalloc returns it to the system on
-  # later allocation activity (its purge delay), which the handshakes below provide.
-  reloaded_mb=$(mb)
-  # Then idle: the blocking thread that ran the reloads exits and its allocator heap with it.
+  # At once, the replaced configurations' pages are still in the allocator heap of the blocking
+  # thread that ran the reloads; they go back when it exits, 1 s idle later (src/main.rs).
+  reloaded_mb=$(rss_mb "$pid")
   sleep 2
   local settled_mb
-  settled_mb=$(mb)
+  settled_mb=$(rss_mb "$pid")
   local hs_reloaded after_mb
   hs_reloaded=$(handshakes)
-  after_mb=$(mb)
+  after_mb=$(rss_mb "$pid")
 
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   echo "sites=$n check_s=$check_s check_mb=$check_mb start_s=$start_s start_mb=$start_mb" \
     "served_mb=$served_mb reload_median_s=$reload_s reload_max_s=$reload_max" \
     "reload_requests=$stall_n reload_wait_max_ms=$stall_max reload_wait_p99_ms=$stall_p99" \
     "reloaded_mb=$reloaded_mb after_reloads_served_mb=$after_mb" \
-    "reloaded_ratio=$(awk -v a="$reloaded_mb" -v s="$start_mb" 'BEGIN { printf "%.2f", a / s }')" \
-    "settled_mb=$settled_mb settled_ratio=$(awk -v a="$settled_mb" -v s="$start_mb" 'BEGIN { printf "%.2f", a / s }')" \
-    "rss_ratio=$(awk -v a="$after_mb" -v s="$served_mb" 'BEGIN { printf "%.2f", a / s }')" \
+    "reloaded_ratio=$(ratio "$reloaded_mb" "$start_mb")" \
+    "settled_mb=$settled_mb settled_ratio=$(ratio "$settled_mb" "$start_mb")" \
+    "rss_ratio=$(ratio "$after_mb" "$served_mb")" \
     "hs_per_cpu_s=$hs_start hs_per_cpu_s_after_reloads=$hs_reloaded"
 }
 
