@@ -191,7 +191,8 @@ fn run(path: &Path) -> ExitCode {
     };
     // Reloads run on a blocking thread, and the allocator (mimalloc) returns the pages of the
     // configuration a reload replaced when that thread exits: 1 s idle rather than tokio's 10 s
-    // (with 10,000 sites, some 80 MB sooner). Blocking work is rare here; respawns cost nothing.
+    // (with 10,000 sites, some 80 MB sooner). The only blocking work is a reload or an admin
+    // /certs report, each far longer than starting a thread.
     builder.thread_keep_alive(std::time::Duration::from_secs(1));
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
