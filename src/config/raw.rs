@@ -112,33 +112,96 @@ pub(super) struct RawUpstream {
     pub(super) nameservers: Option<List<String>>,
 }
 
-/// One entry of `sites:`. `hosts` is optional here so that a missing list is reported with
-/// the other problems instead of stopping the parse.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct RawSite {
-    pub(super) hosts: Option<List<String>>,
-    pub(super) tls: Spanned<RawTls>,
-    pub(super) default: Spanned<bool>,
-    pub(super) upstreams: Option<List<RawUpstreamEntry>>,
-    pub(super) routes: Option<List<RawRoute>>,
-    pub(super) hsts: Option<Spanned<Box<RawHsts>>>,
-    pub(super) headers: Option<Spanned<Box<RawHeaderRules>>>,
-    pub(super) rate_limit: Option<Spanned<Box<RawRateLimit>>>,
-    // Keys a route inherits from its site when it does not set them (see `raw::gateway`).
-    pub(super) max_body: Option<Text>,
-    pub(super) auth: Option<Spanned<Box<RawAuth>>>,
-    pub(super) balance: Option<Spanned<RawBalance>>,
-    pub(super) ca: Option<Text>,
-    pub(super) health: Option<Spanned<Box<RawHealth>>>,
-    pub(super) passive: Option<Spanned<Box<RawPassive>>>,
-    pub(super) retries: Option<Spanned<i64>>,
-    pub(super) timeouts: Option<Spanned<Box<RawTimeouts>>>,
-    pub(super) max_in_flight: Option<Spanned<i64>>,
-    pub(super) queue: Option<Spanned<Box<RawQueue>>>,
-    pub(super) escaped_slashes: Option<Text>,
-    pub(super) buffer_request_body: Option<Text>,
-    pub(super) buffer_response: Option<Text>,
+/// Declares `RawSite` and `RawRoute` with the keys a route inherits from its site written
+/// once, and [`Keys`], the view through which validation checks them on either. serde's
+/// `flatten` would share the keys without a macro, but it loses `deny_unknown_fields` and
+/// every position inside.
+macro_rules! site_and_route {
+    (
+        $(#[$site_meta:meta])* struct RawSite { $($site_own:tt)* }
+        $(#[$route_meta:meta])* struct RawRoute { $($route_own:tt)* }
+        inherited { $($key:ident: $ty:ty,)* }
+    ) => {
+        $(#[$site_meta])*
+        pub(super) struct RawSite {
+            $($site_own)*
+            $(pub(super) $key: Option<$ty>,)*
+        }
+
+        $(#[$route_meta])*
+        pub(super) struct RawRoute {
+            $($route_own)*
+            $(pub(super) $key: Option<$ty>,)*
+        }
+
+        /// The inheritable keys as written on a site or a route.
+        pub(super) struct Keys<'a> {
+            $(pub(super) $key: &'a Option<$ty>,)*
+        }
+
+        impl RawSite {
+            pub(super) fn keys(&self) -> Keys<'_> {
+                Keys { $($key: &self.$key,)* }
+            }
+        }
+
+        impl RawRoute {
+            pub(super) fn keys(&self) -> Keys<'_> {
+                Keys { $($key: &self.$key,)* }
+            }
+        }
+    };
+}
+
+site_and_route! {
+    /// One entry of `sites:`. `hosts` is optional here so that a missing list is reported with
+    /// the other problems instead of stopping the parse.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawSite {
+        pub(super) hosts: Option<List<String>>,
+        #[serde(default = "site_tls")]
+        pub(super) tls: Spanned<RawTls>,
+        #[serde(default = "not_default")]
+        pub(super) default: Spanned<bool>,
+        pub(super) upstreams: Option<List<RawUpstreamEntry>>,
+        pub(super) routes: Option<List<RawRoute>>,
+        pub(super) hsts: Option<Spanned<Box<RawHsts>>>,
+        pub(super) headers: Option<Spanned<Box<RawHeaderRules>>>,
+        pub(super) rate_limit: Option<Spanned<Box<RawRateLimit>>>,
+    }
+
+    /// One entry of `routes:`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct RawRoute {
+        pub(super) path: Option<Text>,
+        pub(super) path_exact: Option<Text>,
+        pub(super) path_regex: Option<Text>,
+        pub(super) methods: Option<List<String>>,
+        pub(super) strip_prefix: Option<Spanned<bool>>,
+        pub(super) replace_prefix: Option<Spanned<Box<RawReplacePrefix>>>,
+        pub(super) upstreams: Option<List<RawUpstreamEntry>>,
+        pub(super) respond: Option<Spanned<Box<RawRespond>>>,
+        pub(super) headers: Option<Spanned<Box<RawHeaderRules>>>,
+        pub(super) rate_limit: Option<Spanned<Box<RawRateLimit>>>,
+    }
+
+    inherited {
+        max_body: Text,
+        auth: Spanned<Box<RawAuth>>,
+        balance: Spanned<RawBalance>,
+        ca: Text,
+        health: Spanned<Box<RawHealth>>,
+        passive: Spanned<Box<RawPassive>>,
+        retries: Spanned<i64>,
+        timeouts: Spanned<Box<RawTimeouts>>,
+        max_in_flight: Spanned<i64>,
+        queue: Spanned<Box<RawQueue>>,
+        escaped_slashes: Text,
+        buffer_request_body: Text,
+        buffer_response: Text,
+    }
 }
 
 /// `tls:` either a word (`acme`, `internal`) or `{cert: FILE, key: FILE}`.
@@ -156,36 +219,6 @@ pub(super) enum RawTls {
 pub(super) struct RawTlsFiles {
     pub(super) cert: Text,
     pub(super) key: Text,
-}
-
-/// One entry of `routes:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct RawRoute {
-    pub(super) path: Option<Text>,
-    pub(super) path_exact: Option<Text>,
-    pub(super) path_regex: Option<Text>,
-    pub(super) methods: Option<List<String>>,
-    pub(super) strip_prefix: Option<Spanned<bool>>,
-    pub(super) replace_prefix: Option<Spanned<Box<RawReplacePrefix>>>,
-    pub(super) upstreams: Option<List<RawUpstreamEntry>>,
-    pub(super) respond: Option<Spanned<Box<RawRespond>>>,
-    pub(super) headers: Option<Spanned<Box<RawHeaderRules>>>,
-    pub(super) rate_limit: Option<Spanned<Box<RawRateLimit>>>,
-    // Keys a route inherits from its site when it does not set them (see `raw::gateway`).
-    pub(super) max_body: Option<Text>,
-    pub(super) auth: Option<Spanned<Box<RawAuth>>>,
-    pub(super) balance: Option<Spanned<RawBalance>>,
-    pub(super) ca: Option<Text>,
-    pub(super) health: Option<Spanned<Box<RawHealth>>>,
-    pub(super) passive: Option<Spanned<Box<RawPassive>>>,
-    pub(super) retries: Option<Spanned<i64>>,
-    pub(super) timeouts: Option<Spanned<Box<RawTimeouts>>>,
-    pub(super) max_in_flight: Option<Spanned<i64>>,
-    pub(super) queue: Option<Spanned<Box<RawQueue>>>,
-    pub(super) escaped_slashes: Option<Text>,
-    pub(super) buffer_request_body: Option<Text>,
-    pub(super) buffer_response: Option<Text>,
 }
 
 /// `respond: {status, body}`
@@ -289,32 +322,14 @@ impl Default for RawUpstream {
     }
 }
 
-impl Default for RawSite {
-    fn default() -> Self {
-        Self {
-            hosts: None,
-            tls: unplaced(RawTls::Mode(defaults::SITE_TLS.to_string())),
-            default: unplaced(false),
-            upstreams: None,
-            routes: None,
-            hsts: None,
-            headers: None,
-            rate_limit: None,
-            max_body: None,
-            auth: None,
-            balance: None,
-            ca: None,
-            health: None,
-            passive: None,
-            retries: None,
-            timeouts: None,
-            max_in_flight: None,
-            queue: None,
-            escaped_slashes: None,
-            buffer_request_body: None,
-            buffer_response: None,
-        }
-    }
+/// A site's `tls:` when it has none.
+fn site_tls() -> Spanned<RawTls> {
+    unplaced(RawTls::Mode(defaults::SITE_TLS.to_string()))
+}
+
+/// A site's `default:` when it has none.
+fn not_default() -> Spanned<bool> {
+    unplaced(false)
 }
 
 impl Default for RawRespond {

@@ -1,6 +1,6 @@
 //! The raw shape of the gateway policy keys of sites and routes (see `config::gateway` for
-//! what they become). Keys a route inherits from its site are written out in both `RawSite` and
-//! `RawRoute`: serde's `flatten` would lose `deny_unknown_fields` and positions.
+//! what they become). The keys a route inherits from its site are listed once, in `raw.rs`'s
+//! `site_and_route!`.
 
 use std::fmt;
 

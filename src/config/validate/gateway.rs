@@ -19,9 +19,9 @@ use super::{Checker, Zero};
 use crate::config::defaults;
 use crate::config::error::{closest, position};
 use crate::config::raw::{
-    List, RawAuth, RawBalance, RawHeaderOps, RawHeaderRules, RawHealth, RawHsts, RawJwt, RawPairs,
-    RawPassive, RawProxyProtocol, RawQueue, RawRateLimit, RawRoute, RawSite, RawTimeouts,
-    RawUpstreamEntry, Text,
+    Keys, List, RawAuth, RawBalance, RawHeaderOps, RawHeaderRules, RawHealth, RawHsts, RawJwt,
+    RawPairs, RawPassive, RawProxyProtocol, RawQueue, RawRateLimit, RawTimeouts, RawUpstreamEntry,
+    Text,
 };
 use crate::config::{
     ActiveHealth, Balance, Concurrency, EscapedSlashes, ExpectStatus, HeaderOps, HeaderRules, Hsts,
@@ -46,55 +46,6 @@ const MAX_RETRIES: i64 = 10;
 
 /// A year, the least `max-age` HSTS preload lists accept.
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// The inheritable keys as written on a site or a route.
-pub(super) struct Keys<'a> {
-    max_body: &'a Option<Text>,
-    auth: &'a Option<Spanned<Box<RawAuth>>>,
-    balance: &'a Option<Spanned<RawBalance>>,
-    ca: &'a Option<Text>,
-    health: &'a Option<Spanned<Box<RawHealth>>>,
-    passive: &'a Option<Spanned<Box<RawPassive>>>,
-    retries: &'a Option<Spanned<i64>>,
-    timeouts: &'a Option<Spanned<Box<RawTimeouts>>>,
-    max_in_flight: &'a Option<Spanned<i64>>,
-    queue: &'a Option<Spanned<Box<RawQueue>>>,
-    escaped_slashes: &'a Option<Text>,
-    buffer_request_body: &'a Option<Text>,
-    buffer_response: &'a Option<Text>,
-}
-
-macro_rules! keys_of {
-    ($raw:expr) => {
-        Keys {
-            max_body: &$raw.max_body,
-            auth: &$raw.auth,
-            balance: &$raw.balance,
-            ca: &$raw.ca,
-            health: &$raw.health,
-            passive: &$raw.passive,
-            retries: &$raw.retries,
-            timeouts: &$raw.timeouts,
-            max_in_flight: &$raw.max_in_flight,
-            queue: &$raw.queue,
-            escaped_slashes: &$raw.escaped_slashes,
-            buffer_request_body: &$raw.buffer_request_body,
-            buffer_response: &$raw.buffer_response,
-        }
-    };
-}
-
-impl RawSite {
-    pub(super) fn keys(&self) -> Keys<'_> {
-        keys_of!(self)
-    }
-}
-
-impl RawRoute {
-    pub(super) fn keys(&self) -> Keys<'_> {
-        keys_of!(self)
-    }
-}
 
 /// The inheritable settings of one site or route, checked; `None` fields were not written.
 #[derive(Clone, Debug, Default)]
