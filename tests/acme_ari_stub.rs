@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rampart::acme::storage::RenewalReason;
-use rampart::acme::{CertFiles, ChallengeStore, RenewalScheduler, account_path};
+use rampart::acme::{ChallengeStore, DiskStorage, RenewalScheduler, Storage, account_path};
 use rampart::config::{Acme, KeyType, Site, SiteTls};
 use rampart::pki::HostName;
 use rampart::tls::CertStore;
@@ -182,8 +182,10 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
         policy: Default::default(),
     };
     let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
-    let files = CertFiles::new(storage.path());
-    files.save_cert(&site.name, chain.as_bytes(), key.as_bytes())?;
+    let files = DiskStorage::new(storage.path());
+    files
+        .save_pair(&site.name, chain.as_bytes(), key.as_bytes())
+        .await?;
 
     let certs = CertStore::default();
     let stop = CancellationToken::new();

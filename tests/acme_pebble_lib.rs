@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rampart::acme::timing::Backoff;
 use rampart::acme::{
-    AccountSlot, AcmeError, CertFiles, ChallengeStore, OrderRequest, RenewalScheduler, SelfCheck,
+    AccountSlot, AcmeError, ChallengeStore, DiskStorage, OrderRequest, RenewalScheduler, SelfCheck,
     Tuning, account_path, issue,
 };
 use rampart::config::{Acme, KeyType, Site, SiteTls};
@@ -73,12 +73,16 @@ impl Bench {
         }
     }
 
+    fn disk(&self) -> Arc<DiskStorage> {
+        Arc::new(DiskStorage::new(self.storage.path()))
+    }
+
     fn slot(&self) -> AccountSlot {
-        AccountSlot::new(&self.acme(), self.storage.path()).expect("account slot")
+        AccountSlot::new(&self.acme(), self.disk()).expect("account slot")
     }
 
     fn slot_with(&self, acme: &Acme) -> AccountSlot {
-        AccountSlot::new(acme, self.storage.path()).expect("account slot")
+        AccountSlot::new(acme, self.disk()).expect("account slot")
     }
 
     fn scheduler(&self, sites: &[Site], certs: &CertStore) -> RenewalScheduler {
@@ -446,7 +450,7 @@ async fn scheduler_serves_sites_and_a_restart_reuses_stored_certificates() -> Te
         checked.contains(&expected),
         "self-check not run: {checked:?}"
     );
-    let files = CertFiles::new(bench.storage.path());
+    let files = DiskStorage::new(bench.storage.path());
     let meta = files.load_meta("one.rampart.test")?;
     assert_eq!(meta.consecutive_failures, 0);
     assert!(meta.last_success.is_some() && meta.renewal.is_some());
@@ -525,7 +529,7 @@ async fn truncated_certificate_file_is_not_served_and_is_reissued() -> TestResul
     task.await?;
     let old = served_serial(&certs, "truncated.rampart.test").ok_or("not served")?;
 
-    let cert_path = CertFiles::new(bench.storage.path())
+    let cert_path = DiskStorage::new(bench.storage.path())
         .site_dir("truncated.rampart.test")
         .join("cert.pem");
     let pem = std::fs::read(&cert_path)?;
@@ -558,7 +562,7 @@ async fn unreachable_ca_at_start_is_retried_with_backoff_until_it_is_back() -> T
     let certs = CertStore::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(bench.scheduler(&sites, &certs).run(stop.clone()));
-    let files = CertFiles::new(bench.storage.path());
+    let files = DiskStorage::new(bench.storage.path());
     eventually(Duration::from_secs(60), "two recorded failures", || {
         files
             .load_meta("late.rampart.test")
@@ -595,7 +599,7 @@ async fn failing_site_backs_off_with_the_ca_problem_while_others_are_served() ->
     let certs = CertStore::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(bench.scheduler(&sites, &certs).run(stop.clone()));
-    let files = CertFiles::new(bench.storage.path());
+    let files = DiskStorage::new(bench.storage.path());
     eventually(
         Duration::from_secs(60),
         "healthy site served and broken one failed twice",

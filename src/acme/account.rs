@@ -1,11 +1,11 @@
 //! The ACME account: loaded from storage, registered once, re-registered when the CA forgets it.
 //!
-//! Reads and writes `storage/acme/<ca-id>/account.json` (instant-acme's credentials JSON, mode
-//! 0600, directory 0700), where `<ca-id>` comes from the directory URL so that staging and
-//! production accounts never mix. Used by the issuance tasks of the scheduler; one
+//! Reads and writes the storage's `Item::Account(<ca-id>)` (instant-acme's credentials JSON; on
+//! disk `storage/acme/<ca-id>/account.json`, mode 0600), where `<ca-id>` comes from the directory
+//! URL so that staging and production accounts never mix. Used by the issuance tasks of the scheduler; one
 //! [`AccountSlot`] is shared by all of them and registers at most one account at a time.
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::Uri;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, Key, NewAccount};
@@ -13,19 +13,16 @@ use rustls::pki_types::PrivateKeyDer;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::acme::AcmeError;
 use crate::acme::http::AcmeHttp;
 use crate::acme::retry::StepRetry;
+use crate::acme::{AcmeError, Item, Storage};
 use crate::config::Acme;
-use crate::tls::disk;
-
-/// The account file name inside the CA's directory.
-const ACCOUNT_FILE: &str = "account.json";
 
 /// Lazily loaded account shared by every issuance for one CA.
 pub struct AccountSlot {
     directory: String,
-    path: PathBuf,
+    ca: String,
+    storage: Arc<dyn Storage>,
     contact: Option<String>,
     eab: Option<ExternalAccountKey>,
     http: AcmeHttp,
@@ -38,10 +35,11 @@ impl AccountSlot {
     ///
     /// # Errors
     /// `CaBundle`/`CaBundleEmpty` when `acme.ca_bundle` is unusable.
-    pub fn new(acme: &Acme, storage: &Path) -> Result<Self, AcmeError> {
+    pub fn new(acme: &Acme, storage: Arc<dyn Storage>) -> Result<Self, AcmeError> {
         Ok(Self {
             directory: acme.directory.to_string(),
-            path: account_path(storage, &acme.directory),
+            ca: ca_id(&acme.directory),
+            storage,
             contact: acme.email.as_ref().map(|email| format!("mailto:{email}")),
             eab: acme
                 .eab
@@ -53,8 +51,12 @@ impl AccountSlot {
     }
 
     /// Where the credentials live.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn place(&self) -> String {
+        self.storage.place(self.item())
+    }
+
+    fn item(&self) -> Item<'_> {
+        Item::Account(&self.ca)
     }
 
     /// The account, restored from storage or registered now (and then stored).
@@ -68,7 +70,7 @@ impl AccountSlot {
         if let Some(account) = &*current {
             return Ok(account.clone());
         }
-        let account = match self.read_credentials()? {
+        let account = match self.read_credentials().await? {
             Some(credentials) => self.restore(credentials).await?,
             None => self.register().await?,
         };
@@ -91,7 +93,7 @@ impl AccountSlot {
             account = stale.id(),
             "CA no longer knows the ACME account; registering the same key again"
         );
-        let account = match self.read_credentials()? {
+        let account = match self.read_credentials().await? {
             Some(credentials) => {
                 let pkcs8 = credentials.private_key().clone_key();
                 let register_error = |source| AcmeError::Register {
@@ -115,7 +117,7 @@ impl AccountSlot {
                         warn!(%error, "cannot restore the ACME account contact");
                     }
                 }
-                self.write_credentials(&credentials)?;
+                self.write_credentials(&credentials).await?;
                 account
             }
             None => self.register().await?,
@@ -135,7 +137,7 @@ impl AccountSlot {
             let builder = Account::builder_with_http(Box::new(self.http.clone()));
             match builder.from_credentials(credentials).await {
                 Ok(account) => {
-                    info!(account = account.id(), path = %self.path.display(), "ACME account loaded");
+                    info!(account = account.id(), place = %self.place(), "ACME account loaded");
                     return Ok(account);
                 }
                 Err(error) => retry
@@ -173,61 +175,34 @@ impl AccountSlot {
                     })?,
             }
         };
-        self.write_credentials(&credentials)?;
-        info!(account = account.id(), path = %self.path.display(), "ACME account registered");
+        self.write_credentials(&credentials).await?;
+        info!(account = account.id(), place = %self.place(), "ACME account registered");
         Ok(account)
     }
 
-    /// The stored credentials; an unparsable file is reported and moved aside.
-    fn read_credentials(&self) -> Result<Option<AccountCredentials>, AcmeError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(AcmeError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+    /// The stored credentials; unparsable ones are reported and set aside.
+    async fn read_credentials(&self) -> Result<Option<AccountCredentials>, AcmeError> {
+        let Some(bytes) = self.storage.load(self.item()).await? else {
+            return Ok(None);
         };
         match serde_json::from_slice(&bytes) {
             Ok(credentials) => Ok(Some(credentials)),
             Err(source) => {
                 let error = AcmeError::AccountFile {
-                    path: self.path.clone(),
+                    place: self.place(),
                     source,
                 };
-                let aside = self.path.with_extension("json.corrupt");
-                warn!(error = %crate::observe::Chain(&error), aside = %aside.display(), "registering a new ACME account");
-                std::fs::rename(&self.path, &aside).map_err(|source| AcmeError::Persist {
-                    path: aside,
-                    source,
-                })?;
+                warn!(error = %crate::observe::Chain(&error), "setting the stored account aside; registering a new ACME account");
+                self.storage.discard(self.item()).await?;
                 Ok(None)
             }
         }
     }
 
-    fn write_credentials(&self, credentials: &AccountCredentials) -> Result<(), AcmeError> {
+    async fn write_credentials(&self, credentials: &AccountCredentials) -> Result<(), AcmeError> {
         let json = serde_json::to_vec_pretty(credentials).expect("credentials serialize to JSON");
-        let dir = self.path.parent().expect("account path has a parent");
-        disk::ensure_private_dir(dir).map_err(|source| AcmeError::Persist {
-            path: dir.to_owned(),
-            source,
-        })?;
-        disk::write_atomic(&self.path, &json, disk::SECRET).map_err(|source| AcmeError::Persist {
-            path: self.path.clone(),
-            source,
-        })
+        self.storage.save(self.item(), &json).await
     }
-}
-
-/// `storage/acme/<ca-id>/account.json` for the directory URL.
-pub fn account_path(storage: &Path, directory: &Uri) -> PathBuf {
-    storage
-        .join("acme")
-        .join(ca_id(directory))
-        .join(ACCOUNT_FILE)
 }
 
 /// A file-name-safe identifier of the CA: host, port and path of the directory URL, with

@@ -57,11 +57,11 @@ pub enum AcmeError {
         #[source]
         source: instant_acme::Error,
     },
-    /// The stored account file is unparsable (it is moved aside and a new account registered).
-    #[error("cannot parse the ACME account file {path}")]
+    /// The stored account is unparsable (it is set aside and a new account registered).
+    #[error("cannot parse the stored ACME account {place}")]
     AccountFile {
-        /// The `account.json`.
-        path: PathBuf,
+        /// Where it is stored.
+        place: String,
         /// Cause.
         #[source]
         source: serde_json::Error,
@@ -85,27 +85,27 @@ pub enum AcmeError {
         source: io::Error,
     },
     /// A stored certificate is truncated, unparsable or does not match its key: not served.
-    #[error("stored certificate {path} is unusable")]
+    #[error("stored certificate {place} is unusable")]
     StoredCert {
-        /// The certificate file.
-        path: PathBuf,
+        /// Where the chain is stored.
+        place: String,
         /// What the check found.
         #[source]
         source: TlsError,
     },
-    /// Only one of `cert.pem` and `key.pem` exists.
+    /// Only one of the chain and the key is stored.
     #[error("stored certificate for site {site} is incomplete: {missing} is missing")]
     StoredIncomplete {
         /// Site name.
         site: String,
-        /// The absent file.
-        missing: PathBuf,
+        /// Where the absent one should be.
+        missing: String,
     },
-    /// `meta.json` is unparsable; scheduling state starts afresh.
-    #[error("cannot parse {path}")]
+    /// The stored scheduling state is unparsable; it starts afresh.
+    #[error("cannot parse {place}")]
     Meta {
-        /// The `meta.json`.
-        path: PathBuf,
+        /// Where it is stored.
+        place: String,
         /// Cause.
         #[source]
         source: serde_json::Error,

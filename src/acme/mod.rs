@@ -4,7 +4,7 @@
 //! shared [`crate::tls::CertStore`] and [`ChallengeStore`] and runs it until shutdown. It publishes
 //! stored certificates, then obtains or renews the rest, one short task per due site (`renewal`),
 //! each issuance going through [`order::issue`] with the account kept by [`AccountSlot`]. Time
-//! decisions are pure functions in [`timing`]; the on-disk layout lives in [`storage`].
+//! decisions are pure functions in [`timing`]; what is stored, and where, in [`storage`].
 
 mod account;
 mod challenge;
@@ -18,10 +18,10 @@ mod status;
 pub mod storage;
 pub mod timing;
 
-pub use account::{AccountSlot, account_path, ca_id};
+pub use account::{AccountSlot, ca_id};
 pub use challenge::ChallengeStore;
 pub use error::{AcmeError, HostProblem, Step};
 pub use order::{Issued, OrderRequest, issue};
 pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};
 pub use status::{CertificateStatus, SiteStatus, status};
-pub use storage::{CertFiles, Meta};
+pub use storage::{DiskStorage, Item, Meta, Storage, account_path};

@@ -16,7 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::acme::error::Step;
 use crate::acme::order::{Issued, OrderRequest, issue};
-use crate::acme::storage::{AriState, CertFiles, LastError, Meta, Renewal, RenewalReason};
+use crate::acme::storage::{
+    AriState, DiskStorage, LastError, Meta, Renewal, RenewalReason, Storage,
+};
 use crate::acme::timing::{self, Served};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
 use crate::config::{KeyType, Site};
@@ -37,7 +39,8 @@ const ARI_RECHECK_MAX: Duration = Duration::from_secs(12 * 3600);
 /// Handles every issuance task uses.
 pub(super) struct Shared {
     pub(super) slot: AccountSlot,
-    pub(super) files: CertFiles,
+    /// Where certificates and state are written.
+    pub(super) storage: Arc<dyn Storage>,
     pub(super) certs: CertStore,
     pub(super) challenges: ChallengeStore,
     pub(super) self_check: Arc<dyn SelfCheck>,
@@ -117,9 +120,9 @@ impl SiteState {
     }
 }
 
-/// Reads a site's files and publishes its stored certificate if it is usable.
+/// Reads a site's local files and publishes its stored certificate if it is usable.
 pub(super) fn load_state(
-    files: &CertFiles,
+    files: &DiskStorage,
     site: &Arc<Site>,
     certs: &CertStore,
     provider: &CryptoProvider,
@@ -188,7 +191,7 @@ pub(super) async fn attempt(shared: Arc<Shared>, mut state: SiteState) -> SiteSt
         }
     }
     state.record_renewal(SystemTime::now());
-    save_meta(&shared, &state);
+    save_meta(&shared, &state).await;
     state
 }
 
@@ -207,7 +210,7 @@ async fn order(shared: &Shared, state: &mut SiteState) {
         shared.tuning.backoff,
         rand::random(),
     ));
-    save_meta(shared, state);
+    save_meta(shared, state).await;
     let replaces = if shared.ari.load(Ordering::Relaxed) == ARI_YES {
         state
             .served
@@ -286,11 +289,14 @@ async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: Sy
             return record_failure(shared, state, &error, now);
         }
     };
-    let saved = shared.files.save_cert(
-        &site.name,
-        issued.chain_pem.as_bytes(),
-        issued.key_pem.as_bytes(),
-    );
+    let saved = shared
+        .storage
+        .save_pair(
+            &site.name,
+            issued.chain_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .await;
     if let Err(error) = &saved {
         let old_valid = state
             .served
@@ -426,8 +432,12 @@ fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now
     );
 }
 
-fn save_meta(shared: &Shared, state: &SiteState) {
-    if let Err(error) = shared.files.save_meta(&state.site.name, &state.meta) {
+async fn save_meta(shared: &Shared, state: &SiteState) {
+    if let Err(error) = shared
+        .storage
+        .save_meta(&state.site.name, &state.meta)
+        .await
+    {
         // The in-memory state still holds the backoff; only a restart would lose it.
         error!(site = %state.site.name, error = %Chain(&error), "cannot store ACME state");
     }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use crate::acme::renewal::{ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, load_state};
-use crate::acme::storage::CertFiles;
+use crate::acme::storage::{DiskStorage, Storage};
 use crate::acme::timing::{self, Backoff};
 use crate::acme::{AccountSlot, ChallengeStore};
 use crate::config::{Acme, Site, SiteTls};
@@ -79,7 +79,10 @@ impl Default for Tuning {
 /// Obtains and renews certificates for ACME sites; see the module docs.
 pub struct RenewalScheduler {
     acme: Acme,
-    storage: std::path::PathBuf,
+    /// The local files: read at start, before any task runs.
+    local: DiskStorage,
+    /// Where issuance writes (the local files, for now).
+    storage: Arc<dyn Storage>,
     sites: Vec<Arc<Site>>,
     certs: CertStore,
     challenges: ChallengeStore,
@@ -105,7 +108,8 @@ impl RenewalScheduler {
             .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
         Self {
             acme,
-            storage: storage.to_owned(),
+            local: DiskStorage::new(storage),
+            storage: Arc::new(DiskStorage::new(storage)),
             sites: sites
                 .iter()
                 .filter(|s| s.tls == SiteTls::Acme)
@@ -147,10 +151,9 @@ impl RenewalScheduler {
 
     /// Every site's stored state, each usable certificate published.
     fn load_all(&self) -> Vec<SiteState> {
-        let files = CertFiles::new(&self.storage);
         self.sites
             .iter()
-            .map(|site| load_state(&files, site, &self.certs, &self.provider))
+            .map(|site| load_state(&self.local, site, &self.certs, &self.provider))
             .collect()
     }
 
@@ -160,7 +163,6 @@ impl RenewalScheduler {
     /// # Cancel safety
     /// Meant to run as its own task and be stopped through `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
-        let files = CertFiles::new(&self.storage);
         let loaded = match self.loaded.take() {
             Some(loaded) => loaded,
             None => self.load_all(),
@@ -169,7 +171,7 @@ impl RenewalScheduler {
         if self.sites.is_empty() {
             return;
         }
-        let slot = match AccountSlot::new(&self.acme, &self.storage) {
+        let slot = match AccountSlot::new(&self.acme, self.storage.clone()) {
             Ok(slot) => slot,
             Err(error) => {
                 error!(error = %Chain(&error), "ACME disabled: no certificate can be obtained");
@@ -179,7 +181,7 @@ impl RenewalScheduler {
         };
         let shared = Arc::new(Shared {
             slot,
-            files,
+            storage: self.storage,
             certs: self.certs,
             challenges: self.challenges,
             self_check: self.self_check,
@@ -224,7 +226,7 @@ impl RenewalScheduler {
                             let Some(index) = running.remove(&failed.id()) else { continue };
                             let site = &self.sites[index];
                             error!(site = %site.name, error = %failed, "ACME task failed; reloading its state");
-                            states[index] = Some(load_state(&shared.files, site, &shared.certs, &shared.provider));
+                            states[index] = Some(load_state(&self.local, site, &shared.certs, &shared.provider));
                             continue;
                         }
                     };

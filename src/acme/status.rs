@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use rustls::crypto::CryptoProvider;
 use serde::Serialize;
 
-use crate::acme::storage::{CertFiles, LastError, RenewalReason, rfc3339};
+use crate::acme::storage::{DiskStorage, LastError, RenewalReason, rfc3339};
 use crate::config::{Config, Site, SiteTls};
 use crate::observe::Chain;
 use crate::tls::LeafFacts;
@@ -61,7 +61,7 @@ pub struct CertificateStatus {
 
 /// The status of every site of `config`, in file order.
 pub fn status(config: &Config, provider: &CryptoProvider) -> Vec<SiteStatus> {
-    let files = CertFiles::new(&config.storage);
+    let files = DiskStorage::new(&config.storage);
     config
         .sites
         .iter()
@@ -69,7 +69,7 @@ pub fn status(config: &Config, provider: &CryptoProvider) -> Vec<SiteStatus> {
         .collect()
 }
 
-fn site_status(site: &Site, files: &CertFiles, provider: &CryptoProvider) -> SiteStatus {
+fn site_status(site: &Site, files: &DiskStorage, provider: &CryptoProvider) -> SiteStatus {
     let mut status = SiteStatus {
         site: site.name.clone(),
         names: site.hosts.iter().map(ToString::to_string).collect(),
