@@ -16,6 +16,10 @@ use super::{
     Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams,
 };
 
+// cluster:
+pub(super) const CLUSTER_PREFIX: &str = "/rampart/";
+pub(super) const CLUSTER_LOCK_TTL: &str = "30s";
+
 // listen:
 pub(super) const HTTPS: &str = "[::]:443";
 pub(super) const HTTP: &str = "[::]:80";

@@ -37,7 +37,54 @@ pub(super) struct RawConfig {
     pub(super) shutdown_grace: Text,
     pub(super) trusted_proxies: Option<List<String>>,
     pub(super) headers_with_underscores: Text,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) sites: List<RawSite>,
+}
+
+/// `cluster:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) etcd: Spanned<RawEtcd>,
+    #[serde(default)]
+    pub(super) node: Option<Text>,
+    #[serde(default = "cluster_lock_ttl")]
+    pub(super) lock_ttl: Text,
+    pub(super) encryption_key_file: Text,
+}
+
+/// `cluster.etcd:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcd {
+    pub(super) endpoints: List<String>,
+    #[serde(default = "cluster_prefix")]
+    pub(super) prefix: Text,
+    #[serde(default)]
+    pub(super) tls: Option<Spanned<RawEtcdTls>>,
+    #[serde(default)]
+    pub(super) username: Option<Text>,
+    #[serde(default)]
+    pub(super) password_file: Option<Text>,
+}
+
+/// `cluster.etcd.tls:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEtcdTls {
+    pub(super) ca: Text,
+    #[serde(default)]
+    pub(super) cert: Option<Text>,
+    #[serde(default)]
+    pub(super) key: Option<Text>,
+}
+
+fn cluster_lock_ttl() -> Text {
+    text(defaults::CLUSTER_LOCK_TTL)
+}
+
+fn cluster_prefix() -> Text {
+    text(defaults::CLUSTER_PREFIX)
 }
 
 /// `listen:`
@@ -251,6 +298,7 @@ impl Default for RawConfig {
             shutdown_grace: text(defaults::SHUTDOWN_GRACE),
             trusted_proxies: None,
             headers_with_underscores: text(defaults::HEADERS_WITH_UNDERSCORES),
+            cluster: None,
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }

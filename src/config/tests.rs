@@ -12,6 +12,7 @@ use http::StatusCode;
 use super::*;
 use crate::pki::HostName;
 
+mod cluster;
 mod example;
 mod gateway;
 mod site;

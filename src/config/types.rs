@@ -41,6 +41,66 @@ pub struct Config {
     pub headers_with_underscores: Underscores,
     /// Sites in file order; host names are unique across them, at most one is `default`.
     pub sites: Vec<Site>,
+    /// `cluster:` shared certificates, locks and challenge answers; `None`: this node alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:` nodes sharing certificates, ACME locks and challenge answers through etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The etcd cluster.
+    pub etcd: Etcd,
+    /// This node's name in locks, logs and `rampart certs` (default: the host name).
+    pub node: String,
+    /// Lease of an issuance lock: a holder that stops renewing it loses it after this.
+    pub lock_ttl: Duration,
+    /// Seals private keys before they are written to etcd.
+    pub encryption_key: SealKey,
+}
+
+/// `cluster.etcd:`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Etcd {
+    /// `http://host:port` or `https://host:port`, all of one scheme.
+    pub endpoints: Vec<String>,
+    /// Every key Rampart writes starts with it; starts and ends with `/`.
+    pub prefix: String,
+    /// For `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// etcd's own authentication: user name and password.
+    pub user: Option<(String, Secret)>,
+}
+
+/// `cluster.etcd.tls:` the CA that signed etcd's certificate, and a client certificate if etcd
+/// asks for one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM bundle.
+    pub ca: PathBuf,
+    /// Client certificate chain and key (PEM).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// `cluster.encryption_key_file`: 32 random bytes, the same on every node. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealKey([u8; 32]);
+
+impl SealKey {
+    /// Wraps the key bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key, for the cipher.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealKey(..)")
+    }
 }
 
 /// Listener addresses.

@@ -4,7 +4,8 @@
 //! key and CA bundle files the configuration names (to prove they are usable before anything
 //! is served) and writes nothing. A check that fails records a [`Problem`] and yields `None`;
 //! the checks of one section all run before their results are combined, so one run reports
-//! every problem in the file. The checks of `sites:` are in `validate/site.rs`.
+//! every problem in the file. The checks of `sites:` are in `validate/site.rs`, of `cluster:` in
+//! `validate/cluster.rs`.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use crate::config::{
     UpstreamDefaults, humane,
 };
 
+mod cluster;
 mod gateway;
 mod site;
 
@@ -108,6 +110,10 @@ impl Checker {
             ],
         );
         let sites = self.sites(&raw.sites, upstream.as_ref());
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|cluster| self.cluster(&cluster.value));
         Some(Config {
             source: source.to_path_buf(),
             listen: listen?,
@@ -120,6 +126,7 @@ impl Checker {
             sites: sites?,
             trusted_proxies: trusted_proxies?,
             headers_with_underscores: headers_with_underscores?,
+            cluster: present(cluster)?,
         })
     }
 
