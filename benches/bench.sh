@@ -79,7 +79,7 @@ if [[ ${SKIP_APT:-0} != 1 ]]; then
   # shellcheck source=../scripts/lib/setup.sh
   source "$repo/scripts/lib/setup.sh"
   # shellcheck disable=SC2086 # a list of package names
-  ensure_packages $PACKAGES
+  ensure_packages $BUILD_PACKAGES $PACKAGES
 fi
 
 # ------------------------------------------------------------------- build --

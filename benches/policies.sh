@@ -40,7 +40,8 @@ die() { printf '[policies] ERROR: %s\n' "$*" >&2; exit 1; }
 if [[ ${SKIP_APT:-0} != 1 ]]; then
   # shellcheck source=../scripts/lib/setup.sh
   source "$repo/scripts/lib/setup.sh"
-  ensure_packages nginx wrk nghttp2-client openssl python3 util-linux
+  # shellcheck disable=SC2086 # a list of package names
+  ensure_packages $BUILD_PACKAGES nginx wrk nghttp2-client openssl python3 util-linux
 fi
 
 log "cargo build --release"

@@ -49,7 +49,8 @@ die() { printf '[sites] ERROR: %s\n' "$*" >&2; exit 1; }
 if [[ ${SKIP_APT:-0} != 1 ]]; then
   # shellcheck source=../scripts/lib/setup.sh
   source "$repo/scripts/lib/setup.sh"
-  ensure_packages openssl python3 util-linux curl
+  # shellcheck disable=SC2086 # a list of package names
+  ensure_packages $BUILD_PACKAGES openssl python3 util-linux curl
 fi
 
 rampart=${RAMPART:-}

@@ -3,7 +3,7 @@
 #
 # Usage: scripts/run-example.sh      (from anywhere; stop with Ctrl-C)
 #
-# Installs the C toolchain the TLS library (aws-lc-sys) builds with if it is missing, builds the
+# Installs what the build needs (the C toolchain aws-lc-sys builds with, protoc) if it is missing, builds the
 # release binary and runs it on config/rampart.yaml: https on port 8443 with a certificate
 # for localhost from Rampart's internal CA, http on 8080. The CA is created on the first start in
 # certs/internal-ca/; in another terminal:
@@ -12,16 +12,15 @@
 # Needs a Rust toolchain (rustup: https://rustup.rs); it is not installed here.
 set -euo pipefail
 
-# gcc + libc6-dev (what build-essential would bring for linking), pkg-config; ca-certificates
-# for cargo's downloads and curl for trying the example.
-PACKAGES="gcc libc6-dev pkg-config ca-certificates curl"
+# What the build needs (BUILD_PACKAGES in scripts/lib/setup.sh), and curl for trying the example.
+PACKAGES="curl"
 
 die() { printf 'scripts/run-example.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck source=scripts/lib/setup.sh
 source scripts/lib/setup.sh
-read -ra packages <<<"$PACKAGES"
+read -ra packages <<<"$BUILD_PACKAGES $PACKAGES"
 ensure_packages "${packages[@]}"
 ensure_cargo
 

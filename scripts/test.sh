@@ -3,8 +3,8 @@
 #
 # Usage: scripts/test.sh          (from anywhere; CI calls it through .ci/run)
 #
-#   1. Debian packages the tests use (Pebble, curl, openssl, nghttp2-client, ...) and the C
-#      toolchain aws-lc-sys builds with; apt-get runs only when one of them is missing.
+#   1. Debian packages the tests use (Pebble, etcd, curl, openssl, nghttp2-client, ...) and what
+#      the build needs (C toolchain, protoc); apt-get runs only when one of them is missing.
 #   2. scripts/check-commits.sh (commit messages, CONTRIBUTING.md)
 #   3. cargo fmt --check
 #   4. cargo clippy --all-targets --locked -- -D warnings
@@ -14,16 +14,16 @@
 # Needs a Rust toolchain with rustfmt and clippy (rustup); it is not installed here.
 set -euo pipefail
 
-# Everything the build and the tests need from Debian, in one place.
-# systemd: systemd-socket-activate for tests/systemd.rs.
-PACKAGES="git pebble curl openssl ca-certificates build-essential pkg-config nghttp2-client procps iproute2 systemd"
+# Everything the tests need from Debian beside the build's (BUILD_PACKAGES in scripts/lib/setup.sh).
+# systemd: systemd-socket-activate for tests/systemd.rs; etcd-server: the cluster tests' store.
+PACKAGES="git pebble curl openssl build-essential nghttp2-client procps iproute2 systemd etcd-server"
 
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck source=scripts/lib/setup.sh
 source scripts/lib/setup.sh
-read -ra packages <<<"$PACKAGES"
+read -ra packages <<<"$BUILD_PACKAGES $PACKAGES"
 ensure_packages "${packages[@]}"
 ensure_cargo
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"

@@ -1,8 +1,12 @@
 # scripts/lib/setup.sh: sourced by the scripts beside it; installs Debian packages and finds cargo.
 #
 #   ensure_packages PKG...   apt-get installs the missing ones (update first), as root or via sudo
+#   BUILD_PACKAGES           what building Rampart needs from Debian: the C toolchain aws-lc-sys
+#                            builds with, protoc for etcd-client's gRPC code, CA roots for cargo
 #   ensure_cargo             puts ~/.cargo/bin on PATH when needed; fails clearly without cargo
 # Callers define die() and set -euo pipefail.
+
+BUILD_PACKAGES="gcc libc6-dev pkg-config protobuf-compiler ca-certificates"
 
 ensure_packages() {
   local pkg missing=() sudo=()
