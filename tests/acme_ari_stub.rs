@@ -184,7 +184,12 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
     let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
     let files = DiskStorage::new(storage.path());
     files
-        .save_pair(&site.name, chain.as_bytes(), key.as_bytes())
+        .save_pair(
+            &site.name,
+            chain.as_bytes(),
+            key.as_bytes(),
+            &rampart::acme::storage::SiteLock::local(),
+        )
         .await?;
 
     let certs = CertStore::default();

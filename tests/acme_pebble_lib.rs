@@ -158,6 +158,7 @@ fn request(site: &Site) -> OrderRequest<'_> {
         key_type: KeyType::EcdsaP256,
         profile: None,
         replaces: None,
+        share: None,
     }
 }
 

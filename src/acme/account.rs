@@ -201,7 +201,7 @@ impl AccountSlot {
 
     async fn write_credentials(&self, credentials: &AccountCredentials) -> Result<(), AcmeError> {
         let json = serde_json::to_vec_pretty(credentials).expect("credentials serialize to JSON");
-        self.storage.save(self.item(), &json).await
+        self.storage.save(self.item(), &json, None).await
     }
 }
 

@@ -84,6 +84,32 @@ pub enum AcmeError {
         #[source]
         source: io::Error,
     },
+    /// The cluster store could not be reached, or refused a request.
+    #[error("cluster store: cannot {action}")]
+    Store {
+        /// What was being done, naming the key.
+        action: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A challenge answer could not be shared with the other nodes, so the CA's request might
+    /// reach a node that cannot answer it: the order is not continued.
+    #[error("site {site}: cannot share the challenge answer with the other nodes")]
+    Shared {
+        /// Site name.
+        site: String,
+        /// Cause.
+        #[source]
+        source: Box<AcmeError>,
+    },
+    /// A write under a site's issuance lock was refused because the lock is no longer held (its
+    /// lease expired): another node may be ordering now, and its result wins.
+    #[error("site {site}: the issuance lock was lost, so the write was refused")]
+    Fenced {
+        /// Site name.
+        site: String,
+    },
     /// A stored certificate is truncated, unparsable or does not match its key: not served.
     #[error("stored certificate {place} is unusable")]
     StoredCert {

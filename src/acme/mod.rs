@@ -19,7 +19,7 @@ pub mod storage;
 pub mod timing;
 
 pub use account::{AccountSlot, ca_id};
-pub use challenge::ChallengeStore;
+pub use challenge::{ChallengeSource, ChallengeStore};
 pub use error::{AcmeError, HostProblem, Step};
 pub use order::{Issued, OrderRequest, issue};
 pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};

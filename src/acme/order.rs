@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::acme::error::{ALREADY_REPLACED, RATE_LIMITED, Step, problem_of};
 use crate::acme::http::{Tally, current_retry_after};
 use crate::acme::retry::StepRetry;
+use crate::acme::storage::{SiteLock, Storage};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, HostProblem};
 use crate::config::{KeyType, Site};
 use crate::pki::HostName;
@@ -45,6 +46,9 @@ pub struct OrderRequest<'a> {
     pub profile: Option<&'a str>,
     /// The certificate this one replaces (RFC 9773 §5), when the CA supports ARI.
     pub replaces: Option<CertificateIdentifier<'static>>,
+    /// In a cluster: the store and the site's lock under which every node's `:80` listener is
+    /// given the challenge answers, since the CA's request may reach any of them.
+    pub share: Option<(&'a dyn Storage, &'a SiteLock)>,
 }
 
 /// A freshly issued certificate and its private key, as PEM.
@@ -134,6 +138,7 @@ async fn run_order(
     if status == OrderStatus::Pending {
         let mut tokens = Tokens {
             store: challenges,
+            share: request.share,
             served: Vec::new(),
         };
         answer_challenges(&mut order, &mut tokens, site).await?;
@@ -272,7 +277,13 @@ async fn answer_challenges(
                 });
             };
             // RFC 8555 §8.3: the token must be answerable before the CA is told to fetch it.
-            tokens.serve(&challenge.token, challenge.key_authorization().as_str());
+            tokens
+                .serve(&challenge.token, challenge.key_authorization().as_str())
+                .await
+                .map_err(|source| AcmeError::Shared {
+                    site: site.to_owned(),
+                    source: Box::new(source),
+                })?;
             let mut ready = StepRetry::new();
             loop {
                 match challenge.set_ready().await {
@@ -487,16 +498,24 @@ fn problem_type(error: &instant_acme::Error) -> Option<&str> {
     problem_of(error).and_then(|p| p.r#type.as_deref())
 }
 
-/// Tokens served for one order; withdrawn on drop, whichever way the order ends.
+/// Tokens served for one order; withdrawn on drop, whichever way the order ends (the shared
+/// copies go with the lock's lease when it is given back).
 struct Tokens<'a> {
     store: &'a ChallengeStore,
+    share: Option<(&'a dyn Storage, &'a SiteLock)>,
     served: Vec<String>,
 }
 
 impl Tokens<'_> {
-    fn serve(&mut self, token: &str, key_authorization: &str) {
+    async fn serve(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
         self.store.insert(token, key_authorization);
         self.served.push(token.to_owned());
+        if let Some((storage, lock)) = self.share {
+            storage
+                .share_challenge(lock, token, key_authorization)
+                .await?;
+        }
+        Ok(())
     }
 }
 

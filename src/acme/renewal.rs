@@ -2,8 +2,10 @@
 //!
 //! Holds what the scheduler knows about a site between tasks ([`SiteState`]), loads and publishes
 //! its stored certificate, fetches ARI windows, orders, stores and publishes new certificates, and
-//! records failures with their backoff in `meta.json`. Each task owns its site's state while it
-//! runs, so `meta.json` has a single writer.
+//! records failures with their backoff in the site's stored state. Each task runs under the
+//! site's issuance lock ([`SiteLock`]), so the stored state has a single writer: in a cluster,
+//! the task first reads again what another node may have stored meanwhile (certificate, backoff,
+//! ARI window), so a site gets one order and one ARI poll cluster-wide.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::acme::error::Step;
 use crate::acme::order::{Issued, OrderRequest, issue};
 use crate::acme::storage::{
-    AriState, DiskStorage, LastError, Meta, Renewal, RenewalReason, Storage,
+    AriState, DiskStorage, LastError, Meta, Renewal, RenewalReason, SiteLock, Storage, StoredCert,
 };
 use crate::acme::timing::{self, Served};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
@@ -35,12 +37,20 @@ const ARI_RECHECK_MIN: Duration = Duration::from_secs(60);
 /// Longest re-check: a window the CA moves forward (an incident, a mass revocation) is noticed
 /// within half a day even if the CA asks for less frequent checks.
 const ARI_RECHECK_MAX: Duration = Duration::from_secs(12 * 3600);
+/// How long a task waits for a site's lock while another node holds it (ordering, most likely):
+/// longer would tie up one of the scheduler's few task slots.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// When to try again after the lock was busy or the store unreachable. The certificate another
+/// node obtains meanwhile arrives through the store's change stream.
+const LOCK_RETRY: Duration = Duration::from_secs(30);
 
 /// Handles every issuance task uses.
 pub(super) struct Shared {
     pub(super) slot: AccountSlot,
     /// Where certificates and state are written.
     pub(super) storage: Arc<dyn Storage>,
+    /// With a shared storage: the local copy of what it holds, read at start.
+    pub(super) mirror: Option<DiskStorage>,
     pub(super) certs: CertStore,
     pub(super) challenges: ChallengeStore,
     pub(super) self_check: Arc<dyn SelfCheck>,
@@ -58,8 +68,10 @@ pub(super) struct SiteState {
     meta: Meta,
     /// When to fetch renewal information next (in memory: a restart checks again).
     ari_check_at: SystemTime,
-    /// Issued but not yet on disk (the write failed); retried before any new order.
+    /// Issued but not yet stored (the write failed); retried before any new order.
     unsaved: Option<Issued>,
+    /// No task before this: the lock was busy or the store unreachable (in memory).
+    wait_until: Option<SystemTime>,
 }
 
 /// The certificate currently published for a site.
@@ -80,15 +92,14 @@ impl ServedCert {
 impl SiteState {
     /// When this site next needs a task: an unsaved certificate, an ARI check, or an order.
     pub(super) fn next_action(&self, now: SystemTime, ari: u8) -> SystemTime {
-        if self.unsaved.is_some() {
-            return self.meta.next_attempt.unwrap_or(now);
-        }
-        let order = self.order_due(now).0;
-        if ari != ARI_NO && self.served.is_some() {
-            order.min(self.ari_check_at)
+        let due = if self.unsaved.is_some() {
+            self.meta.next_attempt.unwrap_or(now)
+        } else if ari != ARI_NO && self.served.is_some() {
+            self.order_due(now).0.min(self.ari_check_at)
         } else {
-            order
-        }
+            self.order_due(now).0
+        };
+        self.wait_until.map_or(due, |wait| due.max(wait))
     }
 
     fn order_due(&self, now: SystemTime) -> (SystemTime, Option<RenewalReason>) {
@@ -168,35 +179,155 @@ pub(super) fn load_state(
         meta,
         ari_check_at: now,
         unsaved: None,
+        wait_until: None,
     };
     state.record_renewal(now);
     state
 }
 
-/// One scheduler task for one site: retry an unsaved write, check ARI, order if due.
+/// One scheduler task for one site, under its issuance lock: retry an unsaved write, check ARI,
+/// order if due.
 pub(super) async fn attempt(shared: Arc<Shared>, mut state: SiteState) -> SiteState {
+    let site = state.site.name.clone();
+    let (lock, mut keep) = match shared.storage.lock(&site, LOCK_WAIT).await {
+        Ok(Some(held)) => held,
+        Ok(None) => {
+            info!(
+                site,
+                "another node holds the issuance lock; looking again later"
+            );
+            state.wait_until = Some(SystemTime::now() + LOCK_RETRY);
+            return state;
+        }
+        Err(error) => {
+            warn!(site, error = %Chain(&error), "cannot take the issuance lock; trying again later");
+            state.wait_until = Some(SystemTime::now() + LOCK_RETRY);
+            return state;
+        }
+    };
+    state.wait_until = None;
+    // Polled beside the work: renews the lock, and ends the work if the lock is lost anyway.
+    let lost = tokio::select! {
+        () = locked(&shared, &mut state, &lock) => None,
+        error = &mut keep => Some(error),
+    };
+    if let Some(error) = lost {
+        error!(site, error = %Chain(&error), "issuance lock lost; this attempt is abandoned");
+        state.wait_until = Some(SystemTime::now() + LOCK_RETRY);
+    }
+    shared.storage.unlock(lock).await;
+    state
+}
+
+/// The work of [`attempt`] once the lock is held.
+async fn locked(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
+    if shared.storage.is_shared() {
+        refresh(shared, state).await;
+    }
     let now = SystemTime::now();
     if let Some(issued) = state.unsaved.take() {
         // Storing what was already issued comes before anything else: no new order for it.
-        install(&shared, &mut state, issued, now).await;
+        install(shared, state, issued, now, lock).await;
     } else {
         if shared.ari.load(Ordering::Relaxed) != ARI_NO
             && state.served.is_some()
             && state.ari_check_at <= now
         {
-            check_ari(&shared, &mut state, now).await;
+            check_ari(shared, state, now).await;
         }
         if state.order_due(now).0 <= now {
-            order(&shared, &mut state).await;
+            order(shared, state, lock).await;
         }
     }
     state.record_renewal(SystemTime::now());
-    save_meta(&shared, &state).await;
+    save_meta(shared, state, lock).await;
+}
+
+/// Reads the site's shared state again: another node may have stored a certificate, a backoff
+/// or a renewal window since this one last looked.
+async fn refresh(shared: &Shared, state: &mut SiteState) {
+    let site = state.site.clone();
+    match shared.storage.load_meta(&site.name).await {
+        Ok(meta) => state.meta = meta,
+        Err(error) => {
+            warn!(site = %site.name, error = %Chain(&error), "ignoring unreadable shared ACME state")
+        }
+    }
+    match shared.storage.load_cert(&site, &shared.provider).await {
+        Ok(Some(stored)) => adopt(shared, state, stored),
+        Ok(None) => {}
+        Err(error) => {
+            warn!(site = %site.name, error = %Chain(&error), "shared certificate unusable; keeping what is served")
+        }
+    }
+    // The window another node fetched for this certificate: no second poll until it says so.
+    if let Some(ari) = state.current_ari() {
+        state.ari_check_at = ari.next_check;
+    }
+}
+
+/// Serves the certificate another node just stored for the site (the store's change stream).
+pub(super) async fn catch_up(shared: Arc<Shared>, mut state: SiteState) -> SiteState {
+    match shared
+        .storage
+        .load_cert(&state.site, &shared.provider)
+        .await
+    {
+        Ok(Some(stored)) => adopt(&shared, &mut state, stored),
+        Ok(None) => {}
+        Err(error) => {
+            warn!(site = %state.site.name, error = %Chain(&error), "shared certificate unusable; keeping what is served")
+        }
+    }
     state
 }
 
+/// Serves a certificate read from a shared store, unless it is the one already served, and
+/// keeps a local copy of it.
+fn adopt(shared: &Shared, state: &mut SiteState, stored: StoredCert) {
+    let site = state.site.clone();
+    if state
+        .served
+        .as_ref()
+        .is_some_and(|served| served.facts.serial == stored.facts.serial)
+    {
+        return;
+    }
+    if state.unsaved.take().is_some() {
+        // Another node stored a certificate while this one could not: theirs is in the store.
+        info!(site = %site.name, "dropping an unsaved certificate; the store has a newer one");
+    }
+    let now = SystemTime::now();
+    let leaf = match stored.key.end_entity_cert() {
+        Ok(leaf) => leaf.clone().into_owned(),
+        Err(error) => {
+            warn!(site = %site.name, %error, "shared certificate not served");
+            return;
+        }
+    };
+    if let Some(mirror) = &shared.mirror
+        && let Err(error) = mirror.mirror_pair(&site.name, &stored.chain_pem, &stored.key_pem)
+    {
+        warn!(site = %site.name, error = %Chain(&error), "cannot keep a local copy of the shared certificate");
+    }
+    match shared.certs.publish(&site, stored.key, now) {
+        Ok(published) => {
+            info!(site = %site.name, serial = %published.serial, not_after = %humantime::format_rfc3339_seconds(published.not_after), "serving the certificate from the cluster store");
+            state.served = Some(ServedCert {
+                facts: stored.facts,
+                leaf,
+            });
+            state.ari_check_at = now;
+            state.record_renewal(now);
+        }
+        Err(error) => {
+            warn!(site = %site.name, error = %Chain(&error), "shared certificate not served")
+        }
+    }
+}
+
 /// Orders a certificate and installs it, or records the failure with its backoff.
-async fn order(shared: &Shared, state: &mut SiteState) {
+async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
     let started = SystemTime::now();
     let site = state.site.name.clone();
     // Persist the attempt before talking to the CA: if Rampart crashes mid-order, the restart
@@ -210,7 +341,7 @@ async fn order(shared: &Shared, state: &mut SiteState) {
         shared.tuning.backoff,
         rand::random(),
     ));
-    save_meta(shared, state).await;
+    save_meta(shared, state, lock).await;
     let replaces = if shared.ari.load(Ordering::Relaxed) == ARI_YES {
         state
             .served
@@ -227,6 +358,10 @@ async fn order(shared: &Shared, state: &mut SiteState) {
         key_type: shared.key_type,
         profile: shared.profile.as_deref(),
         replaces,
+        share: shared
+            .storage
+            .is_shared()
+            .then_some((shared.storage.as_ref(), lock)),
     };
     let clock = tokio::time::Instant::now();
     match issue(&shared.slot, &request, &shared.challenges).await {
@@ -238,7 +373,7 @@ async fn order(shared: &Shared, state: &mut SiteState) {
                 latency_ms = clock.elapsed().as_millis() as u64,
                 "certificate obtained"
             );
-            install(shared, state, issued, SystemTime::now()).await;
+            install(shared, state, issued, SystemTime::now(), lock).await;
         }
         Err(error) => {
             metrics::acme_order(false, error.problem_type());
@@ -250,7 +385,13 @@ async fn order(shared: &Shared, state: &mut SiteState) {
 /// Checks, stores and publishes a new certificate. A failed write keeps the previous certificate
 /// serving (when it is still valid) and is retried; with nothing valid served, the new one is
 /// published from memory anyway.
-async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: SystemTime) {
+async fn install(
+    shared: &Shared,
+    state: &mut SiteState,
+    issued: Issued,
+    now: SystemTime,
+    lock: &SiteLock,
+) {
     let site = state.site.clone();
     let checked = certified_key_from_pem(
         &shared.provider,
@@ -295,8 +436,19 @@ async fn install(shared: &Shared, state: &mut SiteState, issued: Issued, now: Sy
             &site.name,
             issued.chain_pem.as_bytes(),
             issued.key_pem.as_bytes(),
+            lock,
         )
         .await;
+    if saved.is_ok()
+        && let Some(mirror) = &shared.mirror
+        && let Err(error) = mirror.mirror_pair(
+            &site.name,
+            issued.chain_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+    {
+        warn!(site = %site.name, error = %Chain(&error), "cannot keep a local copy of the new certificate");
+    }
     if let Err(error) = &saved {
         let old_valid = state
             .served
@@ -432,10 +584,10 @@ fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now
     );
 }
 
-async fn save_meta(shared: &Shared, state: &SiteState) {
+async fn save_meta(shared: &Shared, state: &SiteState, lock: &SiteLock) {
     if let Err(error) = shared
         .storage
-        .save_meta(&state.site.name, &state.meta)
+        .save_meta(&state.site.name, &state.meta, lock)
         .await
     {
         // The in-memory state still holds the backoff; only a restart would lose it.

@@ -7,7 +7,7 @@
 //! the account file; changes shared state only through [`CertStore::publish`] and the
 //! [`ChallengeStore`]. The server runs [`RenewalScheduler::run`] as one long-lived task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -15,12 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt as _;
 use rustls::crypto::CryptoProvider;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::acme::renewal::{ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, load_state};
+use crate::acme::renewal::{
+    ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, catch_up, load_state,
+};
 use crate::acme::storage::{DiskStorage, Storage};
 use crate::acme::timing::{self, Backoff};
 use crate::acme::{AccountSlot, ChallengeStore};
@@ -81,8 +84,10 @@ pub struct RenewalScheduler {
     acme: Acme,
     /// The local files: read at start, before any task runs.
     local: DiskStorage,
-    /// Where issuance writes (the local files, for now).
+    /// Where issuance writes: the local files, or a shared store.
     storage: Arc<dyn Storage>,
+    /// With a shared store: the local files, kept as its mirror.
+    mirror: Option<DiskStorage>,
     sites: Vec<Arc<Site>>,
     certs: CertStore,
     challenges: ChallengeStore,
@@ -110,6 +115,7 @@ impl RenewalScheduler {
             acme,
             local: DiskStorage::new(storage),
             storage: Arc::new(DiskStorage::new(storage)),
+            mirror: None,
             sites: sites
                 .iter()
                 .filter(|s| s.tls == SiteTls::Acme)
@@ -129,6 +135,16 @@ impl RenewalScheduler {
     #[must_use]
     pub fn with_self_check(mut self, check: Arc<dyn SelfCheck>) -> Self {
         self.self_check = check;
+        self
+    }
+
+    /// Issues through a store other nodes share (a cluster): certificates and state are read
+    /// from and written to it under each site's lock, and the local files become its mirror,
+    /// read at start so a node serves even while the store is away.
+    #[must_use]
+    pub fn with_shared_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.mirror = Some(self.local.clone());
+        self.storage = storage;
         self
     }
 
@@ -182,6 +198,7 @@ impl RenewalScheduler {
         let shared = Arc::new(Shared {
             slot,
             storage: self.storage,
+            mirror: self.mirror,
             certs: self.certs,
             challenges: self.challenges,
             self_check: self.self_check,
@@ -193,16 +210,38 @@ impl RenewalScheduler {
         });
         let mut tasks = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
+        // Certificates other nodes store: served as they arrive, not at the next renewal check.
+        let mut changes = shared.storage.changes();
+        let index_of: HashMap<String, usize> = self
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(index, site)| (site.name.clone(), index))
+            .collect();
+        // Sites another node stored a certificate for, waiting for a task slot, each once.
+        let mut stale: VecDeque<usize> = VecDeque::new();
+        let mut is_stale = vec![false; states.len()];
         loop {
             let now = SystemTime::now();
             let ari = shared.ari.load(Ordering::Relaxed);
+            let limit = shared.tuning.concurrency.max(1);
+            while running.len() < limit
+                && let Some(index) = stale.pop_front()
+            {
+                is_stale[index] = false;
+                // A site with a task running reads the store under its lock anyway.
+                if let Some(state) = states[index].take() {
+                    let handle = tasks.spawn(catch_up(shared.clone(), state));
+                    running.insert(handle.id(), index);
+                }
+            }
             let mut next_due: Option<SystemTime> = None;
             for (index, slot) in states.iter_mut().enumerate() {
                 let Some(state) = slot else { continue };
                 let due = state.next_action(now, ari);
                 if due > now {
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                } else if running.len() < shared.tuning.concurrency.max(1) {
+                } else if running.len() < limit {
                     let state = slot.take().expect("checked Some above");
                     let handle = tasks.spawn(attempt(shared.clone(), state));
                     running.insert(handle.id(), index);
@@ -232,6 +271,14 @@ impl RenewalScheduler {
                     };
                     if let Some(index) = running.remove(&id) {
                         states[index] = Some(state);
+                    }
+                }
+                Some(site) = async { changes.as_mut()?.next().await } => {
+                    if let Some(&index) = index_of.get(&site)
+                        && !is_stale[index]
+                    {
+                        is_stale[index] = true;
+                        stale.push_back(index);
                     }
                 }
                 () = tokio::time::sleep(pause) => {}

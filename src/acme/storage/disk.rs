@@ -14,7 +14,7 @@ use futures_util::future::{self, BoxFuture};
 use http::Uri;
 use rustls::crypto::CryptoProvider;
 
-use super::{Item, Meta, Storage, StoredCert, check_pair, parse_meta};
+use super::{Item, Meta, SiteLock, Storage, StoredCert, check_pair, parse_meta};
 use crate::acme::{AcmeError, ca_id};
 use crate::config::Site;
 use crate::tls::disk;
@@ -95,6 +95,16 @@ impl DiskStorage {
         parse_meta(bytes.as_deref(), || self.place(Item::Meta(site)))
     }
 
+    /// Keeps a copy of a pair read from a shared store, so a restart without the store still
+    /// serves it. Key first, as in [`Storage::save_pair`].
+    ///
+    /// # Errors
+    /// `Persist` naming the file or directory that could not be written.
+    pub fn mirror_pair(&self, site: &str, chain: &[u8], key: &[u8]) -> Result<(), AcmeError> {
+        self.write(Item::Key(site), key)
+            .and_then(|()| self.write(Item::Chain(site), chain))
+    }
+
     fn read(&self, item: Item<'_>) -> Result<Option<Vec<u8>>, AcmeError> {
         let path = self.path(item);
         match std::fs::read(&path) {
@@ -142,7 +152,12 @@ impl Storage for DiskStorage {
         Box::pin(future::ready(self.read(item)))
     }
 
-    fn save<'a>(&'a self, item: Item<'a>, bytes: &'a [u8]) -> BoxFuture<'a, Result<(), AcmeError>> {
+    fn save<'a>(
+        &'a self,
+        item: Item<'a>,
+        bytes: &'a [u8],
+        _: Option<&'a SiteLock>,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(future::ready(self.write(item, bytes)))
     }
 
@@ -151,13 +166,11 @@ impl Storage for DiskStorage {
         site: &'a str,
         chain: &'a [u8],
         key: &'a [u8],
+        _: &'a SiteLock,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
         // Key first: a crash in between leaves a mismatched pair, which loading rejects, rather
         // than a new certificate served with a stale key.
-        let written = self
-            .write(Item::Key(site), key)
-            .and_then(|()| self.write(Item::Chain(site), chain));
-        Box::pin(future::ready(written))
+        Box::pin(future::ready(self.mirror_pair(site, chain, key)))
     }
 
     fn discard<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<(), AcmeError>> {
@@ -224,7 +237,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = DiskStorage::new(dir.path());
         let (chain, key) = self_signed("a.test");
-        ready(files.save_pair("a.test", chain.as_bytes(), key.as_bytes())).expect("save");
+        ready(files.save_pair(
+            "a.test",
+            chain.as_bytes(),
+            key.as_bytes(),
+            &SiteLock::local(),
+        ))
+        .expect("save");
         let stored = files
             .load_cert(&site("a.test"), &provider())
             .expect("load")
@@ -242,14 +261,21 @@ mod tests {
         let files = DiskStorage::new(dir.path());
         let (chain, key) = self_signed("a.test");
         let truncated = &chain.as_bytes()[..chain.len() / 2];
-        ready(files.save_pair("a.test", truncated, key.as_bytes())).expect("save");
+        ready(files.save_pair("a.test", truncated, key.as_bytes(), &SiteLock::local()))
+            .expect("save");
         assert!(matches!(
             files.load_cert(&site("a.test"), &provider()),
             Err(AcmeError::StoredCert { .. })
         ));
 
         let (_, other_key) = self_signed("a.test");
-        ready(files.save_pair("a.test", chain.as_bytes(), other_key.as_bytes())).expect("save");
+        ready(files.save_pair(
+            "a.test",
+            chain.as_bytes(),
+            other_key.as_bytes(),
+            &SiteLock::local(),
+        ))
+        .expect("save");
         assert!(matches!(
             files.load_cert(&site("a.test"), &provider()),
             Err(AcmeError::StoredCert { .. })
@@ -293,7 +319,8 @@ mod tests {
             }),
             ..Meta::default()
         };
-        ready(dyn_storage(&files).save_meta("a.test", &meta)).expect("save meta");
+        ready(dyn_storage(&files).save_meta("a.test", &meta, &SiteLock::local()))
+            .expect("save meta");
         assert_eq!(files.load_meta("a.test").expect("load meta"), meta);
         std::fs::write(
             files.site_dir("a.test").join(META_FILE),

@@ -8,9 +8,10 @@
 //! Rampart does: readers only ever see whole items).
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{self, BoxFuture};
+use futures_util::stream::BoxStream;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
@@ -48,36 +49,127 @@ impl Item<'_> {
 /// Where certificates and ACME state live.
 ///
 /// Methods return boxed futures so that the scheduler can hold any backend as `dyn Storage`.
+/// A site's certificate and state are written only under its [`SiteLock`]; a shared backend
+/// refuses such a write once the lock is lost ([`AcmeError::Fenced`]).
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Where `item` lives, for messages (a path, or a key in a cluster store).
     fn place(&self, item: Item<'_>) -> String;
 
+    /// Whether other nodes write here too: then a site's state is read again under its lock,
+    /// and what is read is kept in a local mirror.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// `item`'s bytes; `None` when it was never written.
     fn load<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<Option<Vec<u8>>, AcmeError>>;
 
-    /// Writes `item`.
-    fn save<'a>(&'a self, item: Item<'a>, bytes: &'a [u8]) -> BoxFuture<'a, Result<(), AcmeError>>;
+    /// Writes `item`: a site's under its `lock`, the account without one.
+    fn save<'a>(
+        &'a self,
+        item: Item<'a>,
+        bytes: &'a [u8],
+        lock: Option<&'a SiteLock>,
+    ) -> BoxFuture<'a, Result<(), AcmeError>>;
 
-    /// Writes a site's chain and key. A reader may at worst see a mismatched pair (the key
-    /// written first), which loading rejects: never a new chain with an old key.
+    /// Writes a site's chain and key under its `lock`. A reader may at worst see a mismatched
+    /// pair (the key written first), which loading rejects: never a new chain with an old key.
     fn save_pair<'a>(
         &'a self,
         site: &'a str,
         chain: &'a [u8],
         key: &'a [u8],
+        lock: &'a SiteLock,
     ) -> BoxFuture<'a, Result<(), AcmeError>>;
 
     /// Moves an unusable `item` out of the way (kept for inspection where the backend can).
     fn discard<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<(), AcmeError>>;
+
+    /// Takes `site`'s issuance lock, waiting at most `wait` while another node holds it
+    /// (`Ok(None)` then). One node alone takes it at once. The [`Keep`] renews it.
+    fn lock<'a>(
+        &'a self,
+        site: &'a str,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<(SiteLock, Keep)>, AcmeError>> {
+        let _ = (site, wait);
+        Box::pin(future::ready(Ok(Some((
+            SiteLock::local(),
+            Box::pin(future::pending()) as Keep,
+        )))))
+    }
+
+    /// Gives `lock` back, and with it the challenge answers shared under it.
+    fn unlock(&self, lock: SiteLock) -> BoxFuture<'_, ()> {
+        drop(lock);
+        Box::pin(future::ready(()))
+    }
+
+    /// Makes an HTTP-01 answer visible to every node for as long as `lock` is held (nothing to
+    /// do for one node: its own `:80` listener answers from its [`ChallengeStore`]).
+    ///
+    /// [`ChallengeStore`]: crate::acme::ChallengeStore
+    fn share_challenge<'a>(
+        &'a self,
+        lock: &'a SiteLock,
+        token: &'a str,
+        key_authorization: &'a str,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        let _ = (lock, token, key_authorization);
+        Box::pin(future::ready(Ok(())))
+    }
+
+    /// Sites whose stored certificate changed, written by any node; `None` when only this node
+    /// writes. The stream follows the store across outages and ends only with it.
+    fn changes(&self) -> Option<BoxStream<'static, String>> {
+        None
+    }
+}
+
+/// A site's issuance lock, held by this node from [`Storage::lock`] to [`Storage::unlock`].
+#[derive(Debug)]
+pub struct SiteLock {
+    /// What a shared backend checks on each write under the lock; `None` for one node alone.
+    pub fence: Option<Fence>,
+}
+
+/// Renews a [`SiteLock`] while it is polled; completes only when the lock is lost, saying why.
+pub type Keep = BoxFuture<'static, AcmeError>;
+
+/// Proof of holding a lock in a shared backend.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// The key that exists only while the lock is held (etcd's lock key).
+    pub key: Vec<u8>,
+    /// The lease the lock and everything shared under it are attached to.
+    pub lease: i64,
+}
+
+impl SiteLock {
+    /// The lock of one node alone: nothing to fence, never lost.
+    pub fn local() -> Self {
+        Self { fence: None }
+    }
 }
 
 /// A stored certificate that passed every check.
-#[derive(Debug)]
 pub struct StoredCert {
     /// Ready to publish.
     pub key: CertifiedKey,
     /// Names, serial and dates of the leaf.
     pub facts: LeafFacts,
+    /// The chain as stored (PEM), for a local mirror.
+    pub chain_pem: Vec<u8>,
+    /// The private key as stored (PEM), for a local mirror. Never printed.
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for StoredCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredCert")
+            .field("facts", &self.facts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Scheduling state of one site, persisted as `meta.json`.
@@ -198,12 +290,18 @@ impl dyn Storage + '_ {
         parse_meta(bytes.as_deref(), || self.place(Item::Meta(site)))
     }
 
-    /// Stores the scheduling state of `site`.
+    /// Stores the scheduling state of `site` under its `lock`.
     ///
     /// # Errors
-    /// The backend's, naming what could not be written.
-    pub async fn save_meta(&self, site: &str, meta: &Meta) -> Result<(), AcmeError> {
-        self.save(Item::Meta(site), &meta_json(meta)).await
+    /// The backend's, naming what could not be written; `Fenced` once the lock is lost.
+    pub async fn save_meta(
+        &self,
+        site: &str,
+        meta: &Meta,
+        lock: &SiteLock,
+    ) -> Result<(), AcmeError> {
+        self.save(Item::Meta(site), &meta_json(meta), Some(lock))
+            .await
     }
 }
 
@@ -240,14 +338,21 @@ fn check_pair(
         place: place(chain_item),
         source,
     };
-    let key = certified_key_from_pem(provider, &chain, &key).map_err(|e| stored_error(e.into()))?;
-    key.keys_match()
+    let certified =
+        certified_key_from_pem(provider, &chain, &key).map_err(|e| stored_error(e.into()))?;
+    certified
+        .keys_match()
         .map_err(|e| stored_error(PemError::KeyMismatch(e).into()))?;
-    let leaf = key
+    let leaf = certified
         .end_entity_cert()
         .map_err(|e| stored_error(PemError::KeyMismatch(e).into()))?;
     let facts = LeafFacts::parse(leaf).map_err(stored_error)?;
-    Ok(Some(StoredCert { key, facts }))
+    Ok(Some(StoredCert {
+        key: certified,
+        facts,
+        chain_pem: chain,
+        key_pem: key,
+    }))
 }
 
 /// Stored scheduling state; default when absent.
