@@ -2,13 +2,15 @@
 //!
 //! Data flows one way: `server` accepts, `tls` terminates, `http` serves the connection,
 //! `request` makes each request canonical, `proxy` routes and forwards; `config` describes it
-//! all, `acme` keeps certificates fresh, `observe` records what happens, and `pki` holds the
-//! host names and certificate material they all share.
+//! all, `acme` keeps certificates fresh (`cluster` shares them between nodes through etcd),
+//! `observe` records what happens, and `pki` holds the host names and certificate material they
+//! all share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod acme;
+pub mod cluster;
 pub mod config;
 mod http;
 pub mod observe;
