@@ -469,6 +469,7 @@ async fn install(
                 state.meta = Meta {
                     last_attempt: state.meta.last_attempt,
                     last_success: Some(now),
+                    issued_by: shared.storage.node().map(str::to_owned),
                     ..Meta::default()
                 };
             } else {

@@ -110,6 +110,10 @@ impl Storage for EtcdStorage {
         true
     }
 
+    fn node(&self) -> Option<&str> {
+        Some(self.cluster.node())
+    }
+
     fn load<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<Option<Vec<u8>>, AcmeError>> {
         Box::pin(async move {
             let key = self.key_of(item);

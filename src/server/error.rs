@@ -15,6 +15,9 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// The cluster store's client could not be set up.
+    #[error("cannot set up the cluster store")]
+    Cluster(#[source] crate::cluster::ClusterError),
     /// The TLS configuration could not be built.
     #[error("cannot build the TLS configuration")]
     TlsConfig(#[source] rustls::Error),

@@ -1,6 +1,7 @@
 //! The `:80` role: ACME HTTP-01 answers, and a permanent redirect to https for everything else.
 //!
-//! Runs on the plain-HTTP connection tasks; reads the [`ChallengeStore`], writes nothing.
+//! Runs on the plain-HTTP connection tasks; reads the [`ChallengeStore`] (in a cluster, every
+//! node's answers), writes nothing.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -28,9 +29,10 @@ impl Http01 {
         }
     }
 
-    pub(crate) fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+    pub(crate) async fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         if let Some(token) = request.uri().path().strip_prefix(CHALLENGE_PREFIX) {
-            return match self.challenges.get(token) {
+            // In a cluster a token not seen yet is looked up in the store (bounded wait).
+            return match self.challenges.find(token).await {
                 // RFC 8555 §8.3: the body is the key authorization, nothing else.
                 Some(key_authorization) => {
                     let mut response = Response::new(Full::new(Bytes::from(key_authorization)));
@@ -92,39 +94,44 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    #[test]
-    fn redirects_with_path_query_and_non_default_port() {
+    #[tokio::test]
+    async fn redirects_with_path_query_and_non_default_port() {
         let http01 = Http01::new(ChallengeStore::default(), 8443);
-        let response = http01.respond(&get("/a/b?c=d", Some("Example.COM:8080")));
+        let response = http01
+            .respond(&get("/a/b?c=d", Some("Example.COM:8080")))
+            .await;
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(
             response.headers()[header::LOCATION],
             "https://example.com:8443/a/b?c=d"
         );
-        let on_443 =
-            Http01::new(ChallengeStore::default(), 443).respond(&get("/", Some("example.com")));
+        let on_443 = Http01::new(ChallengeStore::default(), 443)
+            .respond(&get("/", Some("example.com")))
+            .await;
         assert_eq!(on_443.headers()[header::LOCATION], "https://example.com/");
     }
 
-    #[test]
-    fn serves_known_tokens_only() {
+    #[tokio::test]
+    async fn serves_known_tokens_only() {
         let store = ChallengeStore::default();
         store.insert("tok", "tok.thumbprint");
         let http01 = Http01::new(store, 443);
         assert_eq!(
             http01
                 .respond(&get("/.well-known/acme-challenge/tok", None))
+                .await
                 .status(),
             StatusCode::OK
         );
         assert_eq!(
             http01
                 .respond(&get("/.well-known/acme-challenge/nope", None))
+                .await
                 .status(),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            http01.respond(&get("/", None)).status(),
+            http01.respond(&get("/", None)).await.status(),
             StatusCode::BAD_REQUEST
         );
     }

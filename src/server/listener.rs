@@ -189,10 +189,10 @@ pub(crate) async fn accept_http(
                 let _open = open;
                 let service = service_fn(move |request| {
                     let answer = answer.clone();
-                    async move { Ok::<_, Infallible>(answer.respond(&request)) }
+                    async move { Ok::<_, Infallible>(answer.respond(&request).await) }
                 });
                 let io = IdleIo::new(tcp);
-                // Answers here never wait: nothing to abandon when a client hangs up.
+                // Answers wait at most for one cluster store read: nothing to abandon on a hang-up.
                 http::serve_h1(io, &servers, service, None, stop).await;
             }
             .instrument(info_span!("http", %peer)),

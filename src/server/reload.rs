@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::acme::{ChallengeStore, RenewalScheduler};
+use crate::acme::{ChallengeStore, RenewalScheduler, Storage};
 use crate::config::{self, Config, Site, SiteTls};
 use crate::observe::{Chain, metrics};
 use crate::proxy::{Proxy, RouteTable};
@@ -43,6 +43,8 @@ pub(crate) struct Reloader {
     https_addr: SocketAddr,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// `cluster:`'s store, set up at start: the ACME scheduler issues through it.
+    shared: Option<Arc<dyn Storage>>,
     current: Mutex<Option<Applied>>,
 }
 
@@ -71,8 +73,15 @@ impl Reloader {
             https_addr,
             tasks,
             stop,
+            shared: None,
             current: Mutex::new(None),
         }
+    }
+
+    /// Issues certificates through `storage`, shared with the other nodes of a cluster.
+    pub(crate) fn with_shared_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.shared = Some(storage);
+        self
     }
 
     /// The snapshot being served.
@@ -115,6 +124,11 @@ impl Reloader {
             if previous.config.listen != config.listen {
                 warn!(
                     "listen addresses changed: restart Rampart to apply them; the other changes apply now"
+                );
+            }
+            if previous.config.cluster != config.cluster {
+                warn!(
+                    "cluster settings changed: restart Rampart to apply them; the other changes apply now"
                 );
             }
             if previous.config.downstream != config.downstream {
@@ -364,6 +378,9 @@ impl Reloader {
             self.challenges.clone(),
         )
         .with_self_check(self_check);
+        if let Some(shared) = &self.shared {
+            scheduler = scheduler.with_shared_storage(shared.clone());
+        }
         // Stored certificates are served before any CA request (and, at start, before the
         // listeners answer).
         let served = scheduler.publish_stored();

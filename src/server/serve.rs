@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::acme::ChallengeStore;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::http::HttpServers;
 use crate::proxy::{Proxy, RouteTable};
@@ -66,7 +67,7 @@ impl Server {
 
         let hangup = Reloader::hangup();
         let proxy = Proxy::new(RouteTable::default(), tasks.clone(), &downstream);
-        let reloader = Arc::new(Reloader::new(
+        let mut reloader = Reloader::new(
             provider.clone(),
             certs.clone(),
             challenges.clone(),
@@ -74,7 +75,22 @@ impl Server {
             https_addr,
             tasks.clone(),
             stop.clone(),
-        ));
+        );
+        // Fixed until restart, like the listeners: the client is made once.
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let (cluster, storage) =
+                    Cluster::new(settings).await.map_err(ServerError::Cluster)?;
+                info!(node = cluster.node(), endpoints = ?settings.etcd.endpoints, "sharing certificates through the cluster store");
+                reloader = reloader.with_shared_storage(Arc::new(storage));
+                Some(cluster)
+            }
+            None => None,
+        };
+        let reloader = Arc::new(reloader);
+        if let Some(cluster) = cluster {
+            tasks.spawn(cluster.watch_challenges(challenges.clone(), stop.clone()));
+        }
         if let Err(err) = reloader.apply(config) {
             stop.cancel(); // renewal tasks already started for part of the snapshot
             return Err(err);

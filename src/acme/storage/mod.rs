@@ -119,6 +119,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Box::pin(future::ready(Ok(())))
     }
 
+    /// This node's name in a shared store, recorded with what it issues.
+    fn node(&self) -> Option<&str> {
+        None
+    }
+
     /// Sites whose stored certificate changed, written by any node; `None` when only this node
     /// writes. The stream follows the store across outages and ends only with it.
     fn changes(&self) -> Option<BoxStream<'static, String>> {
@@ -196,6 +201,8 @@ pub struct Meta {
     pub renewal: Option<Renewal>,
     /// The CA's renewal information (RFC 9773) for the current certificate.
     pub ari: Option<AriState>,
+    /// In a cluster: the node that obtained the current certificate.
+    pub issued_by: Option<String>,
 }
 
 /// A failure as recorded for operators.
