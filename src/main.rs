@@ -96,7 +96,17 @@ fn certs(path: &Path, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let sites = rampart::acme::status(&config, &rampart::pki::crypto_provider());
+    let provider = rampart::pki::crypto_provider();
+    let sites = match &config.cluster {
+        None => rampart::acme::status(&config, &provider),
+        Some(cluster) => cluster_status(&config, cluster, &provider).unwrap_or_else(|err| {
+            eprintln!(
+                "rampart: the cluster store does not answer ({}); showing this node's local copy",
+                Chain(err.as_ref())
+            );
+            rampart::acme::status(&config, &provider)
+        }),
+    };
     if json {
         match serde_json::to_string_pretty(&sites) {
             Ok(text) => println!("{text}"),
@@ -111,6 +121,27 @@ fn certs(path: &Path, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Every site's status as the cluster store has it, with who holds each lock now.
+fn cluster_status(
+    config: &config::Config,
+    cluster: &config::Cluster,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Vec<rampart::acme::SiteStatus>, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (cluster, storage) = rampart::cluster::Cluster::new(cluster).await?;
+        // Asked first: an unreachable store fails here, once, not per site.
+        let holders = cluster.lock_holders().await?;
+        let mut sites = rampart::acme::status_in(config, &storage, provider).await;
+        for site in &mut sites {
+            site.lock_holder = holders.get(&site.site).cloned();
+        }
+        Ok(sites)
+    })
 }
 
 /// The text form of one site's status, one fact per line.
@@ -152,6 +183,12 @@ fn render(site: &rampart::acme::SiteStatus) -> String {
             time(site.last_attempt),
             time(site.next_attempt),
         );
+        if let Some(node) = &site.issued_by {
+            let _ = writeln!(out, "  issued by:    {node}");
+        }
+        if let Some(node) = &site.lock_holder {
+            let _ = writeln!(out, "  lock held by: {node}");
+        }
         if let Some(error) = &site.last_error {
             let problem = error
                 .problem_type

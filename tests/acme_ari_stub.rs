@@ -184,10 +184,11 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
     let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
     let files = DiskStorage::new(storage.path());
     files
-        .save_pair(
+        .save_certificate(
             &site.name,
             chain.as_bytes(),
             key.as_bytes(),
+            b"{}",
             &rampart::acme::storage::SiteLock::local(),
         )
         .await?;

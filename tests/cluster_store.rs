@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use etcd::Etcd;
 use futures_util::StreamExt as _;
-use rampart::acme::storage::SiteLock;
+use rampart::acme::storage::{Change, SiteLock};
 use rampart::acme::{AcmeError, ChallengeStore, Item, Storage};
 use rampart::cluster::{Cluster, EtcdStorage};
 use rampart::config::{self, SealKey, Site, SiteTls};
@@ -73,7 +73,7 @@ async fn pairs_round_trip_sealed_and_no_private_key_is_stored_in_the_clear() -> 
     let (_, b) = node(&etcd, "b", [1; 32]).await;
     let (chain, key) = self_signed("a.test");
     let held = lock(&a, "a.test").await;
-    a.save_pair("a.test", chain.as_bytes(), key.as_bytes(), &held)
+    a.save_certificate("a.test", chain.as_bytes(), key.as_bytes(), b"{}", &held)
         .await?;
     a.save(
         Item::Account("ca"),
@@ -135,14 +135,15 @@ async fn a_write_under_a_lost_lock_is_refused() -> TestResult {
     etcd.client().await.lease_revoke(lease).await?;
 
     let fresh = lock(&b, "f.test").await;
-    b.save_pair("f.test", chain.as_bytes(), key.as_bytes(), &fresh)
+    b.save_certificate("f.test", chain.as_bytes(), key.as_bytes(), b"{}", &fresh)
         .await?;
     let (other_chain, other_key) = self_signed("f.test");
     let late = a
-        .save_pair(
+        .save_certificate(
             "f.test",
             other_chain.as_bytes(),
             other_key.as_bytes(),
+            b"{}",
             &stalled,
         )
         .await;
@@ -156,10 +157,11 @@ async fn a_write_under_a_lost_lock_is_refused() -> TestResult {
     );
     // Nor can a write go without a lock from this store.
     let unlocked = a
-        .save_pair(
+        .save_certificate(
             "f.test",
             other_chain.as_bytes(),
             other_key.as_bytes(),
+            b"{}",
             &SiteLock::local(),
         )
         .await;
@@ -260,51 +262,65 @@ async fn other_nodes_hear_of_stored_certificates() -> TestResult {
     let (_, b) = node(&etcd, "b", [1; 32]).await;
     let (chain, key) = self_signed("old.test");
     let held = lock(&a, "old.test").await;
-    a.save_pair("old.test", chain.as_bytes(), key.as_bytes(), &held)
+    a.save_certificate("old.test", chain.as_bytes(), key.as_bytes(), b"{}", &held)
         .await?;
     a.unlock(held).await;
 
     // Listed first: a node that starts learns what was stored before it.
     let mut changes = b.changes().expect("a shared store has changes");
     let first = tokio::time::timeout(Duration::from_secs(5), changes.next()).await?;
-    assert_eq!(first.as_deref(), Some("old.test"));
+    assert_eq!(first, Some(Change::Stored("old.test".into())));
 
     let (chain, key) = self_signed("new.test");
     let held = lock(&a, "new.test").await;
     (&a as &dyn Storage)
         .save_meta("new.test", &Default::default(), &held)
         .await?;
-    a.save_pair("new.test", chain.as_bytes(), key.as_bytes(), &held)
+    a.save_certificate("new.test", chain.as_bytes(), key.as_bytes(), b"{}", &held)
         .await?;
     a.unlock(held).await;
     let next = tokio::time::timeout(Duration::from_secs(2), changes.next()).await?;
     assert_eq!(
-        next.as_deref(),
-        Some("new.test"),
+        next,
+        Some(Change::Stored("new.test".into())),
         "a meta write alone is no change"
     );
 
-    // Across an etcd restart the stream resumes from the revision it saw.
-    etcd.stop();
-    etcd.resume().await;
-    let (chain, key) = self_signed("late.test");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let held = loop {
-        // The client reconnects on its own; its first calls may still fail.
-        match a.lock("late.test", Duration::from_secs(2)).await {
-            Ok(Some((held, _))) => break held,
-            other => assert!(
-                Instant::now() < deadline,
-                "no lock after the restart: {:?}",
-                other.map(|held| held.is_some())
-            ),
+    // Across an etcd outage, followed as the scheduler follows it (polled all along), the
+    // stream says when the store is back, and replays what it missed from the revision it saw.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            let _ = seen_tx.send((change, Instant::now()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    a.save_pair("late.test", chain.as_bytes(), key.as_bytes(), &held)
+    });
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(7)).await; // past a request timeout (5 s)
+    assert!(
+        seen_rx.try_recv().is_err(),
+        "nothing while the store is away"
+    );
+    etcd.resume().await;
+    let back = Instant::now();
+    let (first, at) = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+        .await?
+        .expect("the stream never ends");
+    assert_eq!(first, Change::Back);
+    assert!(
+        at.duration_since(back) < Duration::from_secs(3),
+        "{:?}",
+        at.duration_since(back)
+    );
+    let (chain, key) = self_signed("late.test");
+    let held = lock(&a, "late.test").await;
+    a.save_certificate("late.test", chain.as_bytes(), key.as_bytes(), b"{}", &held)
         .await?;
-    let next = tokio::time::timeout(Duration::from_secs(10), changes.next()).await?;
-    assert_eq!(next.as_deref(), Some("late.test"));
+    let (next, _) = tokio::time::timeout(Duration::from_secs(2), seen_rx.recv())
+        .await?
+        .expect("the stream never ends");
+    let seen = [first, next];
+    assert_eq!(seen, [Change::Back, Change::Stored("late.test".into())]);
+    follower.abort();
     Ok(())
 }
 

@@ -23,5 +23,5 @@ pub use challenge::{ChallengeSource, ChallengeStore};
 pub use error::{AcmeError, HostProblem, Step};
 pub use order::{Issued, OrderRequest, issue};
 pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};
-pub use status::{CertificateStatus, SiteStatus, status};
+pub use status::{CertificateStatus, SiteStatus, status, status_in};
 pub use storage::{DiskStorage, Item, Meta, Storage, account_path};

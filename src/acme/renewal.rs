@@ -20,6 +20,7 @@ use crate::acme::error::Step;
 use crate::acme::order::{Issued, OrderRequest, issue};
 use crate::acme::storage::{
     AriState, DiskStorage, LastError, Meta, Renewal, RenewalReason, SiteLock, Storage, StoredCert,
+    meta_json,
 };
 use crate::acme::timing::{self, Served};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, SelfCheck, Tuning};
@@ -40,9 +41,10 @@ const ARI_RECHECK_MAX: Duration = Duration::from_secs(12 * 3600);
 /// How long a task waits for a site's lock while another node holds it (ordering, most likely):
 /// longer would tie up one of the scheduler's few task slots.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
-/// When to try again after the lock was busy or the store unreachable. The certificate another
+/// When to try again after the lock was busy or the store unreachable (a failed connection is
+/// cheap; the store coming back also wakes a waiting site at once). The certificate another
 /// node obtains meanwhile arrives through the store's change stream.
-const LOCK_RETRY: Duration = Duration::from_secs(30);
+const LOCK_RETRY: Duration = Duration::from_secs(10);
 
 /// Handles every issuance task uses.
 pub(super) struct Shared {
@@ -100,6 +102,11 @@ impl SiteState {
             self.order_due(now).0
         };
         self.wait_until.map_or(due, |wait| due.max(wait))
+    }
+
+    /// The store is back: a task deferred for it may run now.
+    pub(super) fn store_back(&mut self) {
+        self.wait_until = None;
     }
 
     fn order_due(&self, now: SystemTime) -> (SystemTime, Option<RenewalReason>) {
@@ -212,6 +219,7 @@ pub(super) async fn attempt(shared: Arc<Shared>, mut state: SiteState) -> SiteSt
         error = &mut keep => Some(error),
     };
     if let Some(error) = lost {
+        metrics::cluster_lock("lost");
         error!(site, error = %Chain(&error), "issuance lock lost; this attempt is abandoned");
         state.wait_until = Some(SystemTime::now() + LOCK_RETRY);
     }
@@ -253,8 +261,38 @@ async fn refresh(shared: &Shared, state: &mut SiteState) {
             warn!(site = %site.name, error = %Chain(&error), "ignoring unreadable shared ACME state")
         }
     }
+    let me = shared.storage.node();
+    if let Some(other) = state
+        .meta
+        .ordering
+        .take_if(|node| Some(node.as_str()) != me)
+    {
+        // Its lock lapsed mid-order (killed, cut off): the guard it stored against its own crash
+        // loop does not hold others back; only real failures' backoff does.
+        warn!(site = %site.name, node = other, "that node stopped while ordering; taking the order over");
+        let failures = state.meta.consecutive_failures;
+        state.meta.next_attempt =
+            state
+                .meta
+                .last_error
+                .as_ref()
+                .filter(|_| failures > 0)
+                .map(|last| {
+                    timing::next_attempt_after_failure(
+                        last.at,
+                        failures,
+                        None,
+                        shared.tuning.backoff,
+                        rand::random(),
+                    )
+                });
+    }
     match shared.storage.load_cert(&site, &shared.provider).await {
-        Ok(Some(stored)) => adopt(shared, state, stored),
+        Ok(Some(stored)) => {
+            if adopt(shared, state, stored) {
+                record_lag(shared, &state.meta);
+            }
+        }
         Ok(None) => {}
         Err(error) => {
             warn!(site = %site.name, error = %Chain(&error), "shared certificate unusable; keeping what is served")
@@ -273,7 +311,14 @@ pub(super) async fn catch_up(shared: Arc<Shared>, mut state: SiteState) -> SiteS
         .load_cert(&state.site, &shared.provider)
         .await
     {
-        Ok(Some(stored)) => adopt(&shared, &mut state, stored),
+        Ok(Some(stored)) => {
+            if adopt(&shared, &mut state, stored)
+                && let Ok(meta) = shared.storage.load_meta(&state.site.name).await
+            {
+                state.meta = meta;
+                record_lag(&shared, &state.meta);
+            }
+        }
         Ok(None) => {}
         Err(error) => {
             warn!(site = %state.site.name, error = %Chain(&error), "shared certificate unusable; keeping what is served")
@@ -282,16 +327,29 @@ pub(super) async fn catch_up(shared: Arc<Shared>, mut state: SiteState) -> SiteS
     state
 }
 
+/// How long a certificate another node stored took to be served here (by its stored time).
+fn record_lag(shared: &Shared, meta: &Meta) {
+    if meta.issued_by.as_deref() == shared.storage.node() {
+        return;
+    }
+    if let Some(lag) = meta
+        .last_success
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+    {
+        metrics::cluster_watch_lag(lag);
+    }
+}
+
 /// Serves a certificate read from a shared store, unless it is the one already served, and
-/// keeps a local copy of it.
-fn adopt(shared: &Shared, state: &mut SiteState, stored: StoredCert) {
+/// keeps a local copy of it; says whether it is served now.
+fn adopt(shared: &Shared, state: &mut SiteState, stored: StoredCert) -> bool {
     let site = state.site.clone();
     if state
         .served
         .as_ref()
         .is_some_and(|served| served.facts.serial == stored.facts.serial)
     {
-        return;
+        return false;
     }
     if state.unsaved.take().is_some() {
         // Another node stored a certificate while this one could not: theirs is in the store.
@@ -302,7 +360,7 @@ fn adopt(shared: &Shared, state: &mut SiteState, stored: StoredCert) {
         Ok(leaf) => leaf.clone().into_owned(),
         Err(error) => {
             warn!(site = %site.name, %error, "shared certificate not served");
-            return;
+            return false;
         }
     };
     if let Some(mirror) = &shared.mirror
@@ -319,9 +377,11 @@ fn adopt(shared: &Shared, state: &mut SiteState, stored: StoredCert) {
             });
             state.ari_check_at = now;
             state.record_renewal(now);
+            true
         }
         Err(error) => {
-            warn!(site = %site.name, error = %Chain(&error), "shared certificate not served")
+            warn!(site = %site.name, error = %Chain(&error), "shared certificate not served");
+            false
         }
     }
 }
@@ -334,6 +394,7 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
     // still waits out one backoff step instead of ordering again at once.
     let failures = state.meta.consecutive_failures;
     state.meta.last_attempt = Some(started);
+    state.meta.ordering = Some(shared.storage.node().unwrap_or_default().to_owned());
     state.meta.next_attempt = Some(timing::next_attempt_after_failure(
         started,
         failures + 1,
@@ -430,12 +491,20 @@ async fn install(
             return record_failure(shared, state, &error, now);
         }
     };
+    // Stored with the certificate, so a node that reads one reads the other.
+    let succeeded = Meta {
+        last_attempt: state.meta.last_attempt,
+        last_success: Some(now),
+        issued_by: shared.storage.node().map(str::to_owned),
+        ..Meta::default()
+    };
     let saved = shared
         .storage
-        .save_pair(
+        .save_certificate(
             &site.name,
             issued.chain_pem.as_bytes(),
             issued.key_pem.as_bytes(),
+            &meta_json(&succeeded),
             lock,
         )
         .await;
@@ -466,12 +535,10 @@ async fn install(
             info!(site = %site.name, serial = %published.serial, not_after = %humantime::format_rfc3339_seconds(published.not_after), "certificate published");
             state.served = Some(ServedCert { facts, leaf });
             if saved.is_ok() {
-                state.meta = Meta {
-                    last_attempt: state.meta.last_attempt,
-                    last_success: Some(now),
-                    issued_by: shared.storage.node().map(str::to_owned),
-                    ..Meta::default()
-                };
+                if let Some(node) = shared.storage.node() {
+                    metrics::cluster_issued(node);
+                }
+                state.meta = succeeded;
             } else {
                 state.unsaved = Some(issued);
             }
@@ -556,6 +623,7 @@ async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
 /// Counts a failure, schedules the next attempt and records the error for operators.
 fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now: SystemTime) {
     let meta = &mut state.meta;
+    meta.ordering = None;
     meta.consecutive_failures = meta.consecutive_failures.saturating_add(1);
     let next = timing::next_attempt_after_failure(
         now,
@@ -593,5 +661,9 @@ async fn save_meta(shared: &Shared, state: &SiteState, lock: &SiteLock) {
     {
         // The in-memory state still holds the backoff; only a restart would lose it.
         error!(site = %state.site.name, error = %Chain(&error), "cannot store ACME state");
+    } else if let Some(mirror) = &shared.mirror
+        && let Err(error) = mirror.mirror_meta(&state.site.name, &state.meta)
+    {
+        warn!(site = %state.site.name, error = %Chain(&error), "cannot keep a local copy of the ACME state");
     }
 }

@@ -19,12 +19,12 @@ use futures_util::StreamExt as _;
 use rustls::crypto::CryptoProvider;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::acme::renewal::{
     ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, catch_up, load_state,
 };
-use crate::acme::storage::{DiskStorage, Storage};
+use crate::acme::storage::{Change, DiskStorage, Storage};
 use crate::acme::timing::{self, Backoff};
 use crate::acme::{AccountSlot, ChallengeStore};
 use crate::config::{Acme, Site, SiteTls};
@@ -273,14 +273,21 @@ impl RenewalScheduler {
                         states[index] = Some(state);
                     }
                 }
-                Some(site) = async { changes.as_mut()?.next().await } => {
-                    if let Some(&index) = index_of.get(&site)
-                        && !is_stale[index]
-                    {
-                        is_stale[index] = true;
-                        stale.push_back(index);
+                Some(change) = async { changes.as_mut()?.next().await } => match change {
+                    Change::Stored(site) => {
+                        if let Some(&index) = index_of.get(&site)
+                            && !is_stale[index]
+                        {
+                            is_stale[index] = true;
+                            stale.push_back(index);
+                        }
                     }
-                }
+                    // What waited for the store goes ahead now, not at its next retry.
+                    Change::Back => {
+                        info!("cluster store back: sites that waited for it go ahead");
+                        states.iter_mut().flatten().for_each(SiteState::store_back);
+                    }
+                },
                 () = tokio::time::sleep(pause) => {}
             }
         }

@@ -1,7 +1,8 @@
 //! What `rampart certs` (and later the admin `/certs` endpoint) reports per site.
 //!
-//! Reads the configuration and `storage` only, never the running process, so it works while
-//! Rampart runs: certificate files are replaced atomically, so a reader sees old or new.
+//! Reads the configuration and the storage only (the files, or the cluster store), never the
+//! running process, so it works while Rampart runs: stored items are replaced atomically, so a
+//! reader sees old or new.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -9,7 +10,9 @@ use std::time::SystemTime;
 use rustls::crypto::CryptoProvider;
 use serde::Serialize;
 
-use crate::acme::storage::{DiskStorage, LastError, RenewalReason, rfc3339};
+use futures_util::FutureExt as _;
+
+use crate::acme::storage::{DiskStorage, LastError, RenewalReason, Storage, rfc3339};
 use crate::config::{Config, Site, SiteTls};
 use crate::observe::Chain;
 use crate::tls::LeafFacts;
@@ -40,6 +43,10 @@ pub struct SiteStatus {
     pub next_attempt: Option<SystemTime>,
     /// The last failure since the last success.
     pub last_error: Option<LastError>,
+    /// In a cluster: the node that obtained the current certificate.
+    pub issued_by: Option<String>,
+    /// In a cluster: the node holding the site's issuance lock now, if any.
+    pub lock_holder: Option<String>,
 }
 
 /// The facts of a stored leaf certificate.
@@ -59,17 +66,28 @@ pub struct CertificateStatus {
     pub names: Vec<String>,
 }
 
-/// The status of every site of `config`, in file order.
+/// The status of every site of `config` as this node's files have it, in file order.
 pub fn status(config: &Config, provider: &CryptoProvider) -> Vec<SiteStatus> {
     let files = DiskStorage::new(&config.storage);
-    config
-        .sites
-        .iter()
-        .map(|site| site_status(site, &files, provider))
-        .collect()
+    status_in(config, &files, provider)
+        .now_or_never()
+        .expect("local files never wait")
 }
 
-fn site_status(site: &Site, files: &DiskStorage, provider: &CryptoProvider) -> SiteStatus {
+/// The status of every site of `config` as `storage` has it (in a cluster, the shared store).
+pub async fn status_in(
+    config: &Config,
+    storage: &dyn Storage,
+    provider: &CryptoProvider,
+) -> Vec<SiteStatus> {
+    let mut sites = Vec::with_capacity(config.sites.len());
+    for site in &config.sites {
+        sites.push(site_status(site, storage, provider).await);
+    }
+    sites
+}
+
+async fn site_status(site: &Site, storage: &dyn Storage, provider: &CryptoProvider) -> SiteStatus {
     let mut status = SiteStatus {
         site: site.name.clone(),
         names: site.hosts.iter().map(ToString::to_string).collect(),
@@ -81,6 +99,8 @@ fn site_status(site: &Site, files: &DiskStorage, provider: &CryptoProvider) -> S
         last_attempt: None,
         next_attempt: None,
         last_error: None,
+        issued_by: None,
+        lock_holder: None,
     };
     match &site.tls {
         SiteTls::Internal => {
@@ -95,13 +115,14 @@ fn site_status(site: &Site, files: &DiskStorage, provider: &CryptoProvider) -> S
             }
         }
         SiteTls::Acme => {
-            match files.load_cert(site, provider) {
+            match storage.load_cert(site, provider).await {
                 Ok(Some(stored)) => status.certificate = Some(stored.facts.into()),
                 Ok(None) => status.missing = Some("not obtained yet".into()),
                 Err(err) => status.missing = Some(Chain(&err).to_string()),
             }
-            match files.load_meta(&site.name) {
+            match storage.load_meta(&site.name).await {
                 Ok(meta) => {
+                    status.issued_by = meta.issued_by;
                     status.renewal_due = meta.renewal.as_ref().map(|r| r.at);
                     status.renewal_reason = meta.renewal.as_ref().map(|r| r.reason);
                     status.last_attempt = meta.last_attempt;

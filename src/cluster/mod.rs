@@ -17,13 +17,14 @@
 //! node serves from its local mirror meanwhile.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::acme::ChallengeStore;
 use crate::config;
-use crate::observe::Chain;
+use crate::observe::{Chain, metrics};
 
 mod challenges;
 mod seal;
@@ -121,6 +122,36 @@ impl Cluster {
         &self.inner.node
     }
 
+    /// Which node holds each site's issuance lock now, by site.
+    ///
+    /// # Errors
+    /// `Store` when etcd does not answer.
+    pub async fn lock_holders(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, crate::acme::AcmeError> {
+        let prefix = self.key("holders/");
+        let mut client = self.client();
+        let found = request(
+            || format!("list {prefix}"),
+            client.get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        Ok(found
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let site = kv.key().strip_prefix(prefix.as_bytes())?;
+                Some((
+                    String::from_utf8(site.to_vec()).ok()?,
+                    kv.value_str().ok()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+
     /// A client for one task: clones share the connection.
     fn client(&self) -> Client {
         self.inner.client.clone()
@@ -156,20 +187,47 @@ impl std::fmt::Debug for Inner {
 }
 
 /// `result` of an etcd request bounded by [`REQUEST_TIMEOUT`], as an ACME error naming `action`.
+/// Every answer or failure updates whether the store is reachable.
 async fn request<T>(
     action: impl FnOnce() -> String,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, crate::acme::AcmeError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(crate::acme::AcmeError::Store {
-            action: action(),
-            source: Box::new(source),
-        }),
-        Err(elapsed) => Err(crate::acme::AcmeError::Store {
-            action: action(),
-            source: Box::new(elapsed),
-        }),
+    let failed: Box<dyn std::error::Error + Send + Sync> =
+        match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+            Ok(Ok(value)) => {
+                reachable(true, "");
+                return Ok(value);
+            }
+            Ok(Err(source)) => Box::new(source),
+            Err(elapsed) => Box::new(elapsed),
+        };
+    let action = action();
+    reachable(false, &action);
+    Err(crate::acme::AcmeError::Store {
+        action,
+        source: failed,
+    })
+}
+
+/// Whether the store answered last: 0 not asked yet, 1 yes, 2 no. Process-wide, like the
+/// metric it drives.
+static REACHABLE: AtomicU8 = AtomicU8::new(0);
+
+/// Records a request's outcome; a change is logged once and shown by a metric.
+fn reachable(up: bool, action: &str) {
+    let now = if up { 1 } else { 2 };
+    let before = REACHABLE.swap(now, Ordering::Relaxed);
+    if before == now {
+        return;
+    }
+    metrics::cluster_store_up(up);
+    if !up {
+        tracing::error!(
+            action,
+            "cluster store unreachable: serving the certificates this node has; renewals wait for it"
+        );
+    } else if before == 2 {
+        tracing::info!("cluster store reachable again");
     }
 }
 

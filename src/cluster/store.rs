@@ -6,7 +6,7 @@
 //! sealed under `encryption_key_file` before they leave the host.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -19,15 +19,19 @@ use tracing::{info, warn};
 
 use super::seal::Sealer;
 use super::{Cluster, WATCH_RETRY, request, watch_broke};
-use crate::acme::storage::{Fence, Keep, SiteLock};
+use crate::acme::storage::{Change, Fence, Keep, SiteLock};
 use crate::acme::{AcmeError, Item, Storage};
 use crate::config::SealKey;
+use crate::observe::metrics;
 
 /// The ACME scheduler's storage in etcd.
 #[derive(Clone)]
 pub struct EtcdStorage {
     cluster: Cluster,
     sealer: Arc<Sealer>,
+    /// Leases this node gave back while etcd did not answer: revoked when it answers again,
+    /// so this node's own stale lock does not hold its next attempt back for a whole TTL.
+    unrevoked: Arc<Mutex<Vec<i64>>>,
 }
 
 impl std::fmt::Debug for EtcdStorage {
@@ -43,6 +47,7 @@ impl EtcdStorage {
         Self {
             cluster,
             sealer: Arc::new(Sealer::new(key)),
+            unrevoked: Arc::default(),
         }
     }
 
@@ -87,17 +92,47 @@ impl EtcdStorage {
         }
     }
 
-    /// Gives a lease back; if that fails it expires on its own after `lock_ttl`.
+    /// Gives a lease back; if that fails it is tried again before the next lock (it expires on
+    /// its own after `lock_ttl` anyway).
     async fn revoke(&self, lease: i64) {
         let mut client = self.cluster.client();
-        if let Err(error) = request(
+        let revoked = request(
             || format!("revoke lease {lease:x}"),
             client.lease_revoke(lease),
         )
-        .await
-        {
-            warn!(error = %crate::observe::Chain(&error), "lock not given back; it expires with its lease");
+        .await;
+        if let Err(error) = revoked {
+            warn!(error = %crate::observe::Chain(&error), "lock not given back yet; trying again when the store answers");
+            self.unrevoked().push(lease);
         }
+    }
+
+    /// Revokes what could not be revoked before (see `unrevoked`).
+    async fn revoke_stale(&self) {
+        let stale = std::mem::take(&mut *self.unrevoked());
+        for lease in stale {
+            let mut client = self.cluster.client();
+            let revoked = request(
+                || format!("revoke lease {lease:x}"),
+                client.lease_revoke(lease),
+            )
+            .await;
+            match revoked {
+                Ok(_) => {}
+                // Gone already: it expired, or etcd lost it.
+                Err(AcmeError::Store { source, .. })
+                    if source.downcast_ref::<etcd_client::Error>().is_some_and(|e| {
+                        matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound)
+                    }) => {}
+                Err(_) => self.unrevoked().push(lease),
+            }
+        }
+    }
+
+    fn unrevoked(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.unrevoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -170,21 +205,24 @@ impl Storage for EtcdStorage {
         })
     }
 
-    fn save_pair<'a>(
+    fn save_certificate<'a>(
         &'a self,
         site: &'a str,
         chain: &'a [u8],
         key: &'a [u8],
+        meta: &'a [u8],
         lock: &'a SiteLock,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(async move {
-            // One transaction: every node sees the old pair or the new one, never half.
+            // One transaction: every node sees the old certificate or the new one, never half,
+            // and its state with it.
             let chain_key = self.key_of(Item::Chain(site));
             let key_key = self.key_of(Item::Key(site));
             let sealed = self.value_of(Item::Key(site), &key_key, key);
             let ops = vec![
                 TxnOp::put(key_key, sealed, None),
                 TxnOp::put(chain_key, chain.to_vec(), None),
+                TxnOp::put(self.key_of(Item::Meta(site)), meta.to_vec(), None),
             ];
             self.fenced(site, lock, ops).await
         })
@@ -209,6 +247,7 @@ impl Storage for EtcdStorage {
         wait: Duration,
     ) -> BoxFuture<'a, Result<Option<(SiteLock, Keep)>, AcmeError>> {
         Box::pin(async move {
+            self.revoke_stale().await;
             let name = self.cluster.key(&format!("locks/{site}"));
             let ttl = self.cluster.inner.lock_ttl;
             let mut client = self.cluster.client();
@@ -217,7 +256,8 @@ impl Storage for EtcdStorage {
                 || format!("grant a lease for {name}"),
                 client.lease_grant(seconds, None),
             )
-            .await?
+            .await
+            .inspect_err(|_| metrics::cluster_lock("failed"))?
             .id();
             let (keeper, replies) = match request(
                 || format!("keep lease {lease:x} alive"),
@@ -244,6 +284,16 @@ impl Storage for EtcdStorage {
             match acquired {
                 Some(Ok(held)) => {
                     info!(site, node = self.cluster.node(), "issuance lock taken");
+                    metrics::cluster_lock("taken");
+                    metrics::cluster_lock_held(1);
+                    // Who holds it, for `rampart certs`: on the lease, so it goes with the lock.
+                    let holder = self.cluster.key(&format!("holders/{site}"));
+                    let options = PutOptions::new().with_lease(lease);
+                    let _ = request(
+                        || format!("write {holder}"),
+                        client.put(holder.as_str(), self.cluster.node(), Some(options)),
+                    )
+                    .await;
                     let fence = Fence {
                         key: held.key().to_vec(),
                         lease,
@@ -251,6 +301,7 @@ impl Storage for EtcdStorage {
                     Ok(Some((SiteLock { fence: Some(fence) }, keep)))
                 }
                 Some(Err(source)) => {
+                    metrics::cluster_lock("failed");
                     self.revoke(lease).await;
                     Err(AcmeError::Store {
                         action: format!("take the lock {name}"),
@@ -258,6 +309,7 @@ impl Storage for EtcdStorage {
                     })
                 }
                 None => {
+                    metrics::cluster_lock("busy");
                     // Dropping the lock call withdrew this node's place in the queue.
                     self.revoke(lease).await;
                     Ok(None)
@@ -270,6 +322,7 @@ impl Storage for EtcdStorage {
         Box::pin(async move {
             // The lease holds the lock key and the challenge answers: revoking it drops them all.
             if let Some(fence) = lock.fence {
+                metrics::cluster_lock_held(-1);
                 self.revoke(fence.lease).await;
             }
         })
@@ -297,7 +350,7 @@ impl Storage for EtcdStorage {
         })
     }
 
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         let follow = Follow {
             cluster: self.cluster.clone(),
             prefix: self.cluster.key("certs/"),
@@ -307,8 +360,8 @@ impl Storage for EtcdStorage {
             broken: false,
         };
         Some(Box::pin(stream::unfold(follow, |mut follow| async move {
-            let site = follow.next().await;
-            Some((site, follow))
+            let change = follow.next().await;
+            Some((change, follow))
         })))
     }
 }
@@ -371,16 +424,16 @@ struct Follow {
     watch: Option<WatchStream>,
     /// The store's revision this node has seen up to.
     revision: i64,
-    ready: VecDeque<String>,
+    ready: VecDeque<Change>,
     /// A break was logged and not yet mended.
     broken: bool,
 }
 
 impl Follow {
-    async fn next(&mut self) -> String {
+    async fn next(&mut self) -> Change {
         loop {
-            if let Some(site) = self.ready.pop_front() {
-                return site;
+            if let Some(change) = self.ready.pop_front() {
+                return change;
             }
             if self.revision == 0 {
                 if let Err(error) = self.list().await {
@@ -399,7 +452,10 @@ impl Follow {
                 )
                 .await
                 {
-                    Ok(watch) => self.watch = Some(watch),
+                    Ok(watch) => {
+                        self.watch = Some(watch);
+                        self.mended();
+                    }
                     Err(error) => self.broke(&error).await,
                 }
                 continue;
@@ -413,7 +469,7 @@ impl Follow {
                     }
                 }
                 Ok(Some(reply)) => {
-                    self.broken = false;
+                    self.mended();
                     let mut sites = BTreeSet::new();
                     for event in reply.events() {
                         let Some(kv) = event.kv() else { continue };
@@ -424,7 +480,7 @@ impl Follow {
                             sites.insert(site);
                         }
                     }
-                    self.ready.extend(sites);
+                    self.ready.extend(sites.into_iter().map(Change::Stored));
                 }
                 Ok(None) => {
                     self.watch = None;
@@ -453,9 +509,16 @@ impl Follow {
             .iter()
             .filter_map(|kv| self.site_of(kv.key()))
             .collect();
-        self.ready.extend(sites);
-        self.broken = false;
+        self.ready.extend(sites.into_iter().map(Change::Stored));
+        self.mended();
         Ok(())
+    }
+
+    /// The store answered: after a break, say so once.
+    fn mended(&mut self) {
+        if std::mem::take(&mut self.broken) {
+            self.ready.push_back(Change::Back);
+        }
     }
 
     /// `prefix<site>/chain` → `site`.

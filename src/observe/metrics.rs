@@ -69,6 +69,11 @@ struct Families {
     reloads: Family<Labels<1>, Counter>,
     rate_limited: Family<Labels<2>, Counter>,
     concurrency_limited: Family<Labels<2>, Counter>,
+    cluster_store_up: Gauge,
+    cluster_locks: Family<Labels<1>, Counter>,
+    cluster_locks_held: Gauge,
+    cluster_issued: Family<Labels<1>, Counter>,
+    cluster_watch_lag: Histogram,
 }
 
 static FAMILIES: OnceLock<Families> = OnceLock::new();
@@ -93,6 +98,12 @@ fn families() -> &'static Families {
             reloads: Family::default(),
             rate_limited: Family::default(),
             concurrency_limited: Family::default(),
+            cluster_store_up: Gauge::default(),
+            cluster_locks: Family::default(),
+            cluster_locks_held: Gauge::default(),
+            cluster_issued: Family::default(),
+            // From 50 ms to about 100 s, doubling.
+            cluster_watch_lag: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             registry: Registry::default(),
         };
         // Counter names lack `_total`: the OpenMetrics encoder appends it to the samples.
@@ -177,6 +188,32 @@ fn families() -> &'static Families {
             "rampart_policy_concurrency_limited_requests",
             "Requests refused by a concurrency limit, by site and route",
             f.concurrency_limited.clone(),
+        );
+        r.register(
+            "rampart_cluster_store_up",
+            "1 while the cluster store (etcd) answers this node, 0 while it does not",
+            f.cluster_store_up.clone(),
+        );
+        r.register(
+            "rampart_cluster_locks",
+            "Attempts to take a site's issuance lock, by result: taken, busy (held by another \
+             node), lost (while held) or failed (store unreachable)",
+            f.cluster_locks.clone(),
+        );
+        r.register(
+            "rampart_cluster_locks_held",
+            "Issuance locks this node holds now",
+            f.cluster_locks_held.clone(),
+        );
+        r.register(
+            "rampart_cluster_issued",
+            "Certificates this node obtained and stored for the cluster, by node",
+            f.cluster_issued.clone(),
+        );
+        r.register(
+            "rampart_cluster_watch_lag_seconds",
+            "From another node storing a certificate to this node serving it (clocks of both)",
+            f.cluster_watch_lag.clone(),
         );
         Families { registry, ..f }
     })
@@ -449,6 +486,37 @@ pub fn config_reload(success: bool) {
         .reloads
         .get_or_create(&[("result", result.to_owned())])
         .inc();
+}
+
+/// Whether the cluster store answered this node's last request.
+pub fn cluster_store_up(up: bool) {
+    families().cluster_store_up.set(i64::from(up));
+}
+
+/// Counts one attempt to take an issuance lock: `taken`, `busy`, `lost` or `failed`.
+pub fn cluster_lock(result: &'static str) {
+    families()
+        .cluster_locks
+        .get_or_create(&[("result", result.to_owned())])
+        .inc();
+}
+
+/// Tracks the issuance locks held now: +1 when one is taken, -1 when it is given back.
+pub fn cluster_lock_held(delta: i64) {
+    families().cluster_locks_held.inc_by(delta);
+}
+
+/// Counts a certificate `node` obtained and stored for the cluster.
+pub fn cluster_issued(node: &str) {
+    families()
+        .cluster_issued
+        .get_or_create(&[("node", node.to_owned())])
+        .inc();
+}
+
+/// Records how long a certificate stored by another node took to be served here.
+pub fn cluster_watch_lag(lag: Duration) {
+    families().cluster_watch_lag.observe(lag.as_secs_f64());
 }
 
 /// Whole seconds since the Unix epoch; times before it are clamped to 0.

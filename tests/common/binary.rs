@@ -82,6 +82,11 @@ impl Binary {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or the OOM killer would, and reaps it.
+    pub async fn sigkill(&mut self) {
+        self.child.kill().await.expect("kill the child");
+    }
+
     /// Waits for the process to exit, failing after `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         match tokio::time::timeout(limit, self.child.wait()).await {

@@ -191,18 +191,29 @@ impl Pebble {
     }
 
     /// Makes challtestsrv answer `host` with `addresses` (e.g. 127.0.0.2, where nothing
-    /// listens, to make its validation fail).
+    /// listens, to make its validation fail), besides any address it had.
     pub async fn add_a(&self, host: &str, addresses: &[&str]) {
-        let body = serde_json::json!({"host": host, "addresses": addresses}).to_string();
-        let url = format!("http://127.0.0.1:{}/add-a", self.challtestsrv_port);
+        let body = serde_json::json!({"host": host, "addresses": addresses});
+        self.challtestsrv("add-a", body).await;
+    }
+
+    /// Makes challtestsrv answer `host` with `addresses` only.
+    pub async fn set_a(&self, host: &str, addresses: &[&str]) {
+        self.challtestsrv("clear-a", serde_json::json!({"host": host}))
+            .await;
+        self.add_a(host, addresses).await;
+    }
+
+    async fn challtestsrv(&self, path: &str, body: serde_json::Value) {
+        let url = format!("http://127.0.0.1:{}/{path}", self.challtestsrv_port);
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let request = Request::post(url)
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid request");
-        let response = client.request(request).await.expect("challtestsrv /add-a");
+        let response = client.request(request).await.expect("challtestsrv answers");
         assert!(
             response.status().is_success(),
-            "challtestsrv /add-a answered {}",
+            "challtestsrv /{path} answered {}",
             response.status()
         );
     }

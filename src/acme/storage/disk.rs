@@ -96,13 +96,22 @@ impl DiskStorage {
     }
 
     /// Keeps a copy of a pair read from a shared store, so a restart without the store still
-    /// serves it. Key first, as in [`Storage::save_pair`].
+    /// serves it. Key first, as in [`Storage::save_certificate`].
     ///
     /// # Errors
     /// `Persist` naming the file or directory that could not be written.
     pub fn mirror_pair(&self, site: &str, chain: &[u8], key: &[u8]) -> Result<(), AcmeError> {
         self.write(Item::Key(site), key)
             .and_then(|()| self.write(Item::Chain(site), chain))
+    }
+
+    /// Keeps a copy of a site's state written to a shared store, for `rampart certs` and a
+    /// restart without the store.
+    ///
+    /// # Errors
+    /// `Persist` naming the file or directory that could not be written.
+    pub fn mirror_meta(&self, site: &str, meta: &Meta) -> Result<(), AcmeError> {
+        self.write(Item::Meta(site), &super::meta_json(meta))
     }
 
     fn read(&self, item: Item<'_>) -> Result<Option<Vec<u8>>, AcmeError> {
@@ -161,16 +170,20 @@ impl Storage for DiskStorage {
         Box::pin(future::ready(self.write(item, bytes)))
     }
 
-    fn save_pair<'a>(
+    fn save_certificate<'a>(
         &'a self,
         site: &'a str,
         chain: &'a [u8],
         key: &'a [u8],
+        meta: &'a [u8],
         _: &'a SiteLock,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
         // Key first: a crash in between leaves a mismatched pair, which loading rejects, rather
         // than a new certificate served with a stale key.
-        Box::pin(future::ready(self.mirror_pair(site, chain, key)))
+        let written = self
+            .mirror_pair(site, chain, key)
+            .and_then(|()| self.write(Item::Meta(site), meta));
+        Box::pin(future::ready(written))
     }
 
     fn discard<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<(), AcmeError>> {
@@ -237,10 +250,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = DiskStorage::new(dir.path());
         let (chain, key) = self_signed("a.test");
-        ready(files.save_pair(
+        ready(files.save_certificate(
             "a.test",
             chain.as_bytes(),
             key.as_bytes(),
+            b"{}",
             &SiteLock::local(),
         ))
         .expect("save");
@@ -261,18 +275,25 @@ mod tests {
         let files = DiskStorage::new(dir.path());
         let (chain, key) = self_signed("a.test");
         let truncated = &chain.as_bytes()[..chain.len() / 2];
-        ready(files.save_pair("a.test", truncated, key.as_bytes(), &SiteLock::local()))
-            .expect("save");
+        ready(files.save_certificate(
+            "a.test",
+            truncated,
+            key.as_bytes(),
+            b"{}",
+            &SiteLock::local(),
+        ))
+        .expect("save");
         assert!(matches!(
             files.load_cert(&site("a.test"), &provider()),
             Err(AcmeError::StoredCert { .. })
         ));
 
         let (_, other_key) = self_signed("a.test");
-        ready(files.save_pair(
+        ready(files.save_certificate(
             "a.test",
             chain.as_bytes(),
             other_key.as_bytes(),
+            b"{}",
             &SiteLock::local(),
         ))
         .expect("save");

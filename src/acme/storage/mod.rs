@@ -72,13 +72,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
         lock: Option<&'a SiteLock>,
     ) -> BoxFuture<'a, Result<(), AcmeError>>;
 
-    /// Writes a site's chain and key under its `lock`. A reader may at worst see a mismatched
-    /// pair (the key written first), which loading rejects: never a new chain with an old key.
-    fn save_pair<'a>(
+    /// Writes a site's new certificate under its `lock`: chain, key, and the state that goes
+    /// with them ([`Meta`] as JSON: who issued it, when), so a node that reads the certificate
+    /// reads its state too. A reader may at worst see a mismatched pair (the key written
+    /// first), which loading rejects: never a new chain with an old key.
+    fn save_certificate<'a>(
         &'a self,
         site: &'a str,
         chain: &'a [u8],
         key: &'a [u8],
+        meta: &'a [u8],
         lock: &'a SiteLock,
     ) -> BoxFuture<'a, Result<(), AcmeError>>;
 
@@ -124,11 +127,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Sites whose stored certificate changed, written by any node; `None` when only this node
-    /// writes. The stream follows the store across outages and ends only with it.
-    fn changes(&self) -> Option<BoxStream<'static, String>> {
+    /// What other nodes changed, and the store coming back after an outage; `None` when only
+    /// this node writes. The stream follows the store across outages and never ends.
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
         None
     }
+}
+
+/// An event of [`Storage::changes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A site's certificate was stored (by any node).
+    Stored(String),
+    /// The store answers again after it did not: what waited for it can go ahead.
+    Back,
 }
 
 /// A site's issuance lock, held by this node from [`Storage::lock`] to [`Storage::unlock`].
@@ -203,6 +215,9 @@ pub struct Meta {
     pub ari: Option<AriState>,
     /// In a cluster: the node that obtained the current certificate.
     pub issued_by: Option<String>,
+    /// The node whose order is in flight: set before ordering, cleared when the order ends.
+    /// A lock holder that finds another node's mark knows that node stopped mid-order.
+    pub ordering: Option<String>,
 }
 
 /// A failure as recorded for operators.
@@ -374,7 +389,7 @@ fn parse_meta(bytes: Option<&[u8]>, place: impl FnOnce() -> String) -> Result<Me
 }
 
 /// Scheduling state as stored: pretty JSON, for operators who read it.
-fn meta_json(meta: &Meta) -> Vec<u8> {
+pub(in crate::acme) fn meta_json(meta: &Meta) -> Vec<u8> {
     serde_json::to_vec_pretty(meta).expect("meta is plain data and serializes")
 }
 
