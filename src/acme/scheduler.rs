@@ -218,6 +218,14 @@ impl RenewalScheduler {
             .enumerate()
             .map(|(index, site)| (site.name.clone(), index))
             .collect();
+        // In a cluster each node walks the sites from its own place in the list, so nodes that
+        // start together order different sites instead of queueing for the same locks.
+        let start = shared.storage.node().map_or(0, |node| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(node, &mut hasher);
+            usize::try_from(std::hash::Hasher::finish(&hasher) % states.len().max(1) as u64)
+                .unwrap_or(0)
+        });
         // Sites another node stored a certificate for, waiting for a task slot, each once.
         let mut stale: VecDeque<usize> = VecDeque::new();
         let mut is_stale = vec![false; states.len()];
@@ -236,7 +244,9 @@ impl RenewalScheduler {
                 }
             }
             let mut next_due: Option<SystemTime> = None;
-            for (index, slot) in states.iter_mut().enumerate() {
+            let count = states.len();
+            for index in (0..count).map(|i| (i + start) % count) {
+                let slot = &mut states[index];
                 let Some(state) = slot else { continue };
                 let due = state.next_action(now, ari);
                 if due > now {
