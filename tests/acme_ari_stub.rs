@@ -1,7 +1,11 @@
 //! ARI (RFC 9773) against a stub CA: Debian's Pebble 2.4 has no `renewalInfo`, so a tiny HTTPS
 //! server serves a directory that offers it and a fixed renewal window. Checks that the scheduler
 //! fetches the window for the stored certificate, picks a time inside it, persists it and orders
-//! nothing while the window is in the future.
+//! nothing while the window is in the future; and that in a cluster (real etcd) one node polls
+//! and the others use its answer.
+
+#[path = "common/etcd.rs"]
+mod etcd;
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -253,5 +257,110 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
             .any(|p| p.starts_with("/order") || p.starts_with("/nonce")),
         "ordered too early: {paths:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_one_node_polls_the_renewal_window_for_all() -> TestResult {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let stub = StubCa::start((now + 10 * day, now + 11 * day)).await?;
+    let etcd = etcd::Etcd::start().await;
+    let dir = tempfile::tempdir()?;
+    let bundle = dir.path().join("stub-ca.pem");
+    std::fs::write(&bundle, &stub.ca_pem)?;
+    let acme = Acme {
+        email: None,
+        directory: format!("{}/dir", stub.base).parse()?,
+        ca_bundle: Some(bundle),
+        key_type: KeyType::EcdsaP256,
+        profile: None,
+        eab: None,
+    };
+    let site = Site {
+        name: "ari.rampart.test".into(),
+        hosts: vec![HostName::parse("ari.rampart.test")?],
+        tls: SiteTls::Acme,
+        default: false,
+        routes: Vec::new(),
+        policy: Default::default(),
+    };
+    let node = |name: &str| rampart::config::Cluster {
+        etcd: rampart::config::Etcd {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/rampart/".into(),
+            tls: None,
+            user: None,
+        },
+        node: name.into(),
+        lock_ttl: Duration::from_secs(5),
+        encryption_key: rampart::config::SealKey::new([5; 32]),
+    };
+    // The account and the certificate are in the cluster store already, as another node left
+    // them; the nodes' own storage directories are empty.
+    let (_, seed) = rampart::cluster::Cluster::new(&node("seed")).await?;
+    let account_key = rcgen::KeyPair::generate()?;
+    let credentials = serde_json::json!({
+        "id": format!("{}/account/1", stub.base),
+        "key_pkcs8": BASE64_URL_SAFE_NO_PAD.encode(account_key.serialize_der()),
+        "directory": format!("{}/dir", stub.base),
+    });
+    let ca = rampart::acme::ca_id(&acme.directory);
+    seed.save(
+        rampart::acme::Item::Account(&ca),
+        credentials.to_string().as_bytes(),
+        None,
+    )
+    .await?;
+    let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
+    let (lock, _keep) = seed
+        .lock(&site.name, Duration::from_secs(5))
+        .await?
+        .ok_or("lock")?;
+    seed.save_certificate(&site.name, chain.as_bytes(), key.as_bytes(), b"{}", &lock)
+        .await?;
+    seed.unlock(lock).await;
+
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut served = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (_, storage) = rampart::cluster::Cluster::new(&node(name)).await?;
+        let local = dir.path().join(name);
+        let certs = CertStore::default();
+        let scheduler = RenewalScheduler::new(
+            acme.clone(),
+            &local,
+            std::slice::from_ref(&site),
+            certs.clone(),
+            ChallengeStore::default(),
+        )
+        .with_shared_storage(Arc::new(storage));
+        tasks.push(tokio::spawn(scheduler.run(stop.clone())));
+        served.push(certs);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !served.iter().all(|certs| certs.covers(&site)) {
+        assert!(
+            Instant::now() < deadline,
+            "not every node serves the stored certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for every node's first task (under the lock, one after another) to run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    for task in tasks {
+        task.await?;
+    }
+    let meta = (&seed as &dyn Storage).load_meta(&site.name).await?;
+    assert!(meta.ari.is_some(), "the window is stored for the cluster");
+    let paths = stub.paths.lock().map_err(|_| "poisoned")?.clone();
+    let polls = paths.iter().filter(|p| p.starts_with("/ari/")).count();
+    assert_eq!(
+        polls, 1,
+        "one renewal-information poll for three nodes: {paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p.starts_with("/order")), "{paths:?}");
     Ok(())
 }

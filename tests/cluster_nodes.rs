@@ -19,7 +19,7 @@ use rampart::tls::LeafFacts;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
 
-use common::{Binary, Env, TlsClient};
+use common::{Binary, Env, TlsClient, rampart_command};
 use pebble::{Pebble, PebbleOptions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -285,6 +285,24 @@ async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges(
     Ok(())
 }
 
+/// `rampart certs --json` with `node`'s configuration.
+fn certs_json(node: &Node) -> serde_json::Value {
+    let output = rampart_command(&[
+        "certs",
+        "-c",
+        node.config.to_str().expect("utf-8"),
+        "--json",
+    ])
+    .output()
+    .expect("rampart certs runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
 /// A TCP listener that accepts and never answers: an HTTP-01 validation sent to it hangs, which
 /// keeps an order in flight for as long as the test needs.
 async fn black_hole(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
@@ -320,6 +338,8 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
         async || logged(&a_run, "ACME http-01 challenge ready", site) == 1,
     )
     .await;
+    // `rampart certs` names the node holding the lock.
+    assert_eq!(certs_json(&b)[0]["lock_holder"], "a");
     a_run.sigkill().await;
     let killed = Instant::now();
     hole.abort();
@@ -361,6 +381,12 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
     let meta = etcd.dump(&format!("{PREFIX}certs/{site}/meta")).await;
     let meta: serde_json::Value = serde_json::from_slice(&meta[0].1)?;
     assert_eq!(meta["issued_by"], "b");
+    let report = certs_json(&a);
+    assert_eq!(
+        report[0]["issued_by"], "b",
+        "read from the cluster store, not a's files"
+    );
+    assert!(report[0]["lock_holder"].is_null(), "{report}");
     Ok(())
 }
 
