@@ -361,3 +361,77 @@ async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_node_reaches_etcd_over_tls_with_a_client_certificate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).map(|()| path)
+    };
+    // One CA signs etcd's server certificate and the node's client certificate.
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| -> Result<(String, String), rcgen::Error> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into()])?;
+    let (client_cert, client_key) = leaf(vec!["edge-1".into()])?;
+    let ca = write("ca.pem", ca_cert.pem())?;
+    let etcd = Etcd::start_tls(
+        write("server.pem", server_cert)?,
+        write("server.key", server_key)?,
+        ca.clone(),
+    )
+    .await;
+    assert!(etcd.endpoint().starts_with("https://"));
+    let settings = |identity: Option<(std::path::PathBuf, std::path::PathBuf)>| config::Cluster {
+        etcd: config::Etcd {
+            endpoints: vec![etcd.endpoint()],
+            prefix: PREFIX.to_owned(),
+            tls: Some(config::EtcdTls {
+                ca: ca.clone(),
+                identity,
+            }),
+            user: None,
+        },
+        node: "edge-1".into(),
+        lock_ttl: Duration::from_secs(5),
+        encryption_key: SealKey::new([1; 32]),
+    };
+    let identity = (
+        write("client.pem", client_cert)?,
+        write("client.key", client_key)?,
+    );
+    let (_, storage) = Cluster::new(&settings(Some(identity))).await?;
+    let storage: &dyn Storage = &storage;
+    // The harness saw the TLS port accept; etcd may need a moment more to answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(error) = storage.save(Item::Account("ca"), b"{}", None).await {
+        assert!(Instant::now() < deadline, "etcd over TLS: {error}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        storage.load(Item::Account("ca")).await?.as_deref(),
+        Some(&b"{}"[..])
+    );
+
+    // Without a client certificate etcd refuses the node.
+    let (_, refused) = Cluster::new(&settings(None)).await?;
+    assert!(
+        (&refused as &dyn Storage)
+            .load(Item::Account("ca"))
+            .await
+            .is_err()
+    );
+    Ok(())
+}

@@ -20,6 +20,8 @@ const INSTALL_HINT: &str = "etcd not found: run `apt-get install -y etcd-server`
 /// One etcd member on loopback.
 pub struct Etcd {
     child: Option<Child>,
+    /// With TLS: (server cert, server key, client CA) files, and clients must present a cert.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     binary: PathBuf,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -32,12 +34,23 @@ impl Etcd {
     /// # Panics
     /// With [`INSTALL_HINT`] when `etcd` is not installed, or when it does not come up.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving https with `cert` and `key`, requiring client certificates signed
+    /// by `client_ca`.
+    pub async fn start_tls(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Self {
+        Self::start_with(Some((cert, key, client_ca))).await
+    }
+
+    async fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         let binary = std::env::var_os("ETCD")
             .map(PathBuf::from)
             .or_else(|| find_on_path("etcd"))
             .unwrap_or_else(|| panic!("{INSTALL_HINT}"));
         let mut etcd = Self {
             child: None,
+            tls,
             binary,
             dir: tempfile::tempdir().expect("temp dir"),
             client_port: free_port(),
@@ -47,9 +60,10 @@ impl Etcd {
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills etcd (as a crash would); its data stays for [`Etcd::resume`].
@@ -64,7 +78,18 @@ impl Etcd {
     pub async fn resume(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some((cert, key, client_ca)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.endpoint()])
@@ -86,7 +111,13 @@ impl Etcd {
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Ok(mut client) = etcd_client::Client::connect([self.endpoint()], None).await
+            if self.tls.is_some()
+                && std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
+            {
+                return;
+            }
+            if self.tls.is_none()
+                && let Ok(mut client) = etcd_client::Client::connect([self.endpoint()], None).await
                 && tokio::time::timeout(Duration::from_secs(2), client.get("/", None))
                     .await
                     .is_ok_and(|r| r.is_ok())
