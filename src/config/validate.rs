@@ -245,7 +245,12 @@ impl Checker {
 
     /// A PEM bundle with at least one certificate.
     fn ca_bundle(&mut self, raw: &Text) -> Option<PathBuf> {
-        let path = self.path(raw, "acme.ca_bundle")?;
+        self.pem_certificates(raw, "acme.ca_bundle")
+    }
+
+    /// A readable PEM file with at least one certificate (a CA bundle, a certificate chain).
+    fn pem_certificates(&mut self, raw: &Text, at: &str) -> Option<PathBuf> {
+        let path = self.path(raw, at)?;
         let checked = match fs::read(&path) {
             Err(error) => Err(format!("cannot read {}: {error}", path.display())),
             Ok(pem) => match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
@@ -259,7 +264,7 @@ impl Checker {
                 Ok(_) => Ok(path),
             },
         };
-        self.check(&raw.referenced, "acme.ca_bundle", checked)
+        self.check(&raw.referenced, at, checked)
     }
 
     /// `acme.eab`: the key id and the HMAC key, written inline (then the configuration file

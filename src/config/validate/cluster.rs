@@ -10,8 +10,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::Uri;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::{Checker, Zero, present};
 use crate::config::raw::{List, RawCluster, RawEtcd, RawEtcdTls, Text};
@@ -205,22 +203,6 @@ impl Checker {
             ca: ca?,
             identity: identity?,
         })
-    }
-
-    /// A readable PEM file with at least one certificate.
-    fn pem_certificates(&mut self, raw: &Text, at: &str) -> Option<std::path::PathBuf> {
-        let path = self.path(raw, at)?;
-        let checked = match fs::read(&path) {
-            Err(error) => Err(format!("cannot read {}: {error}", path.display())),
-            Ok(pem) => match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
-                Err(error) => Err(format!("{} is not PEM: {error}", path.display())),
-                Ok(certs) if certs.is_empty() => {
-                    Err(format!("{} holds no certificate", path.display()))
-                }
-                Ok(_) => Ok(path),
-            },
-        };
-        self.check(&raw.referenced, at, checked)
     }
 
     /// A private key file: readable, and not by other users.
