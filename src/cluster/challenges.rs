@@ -80,11 +80,7 @@ pub(super) async fn follow(cluster: Cluster, challenges: ChallengeStore) {
                 listed.header().map_or(0, |h| h.revision())
             }
             Err(error) => {
-                if !broken {
-                    watch_broke(&prefix, &error);
-                    broken = true;
-                }
-                tokio::time::sleep(WATCH_RETRY).await;
+                broke(&prefix, &error, &mut broken).await;
                 continue;
             }
         };
@@ -99,11 +95,7 @@ pub(super) async fn follow(cluster: Cluster, challenges: ChallengeStore) {
         {
             Ok(watch) => watch,
             Err(error) => {
-                if !broken {
-                    watch_broke(&prefix, &error);
-                    broken = true;
-                }
-                tokio::time::sleep(WATCH_RETRY).await;
+                broke(&prefix, &error, &mut broken).await;
                 continue;
             }
         };
@@ -140,4 +132,16 @@ pub(super) async fn follow(cluster: Cluster, challenges: ChallengeStore) {
         }
         tokio::time::sleep(WATCH_RETRY).await;
     }
+}
+
+/// Logs a break once until it is mended, then waits before the next try.
+async fn broke(
+    prefix: &str,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    broken: &mut bool,
+) {
+    if !std::mem::replace(broken, true) {
+        watch_broke(prefix, error);
+    }
+    tokio::time::sleep(WATCH_RETRY).await;
 }
