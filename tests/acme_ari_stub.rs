@@ -143,6 +143,45 @@ impl StubCa {
     }
 }
 
+impl StubCa {
+    /// `acme:` for this CA, its root written into `dir` as the CA bundle.
+    fn acme(&self, dir: &std::path::Path) -> Result<Acme, Box<dyn Error>> {
+        let bundle = dir.join("stub-ca.pem");
+        std::fs::write(&bundle, &self.ca_pem)?;
+        Ok(Acme {
+            email: None,
+            directory: format!("{}/dir", self.base).parse()?,
+            ca_bundle: Some(bundle),
+            key_type: KeyType::EcdsaP256,
+            profile: None,
+            eab: None,
+        })
+    }
+
+    /// Credentials of an account at this CA: restoring them only fetches the directory (no
+    /// registration at the stub).
+    fn account(&self) -> Result<serde_json::Value, Box<dyn Error>> {
+        let key = rcgen::KeyPair::generate()?;
+        Ok(serde_json::json!({
+            "id": format!("{}/account/1", self.base),
+            "key_pkcs8": BASE64_URL_SAFE_NO_PAD.encode(key.serialize_der()),
+            "directory": format!("{}/dir", self.base),
+        }))
+    }
+}
+
+/// The site whose certificate the stub issues.
+fn site() -> Result<Site, Box<dyn Error>> {
+    Ok(Site {
+        name: "ari.rampart.test".into(),
+        hosts: vec![HostName::parse("ari.rampart.test")?],
+        tls: SiteTls::Acme,
+        default: false,
+        routes: Vec::new(),
+        policy: Default::default(),
+    })
+}
+
 impl Drop for StubCa {
     fn drop(&mut self) {
         self.task.abort();
@@ -156,35 +195,13 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
     let window = (now + 10 * day, now + 11 * day);
     let stub = StubCa::start(window).await?;
     let storage = tempfile::tempdir()?;
-    let bundle = storage.path().join("stub-ca.pem");
-    std::fs::write(&bundle, &stub.ca_pem)?;
-    let acme = Acme {
-        email: None,
-        directory: format!("{}/dir", stub.base).parse()?,
-        ca_bundle: Some(bundle),
-        key_type: KeyType::EcdsaP256,
-        profile: None,
-        eab: None,
-    };
-    // A stored account: restoring it only fetches the directory (no registration at the stub).
-    let account_key = rcgen::KeyPair::generate()?;
-    let credentials = serde_json::json!({
-        "id": format!("{}/account/1", stub.base),
-        "key_pkcs8": BASE64_URL_SAFE_NO_PAD.encode(account_key.serialize_der()),
-        "directory": format!("{}/dir", stub.base),
-    });
+    let acme = stub.acme(storage.path())?;
+    let credentials = stub.account()?;
     let account_file = account_path(storage.path(), &acme.directory);
     std::fs::create_dir_all(account_file.parent().ok_or("no parent")?)?;
     std::fs::write(&account_file, credentials.to_string())?;
 
-    let site = Site {
-        name: "ari.rampart.test".into(),
-        hosts: vec![HostName::parse("ari.rampart.test")?],
-        tls: SiteTls::Acme,
-        default: false,
-        routes: Vec::new(),
-        policy: Default::default(),
-    };
+    let site = site()?;
     let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
     let files = DiskStorage::new(storage.path());
     files
@@ -267,24 +284,8 @@ async fn in_a_cluster_one_node_polls_the_renewal_window_for_all() -> TestResult 
     let stub = StubCa::start((now + 10 * day, now + 11 * day)).await?;
     let etcd = etcd::Etcd::start().await;
     let dir = tempfile::tempdir()?;
-    let bundle = dir.path().join("stub-ca.pem");
-    std::fs::write(&bundle, &stub.ca_pem)?;
-    let acme = Acme {
-        email: None,
-        directory: format!("{}/dir", stub.base).parse()?,
-        ca_bundle: Some(bundle),
-        key_type: KeyType::EcdsaP256,
-        profile: None,
-        eab: None,
-    };
-    let site = Site {
-        name: "ari.rampart.test".into(),
-        hosts: vec![HostName::parse("ari.rampart.test")?],
-        tls: SiteTls::Acme,
-        default: false,
-        routes: Vec::new(),
-        policy: Default::default(),
-    };
+    let acme = stub.acme(dir.path())?;
+    let site = site()?;
     let node = |name: &str| rampart::config::Cluster {
         etcd: rampart::config::Etcd {
             endpoints: vec![etcd.endpoint()],
@@ -299,12 +300,7 @@ async fn in_a_cluster_one_node_polls_the_renewal_window_for_all() -> TestResult 
     // The account and the certificate are in the cluster store already, as another node left
     // them; the nodes' own storage directories are empty.
     let (_, seed) = rampart::cluster::Cluster::new(&node("seed")).await?;
-    let account_key = rcgen::KeyPair::generate()?;
-    let credentials = serde_json::json!({
-        "id": format!("{}/account/1", stub.base),
-        "key_pkcs8": BASE64_URL_SAFE_NO_PAD.encode(account_key.serialize_der()),
-        "directory": format!("{}/dir", stub.base),
-    });
+    let credentials = stub.account()?;
     let ca = rampart::acme::ca_id(&acme.directory);
     seed.save(
         rampart::acme::Item::Account(&ca),

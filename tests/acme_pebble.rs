@@ -14,7 +14,7 @@ use rampart::tls::LeafFacts;
 use rampart::{Listeners, Server};
 use rustls::RootCertStore;
 
-use common::{Env, HttpClient, TlsClient, rampart_command};
+use common::{Env, HttpClient, TlsClient, certs_json};
 use pebble::{Pebble, PebbleOptions};
 
 type TestResult = Result<(), Box<dyn Error>>;
@@ -70,23 +70,6 @@ async fn serial(server: &Server, roots: &RootCertStore, name: &str) -> String {
     LeafFacts::parse(&tls.peer_cert)
         .expect("leaf parses")
         .serial
-}
-
-fn certs_json(config: &std::path::Path) -> serde_json::Value {
-    let output = rampart_command(&[
-        "certs",
-        "-c",
-        config.to_str().expect("utf-8 path"),
-        "--json",
-    ])
-    .output()
-    .expect("rampart certs runs");
-    assert!(
-        output.status.success(),
-        "rampart certs: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("rampart certs --json prints JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use rampart::tls::LeafFacts;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject as _;
 
-use common::{Binary, Env, TlsClient, rampart_command};
+use common::{Binary, Env, TlsClient, certs_json};
 use pebble::{Pebble, PebbleOptions};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -68,6 +68,50 @@ fn free_port(ip: &str) -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind a loopback port")
         .port()
+}
+
+/// What every test here runs its nodes on: one etcd, one Pebble (certificates of
+/// `validity_secs`) and the port Pebble validates HTTP-01 on, the same on every node's address.
+struct Bed {
+    env: Env,
+    etcd: Etcd,
+    pebble: Pebble,
+    http_port: u16,
+}
+
+impl Bed {
+    async fn start(validity_secs: u64) -> Self {
+        let env = Env::new();
+        let etcd = Etcd::start().await;
+        let http_port = free_port("127.0.0.1");
+        let mut options = PebbleOptions::new(http_port);
+        options.validity_secs = validity_secs;
+        let pebble = Pebble::start(options).await;
+        Self {
+            env,
+            etcd,
+            pebble,
+            http_port,
+        }
+    }
+
+    /// Nodes a, b, c, … on 127.0.0.2, .3, .4, …, all serving `sites`.
+    fn nodes(&self, count: usize, sites: &[&str]) -> Vec<Node> {
+        let common = shared_config(&self.env, &self.etcd, &self.pebble, sites);
+        ["a", "b", "c"][..count]
+            .iter()
+            .zip(2..)
+            .map(|(name, ip)| {
+                Node::new(
+                    &self.env,
+                    name,
+                    &format!("127.0.0.{ip}"),
+                    self.http_port,
+                    &common,
+                )
+            })
+            .collect()
+    }
 }
 
 /// The part of every node's configuration that is the same on all: etcd, the sealing key,
@@ -174,41 +218,13 @@ fn logged(binary: &Binary, message: &str, site: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges() -> TestResult {
-    let env = Env::new();
-    let etcd = Etcd::start().await;
-    let http_port = free_port("127.0.0.1");
-    let pebble = Pebble::start(PebbleOptions::new(http_port)).await;
+    let bed = Bed::start(600).await;
+    let (etcd, pebble) = (&bed.etcd, &bed.pebble);
     // The CA validates every name on node c; most sites are ordered elsewhere (see below).
     for site in SITES {
         pebble.add_a(site, &["127.0.0.4"]).await;
     }
-    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
-    let key_file = env.write("cluster.key", &format!("{key}\n"));
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    let sites: String = SITES
-        .iter()
-        .map(|s| {
-            format!(
-                "  - {{ hosts: [{s}], routes: [{{ path: /, respond: {{ body: \"{s}\\n\" }} }}] }}\n"
-            )
-        })
-        .collect();
-    let common = format!(
-        "  etcd:\n    endpoints: [\"{}\"]\n  lock_ttl: 5s\n  encryption_key_file: {}\n\
-         acme:\n  directory: {}\n  ca_bundle: {}\nsites:\n{sites}",
-        etcd.endpoint(),
-        key_file.display(),
-        pebble.directory_url(),
-        pebble.ca_bundle().display(),
-    );
-    let nodes = [
-        Node::new(&env, "a", "127.0.0.2", http_port, &common),
-        Node::new(&env, "b", "127.0.0.3", http_port, &common),
-        Node::new(&env, "c", "127.0.0.4", http_port, &common),
-    ];
+    let nodes = bed.nodes(3, &SITES);
 
     // Order who gets each lock: the test holds every site's lock while a and b queue behind it
     // (each node walks the sites from its own offset, four at a time, so together they queue on
@@ -229,7 +245,7 @@ async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges(
     until(Duration::from_secs(8), "a and b queue", async || {
         let mut waiting = 0;
         for site in SITES {
-            waiting += lock_keys(&etcd, site).await - 1;
+            waiting += lock_keys(etcd, site).await - 1;
         }
         waiting == 8
     })
@@ -238,7 +254,7 @@ async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges(
     client.lease_revoke(lease).await?;
 
     // Every node serves every site, with one certificate per site.
-    let roots = pebble_roots(&pebble);
+    let roots = pebble_roots(pebble);
     let all: Vec<&Node> = nodes.iter().collect();
     for site in SITES {
         same_serial(&all, &roots, site, ISSUANCE).await;
@@ -276,31 +292,14 @@ async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges(
     }
     // Each node keeps a local copy, private, for a restart without etcd.
     for node in &nodes {
-        let key = env
+        let key = bed
+            .env
             .path(&format!("storage-{}", node.name))
             .join("certs/s1.test/key.pem");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
         assert_eq!(mode & 0o777, 0o600, "{}", key.display());
     }
     Ok(())
-}
-
-/// `rampart certs --json` with `node`'s configuration.
-fn certs_json(node: &Node) -> serde_json::Value {
-    let output = rampart_command(&[
-        "certs",
-        "-c",
-        node.config.to_str().expect("utf-8"),
-        "--json",
-    ])
-    .output()
-    .expect("rampart certs runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
 /// A TCP listener that accepts and never answers: an HTTP-01 validation sent to it hangs, which
@@ -319,17 +318,13 @@ async fn black_hole(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult {
-    let env = Env::new();
-    let etcd = Etcd::start().await;
-    let http_port = free_port("127.0.0.1");
-    let pebble = Pebble::start(PebbleOptions::new(http_port)).await;
+    let bed = Bed::start(600).await;
+    let (etcd, pebble) = (&bed.etcd, &bed.pebble);
     let site = "k.test";
     // The validation of a's order hangs, so a is killed with the lock held and the order open.
-    let hole = black_hole(format!("127.0.0.5:{http_port}").parse()?).await;
+    let hole = black_hole(format!("127.0.0.5:{}", bed.http_port).parse()?).await;
     pebble.add_a(site, &["127.0.0.5"]).await;
-    let common = shared_config(&env, &etcd, &pebble, &[site]);
-    let a = Node::new(&env, "a", "127.0.0.2", http_port, &common);
-    let b = Node::new(&env, "b", "127.0.0.3", http_port, &common);
+    let [a, b] = <[Node; 2]>::try_from(bed.nodes(2, &[site])).map_err(|_| "two nodes")?;
 
     let mut a_run = a.start().await;
     until(
@@ -339,14 +334,14 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
     )
     .await;
     // `rampart certs` names the node holding the lock.
-    assert_eq!(certs_json(&b)[0]["lock_holder"], "a");
+    assert_eq!(certs_json(&b.config)[0]["lock_holder"], "a");
     a_run.sigkill().await;
     let killed = Instant::now();
     hole.abort();
     pebble.set_a(site, &["127.0.0.3"]).await;
 
     let b_run = b.start().await;
-    let roots = pebble_roots(&pebble);
+    let roots = pebble_roots(pebble);
     let deadline = Instant::now() + ISSUANCE;
     while serial(&b, &roots, site).await.is_none() {
         assert!(
@@ -381,7 +376,7 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
     let meta = etcd.dump(&format!("{PREFIX}certs/{site}/meta")).await;
     let meta: serde_json::Value = serde_json::from_slice(&meta[0].1)?;
     assert_eq!(meta["issued_by"], "b");
-    let report = certs_json(&a);
+    let report = certs_json(&a.config);
     assert_eq!(
         report[0]["issued_by"], "b",
         "read from the cluster store, not a's files"
@@ -406,21 +401,15 @@ async fn metric(node: &Node, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_nodes_serve_what_they_have_and_renew_when_it_is_back() -> TestResult {
-    let env = Env::new();
-    let mut etcd = Etcd::start().await;
-    let http_port = free_port("127.0.0.1");
     // 30 s certificates: renewal is due 15 s after issuance, while etcd is away.
-    let mut options = PebbleOptions::new(http_port);
-    options.validity_secs = 30;
-    let pebble = Pebble::start(options).await;
+    let mut bed = Bed::start(30).await;
     let site = "o.test";
-    pebble.add_a(site, &["127.0.0.2"]).await;
-    let common = shared_config(&env, &etcd, &pebble, &[site]);
-    let a = Node::new(&env, "a", "127.0.0.2", http_port, &common);
-    let b = Node::new(&env, "b", "127.0.0.3", http_port, &common);
+    bed.pebble.add_a(site, &["127.0.0.2"]).await;
+    let [a, b] = <[Node; 2]>::try_from(bed.nodes(2, &[site])).map_err(|_| "two nodes")?;
+    let (etcd, pebble) = (&mut bed.etcd, &bed.pebble);
     let a_run = a.start().await;
     let mut b_run = b.start().await;
-    let roots = pebble_roots(&pebble);
+    let roots = pebble_roots(pebble);
     let first = same_serial(&[&a, &b], &roots, site, ISSUANCE).await;
     let issued = Instant::now();
 
@@ -492,18 +481,14 @@ async fn without_etcd_nodes_serve_what_they_have_and_renew_when_it_is_back() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_stored_by_another_node_is_served_within_two_seconds() -> TestResult {
-    let env = Env::new();
-    let etcd = Etcd::start().await;
-    let http_port = free_port("127.0.0.1");
-    let pebble = Pebble::start(PebbleOptions::new(http_port)).await;
+    let bed = Bed::start(600).await;
+    let pebble = &bed.pebble;
     let site_name = "w.test";
     pebble.add_a(site_name, &["127.0.0.2"]).await;
-    let common = shared_config(&env, &etcd, &pebble, &[site_name]);
-    let a = Node::new(&env, "a", "127.0.0.2", http_port, &common);
-    let b = Node::new(&env, "b", "127.0.0.3", http_port, &common);
+    let [a, b] = <[Node; 2]>::try_from(bed.nodes(2, &[site_name])).map_err(|_| "two nodes")?;
     let _a_run = a.start().await;
     let _b_run = b.start().await;
-    let roots = pebble_roots(&pebble);
+    let roots = pebble_roots(pebble);
     let first = same_serial(&[&a, &b], &roots, site_name, ISSUANCE).await;
 
     let mut lags = Vec::new();

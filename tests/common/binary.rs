@@ -15,6 +15,24 @@ pub fn rampart_command(args: &[&str]) -> std::process::Command {
     command
 }
 
+/// What `rampart certs -c CONFIG --json` prints, parsed; fails the test if it fails.
+pub fn certs_json(config: &Path) -> serde_json::Value {
+    let output = rampart_command(&[
+        "certs",
+        "-c",
+        config.to_str().expect("utf-8 path"),
+        "--json",
+    ])
+    .output()
+    .expect("rampart certs runs");
+    assert!(
+        output.status.success(),
+        "rampart certs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("rampart certs --json prints JSON")
+}
+
 /// A loopback address that was free a moment ago (bound, then released) for the child to bind.
 pub fn free_addr() -> SocketAddr {
     super::refused_addr()

@@ -17,7 +17,7 @@ pub mod upstream;
 use std::future::Future;
 use std::time::Duration;
 
-pub use binary::{Binary, free_addr, rampart_command};
+pub use binary::{Binary, certs_json, free_addr, rampart_command};
 pub use ca::{Leaf, TestCa};
 pub use client::{
     Body, BoxError, Echoed, HttpClient, Reply, Tls, TlsClient, empty, full, plain_get,
