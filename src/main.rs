@@ -257,10 +257,12 @@ fn run(path: &Path) -> ExitCode {
             Ok(server) => server,
             Err(err) => return fatal(&err),
         };
+        let http = server
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
         systemd::ready(&format!(
-            "serving https on {}, http on {}",
+            "serving https on {}, http on {http}",
             server.https_addr(),
-            server.http_addr()
         ));
         // The watchdog pings while serving and stops when shutdown begins.
         let pings = CancellationToken::new();

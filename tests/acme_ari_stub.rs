@@ -21,7 +21,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rampart::acme::storage::RenewalReason;
 use rampart::acme::{ChallengeStore, DiskStorage, RenewalScheduler, Storage, account_path};
-use rampart::config::{Acme, KeyType, Site, SiteTls};
+use rampart::config::{Acme, Challenge, KeyType, Site, SiteTls};
 use rampart::pki::HostName;
 use rampart::tls::CertStore;
 use tokio_util::sync::CancellationToken;
@@ -155,6 +155,7 @@ impl StubCa {
             key_type: KeyType::EcdsaP256,
             profile: None,
             eab: None,
+            challenges: vec![Challenge::Http01],
         })
     }
 
@@ -176,6 +177,8 @@ fn site() -> Result<Site, Box<dyn Error>> {
         name: "ari.rampart.test".into(),
         hosts: vec![HostName::parse("ari.rampart.test")?],
         tls: SiteTls::Acme,
+        challenges: vec![Challenge::Http01],
+        dns: None,
         default: false,
         routes: Vec::new(),
         policy: Default::default(),

@@ -77,7 +77,10 @@ async fn sites_get_certificates_over_http01_and_a_restart_reuses_them_without_th
 {
     let env = Env::new();
     let listeners = Listeners::loopback()?;
-    let mut pebble = Pebble::start(PebbleOptions::new(listeners.http_addr().port())).await;
+    let mut pebble = Pebble::start(PebbleOptions::new(
+        listeners.http_addr().expect("http listener").port(),
+    ))
+    .await;
     // bad.test resolves to an address where nothing answers: its validation must fail.
     pebble.add_a("bad.test", &["127.0.0.2"]).await;
     let config = write_config(
@@ -158,7 +161,7 @@ async fn sites_get_certificates_over_http01_and_a_restart_reuses_them_without_th
 async fn short_lived_certificate_is_renewed_and_open_connections_keep_working() -> TestResult {
     let env = Env::new();
     let listeners = Listeners::loopback()?;
-    let mut options = PebbleOptions::new(listeners.http_addr().port());
+    let mut options = PebbleOptions::new(listeners.http_addr().expect("http listener").port());
     // 20 s certificates: renewal is due after half the lifetime (lifetimes of 10 days or less).
     options.validity_secs = 20;
     let pebble = Pebble::start(options).await;

@@ -17,7 +17,7 @@ use rampart::acme::{
     AccountSlot, AcmeError, ChallengeStore, DiskStorage, OrderRequest, RenewalScheduler, SelfCheck,
     Tuning, account_path, issue,
 };
-use rampart::config::{Acme, KeyType, Site, SiteTls};
+use rampart::config::{Acme, Challenge, KeyType, Site, SiteTls};
 use rampart::pki::HostName;
 use rampart::tls::{CertStore, LeafFacts, Published};
 use rustls::client::WebPkiServerVerifier;
@@ -70,6 +70,7 @@ impl Bench {
             key_type: KeyType::EcdsaP256,
             profile: None,
             eab: None,
+            challenges: vec![Challenge::Http01],
         }
     }
 
@@ -146,6 +147,8 @@ fn site(hosts: &[&str]) -> Site {
             .map(|h| HostName::parse(h).expect("test host"))
             .collect(),
         tls: SiteTls::Acme,
+        challenges: vec![Challenge::Http01],
+        dns: None,
         default: false,
         routes: Vec::new(),
         policy: Default::default(),

@@ -402,7 +402,10 @@ async fn readyz_names_acme_sites_until_their_certificates_exist() -> TestResult 
     let env = Env::new();
     env.leaf("s", &["static.test"]);
     let listeners = Listeners::loopback_with_admin()?;
-    let pebble = Pebble::start(PebbleOptions::new(listeners.http_addr().port())).await;
+    let pebble = Pebble::start(PebbleOptions::new(
+        listeners.http_addr().expect("http listener").port(),
+    ))
+    .await;
     let config = env.write_config(&format!(
         "acme:\n  directory: {}\n  ca_bundle: {}\nsites:
   - {{ hosts: [static.test], tls: {{ cert: s.pem, key: s.key }}, routes: [{{ path: /, respond: {{ body: \"s\\n\" }} }}] }}

@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use rampart::acme::storage::{Change, SiteLock};
 use rampart::acme::{AcmeError, ChallengeStore, Item, Storage};
 use rampart::cluster::{Cluster, EtcdStorage};
-use rampart::config::{self, SealKey, Site, SiteTls};
+use rampart::config::{self, Challenge, SealKey, Site, SiteTls};
 use rampart::pki::HostName;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,8 @@ fn site(name: &str) -> Site {
         name: name.into(),
         hosts: vec![HostName::parse(name).expect("literal host")],
         tls: SiteTls::Acme,
+        challenges: vec![Challenge::Http01],
+        dns: None,
         default: false,
         routes: Vec::new(),
         policy: Default::default(),

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use super::{
-    Balance, EscapedSlashes, ExpectStatus, HeaderRules, JwtAlgorithm, PassiveHealth, RoutePolicy,
-    Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams,
+    Balance, Challenge, EscapedSlashes, ExpectStatus, HeaderRules, JwtAlgorithm, PassiveHealth,
+    RoutePolicy, Timeouts, UpstreamDefaults, UpstreamTarget, UpstreamUrl, Upstreams,
 };
 
 // cluster:
@@ -35,6 +35,11 @@ pub(super) const LOG_LEVEL: &str = "info";
 // acme:
 pub(super) const ACME_DIRECTORY: &str = "letsencrypt";
 pub(super) const ACME_KEY_TYPE: &str = "ecdsa-p256";
+/// `acme.challenges:` DNS-01 only where a site names a `dns:` provider.
+pub(super) const ACME_CHALLENGES: [Challenge; 2] = [Challenge::Http01, Challenge::TlsAlpn01];
+
+// dns.NAME:
+pub(super) const DNS_PROPAGATION_TIMEOUT: &str = "2m";
 
 // downstream:
 pub(super) const HANDSHAKE_TIMEOUT: &str = "10s";

@@ -6,6 +6,7 @@
 //! problem can name its line and column; everything is a string or plain integer here so that
 //! validation, not serde, reports bad values, all at once.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -38,7 +39,36 @@ pub(super) struct RawConfig {
     pub(super) trusted_proxies: Option<List<String>>,
     pub(super) headers_with_underscores: Text,
     pub(super) cluster: Option<Spanned<RawCluster>>,
+    pub(super) dns: Option<Spanned<BTreeMap<String, Spanned<RawDns>>>>,
     pub(super) sites: List<RawSite>,
+}
+
+/// One entry of `dns:`, a DNS provider for the DNS-01 challenge; which keys apply depends on
+/// `provider` (validation says which are missing or out of place).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub(super) provider: Text,
+    #[serde(default)]
+    pub(super) server: Option<Text>,
+    #[serde(default)]
+    pub(super) zone: Option<Text>,
+    #[serde(default)]
+    pub(super) key_name: Option<Text>,
+    #[serde(default)]
+    pub(super) key_algorithm: Option<Text>,
+    #[serde(default)]
+    pub(super) key_secret_file: Option<Text>,
+    #[serde(default)]
+    pub(super) command: Option<Text>,
+    #[serde(default = "dns_propagation_timeout")]
+    pub(super) propagation_timeout: Text,
+    #[serde(default)]
+    pub(super) nameservers: Option<List<String>>,
+}
+
+fn dns_propagation_timeout() -> Text {
+    text(defaults::DNS_PROPAGATION_TIMEOUT)
 }
 
 /// `cluster:`
@@ -116,6 +146,7 @@ pub(super) struct RawAcme {
     pub(super) key_type: Text,
     pub(super) profile: Option<Text>,
     pub(super) eab: Option<RawEab>,
+    pub(super) challenges: Option<List<String>>,
 }
 
 /// `acme.eab:` `key_id` and one of `hmac_key`, `hmac_key_file` are required when the section is
@@ -216,6 +247,8 @@ site_and_route! {
         pub(super) hsts: Option<Spanned<Box<RawHsts>>>,
         pub(super) headers: Option<Spanned<Box<RawHeaderRules>>>,
         pub(super) rate_limit: Option<Spanned<Box<RawRateLimit>>>,
+        pub(super) challenges: Option<List<String>>,
+        pub(super) dns: Option<Text>,
     }
 
     /// One entry of `routes:`.
@@ -299,6 +332,7 @@ impl Default for RawConfig {
             trusted_proxies: None,
             headers_with_underscores: text(defaults::HEADERS_WITH_UNDERSCORES),
             cluster: None,
+            dns: None,
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }
@@ -335,6 +369,7 @@ impl Default for RawAcme {
             key_type: text(defaults::ACME_KEY_TYPE),
             profile: None,
             eab: None,
+            challenges: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use http::StatusCode;
 use super::*;
 use crate::pki::HostName;
 
+mod challenges;
 mod cluster;
 mod example;
 mod gateway;
@@ -127,7 +128,7 @@ sites:
         config.listen,
         Listen {
             https: addr("127.0.0.1:8443"),
-            http: addr("127.0.0.1:8080"),
+            http: Some(addr("127.0.0.1:8080")),
             admin: Some(addr("127.0.0.1:9180")),
             admin_token: None,
             proxy_protocol: None,
@@ -247,7 +248,7 @@ fn omitted_keys_take_their_defaults() {
         config.listen,
         Listen {
             https: addr("[::]:443"),
-            http: addr("[::]:80"),
+            http: Some(addr("[::]:80")),
             admin: None,
             admin_token: None,
             proxy_protocol: None,
@@ -316,7 +317,7 @@ fn example_configuration_loads_and_shows_the_defaults() {
     let defaults = parse_ok(SITE);
     // The example is runnable without root: its listeners, storage and log format differ on purpose.
     assert_eq!(example.listen.https.port(), 8443);
-    assert_eq!(example.listen.http.port(), 8080);
+    assert_eq!(example.listen.http.expect("on").port(), 8080);
     assert!(example.storage.ends_with("certs"));
     assert_eq!(example.log.level, defaults.log.level);
     assert_eq!(example.acme.directory, defaults.acme.directory);

@@ -108,8 +108,9 @@ impl fmt::Debug for SealKey {
 pub struct Listen {
     /// TLS listener.
     pub https: SocketAddr,
-    /// ACME HTTP-01 answers and redirects to https.
-    pub http: SocketAddr,
+    /// ACME HTTP-01 answers and redirects to https; `None` (`http: off`): no such listener,
+    /// and sites use the other challenges.
+    pub http: Option<SocketAddr>,
     /// Health and metrics listener, if any.
     pub admin: Option<SocketAddr>,
     /// `admin_token_file:` the bearer token every admin request must carry, if set.
@@ -151,6 +152,94 @@ pub struct Acme {
     pub profile: Option<String>,
     /// External account binding, for CAs that require one.
     pub eab: Option<Eab>,
+    /// `acme.challenges:` the challenge types sites use, in order of preference.
+    pub challenges: Vec<Challenge>,
+}
+
+/// An ACME challenge type (RFC 8555 §8.3, §8.4; RFC 8737).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Challenge {
+    /// `http-01`: a file under `/.well-known/acme-challenge/` on port 80.
+    Http01,
+    /// `tls-alpn-01`: a self-signed certificate on port 443 for ALPN `acme-tls/1`.
+    TlsAlpn01,
+    /// `dns-01`: a TXT record at `_acme-challenge.NAME`, written through a DNS provider.
+    Dns01,
+}
+
+impl Challenge {
+    /// The name in the configuration file and in ACME.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
+        }
+    }
+}
+
+/// `dns.NAME:` a DNS provider that writes DNS-01 TXT records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsProvider {
+    /// Its key under `dns:`.
+    pub name: String,
+    /// How records are written.
+    pub kind: DnsKind,
+    /// How long to wait for a record to be visible on every authoritative server.
+    pub propagation_timeout: Duration,
+    /// The servers to ask whether a record is visible; the zone's NS (port 53) when empty.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// How a DNS provider writes records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsKind {
+    /// RFC 2136 dynamic update, signed with TSIG (RFC 8945), to the zone's primary server.
+    Rfc2136 {
+        /// The primary server.
+        server: SocketAddr,
+        /// The zone to update; found by asking `server` for the SOA when `None`.
+        zone: Option<String>,
+        /// The TSIG key.
+        key: Tsig,
+    },
+    /// A program run as `COMMAND present|cleanup FQDN VALUE` (lego's exec convention).
+    Exec {
+        /// Absolute path of the program.
+        command: PathBuf,
+    },
+}
+
+/// A TSIG key (RFC 8945).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tsig {
+    /// The key's name, as the server knows it.
+    pub name: String,
+    /// `hmac-sha256`, `hmac-sha384` or `hmac-sha512`.
+    pub algorithm: TsigAlgorithm,
+    /// The shared secret, base64-decoded.
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for Tsig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret is a credential: never print it.
+        f.debug_struct("Tsig")
+            .field("name", &self.name)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TSIG MAC algorithms Rampart signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    /// HMAC-SHA256, what BIND's and Knot's tools make by default.
+    HmacSha256,
+    /// HMAC-SHA384.
+    HmacSha384,
+    /// HMAC-SHA512.
+    HmacSha512,
 }
 
 /// Private key algorithm for ordered certificates.
@@ -263,6 +352,11 @@ pub struct Site {
     pub hosts: Vec<HostName>,
     /// Where the certificate comes from.
     pub tls: SiteTls,
+    /// With `tls: acme`: the challenge types to answer, in order of preference (those this node
+    /// cannot answer already left out).
+    pub challenges: Vec<Challenge>,
+    /// With `dns-01` among them: the provider that writes the TXT records.
+    pub dns: Option<DnsProvider>,
     /// Serves handshakes with an unknown or absent SNI.
     pub default: bool,
     /// Routes in file order; at least one.

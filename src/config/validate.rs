@@ -5,8 +5,9 @@
 //! is served) and writes nothing. A check that fails records a [`Problem`] and yields `None`;
 //! the checks of one section all run before their results are combined, so one run reports
 //! every problem in the file. The checks of `sites:` are in `validate/site.rs`, of `cluster:` in
-//! `validate/cluster.rs`.
+//! `validate/cluster.rs`, of challenge types and `dns:` providers in `validate/dns.rs`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,10 +26,11 @@ use crate::config::raw::{
 };
 use crate::config::{
     Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Secret, Underscores,
-    UpstreamDefaults, humane,
+    UpstreamDefaults, defaults, humane,
 };
 
 mod cluster;
+mod dns;
 mod gateway;
 mod site;
 
@@ -109,7 +111,18 @@ impl Checker {
                 ("allow", Underscores::Allow),
             ],
         );
-        let sites = self.sites(&raw.sites, upstream.as_ref());
+        let providers = self.dns_providers(&raw.dns);
+        let none = BTreeMap::new();
+        let answerable = dns::Answerable {
+            global: acme.as_ref().map_or_else(
+                || defaults::ACME_CHALLENGES.to_vec(),
+                |acme| acme.challenges.clone(),
+            ),
+            providers: providers.as_ref().unwrap_or(&none),
+            // An invalid address is reported already; judge the sites as if it were on.
+            http: listen.as_ref().is_none_or(|listen| listen.http.is_some()),
+        };
+        let sites = self.sites(&raw.sites, upstream.as_ref(), &answerable);
         let cluster = raw
             .cluster
             .as_ref()
@@ -128,18 +141,23 @@ impl Checker {
             headers_with_underscores: headers_with_underscores?,
             cluster: present(cluster)?,
         })
+        .filter(|_| providers.is_some())
     }
 
     fn listen(&mut self, raw: &RawListen) -> Option<Listen> {
         let https = self.socket_addr(&raw.https, "listen.https");
-        let http = self.socket_addr(&raw.http, "listen.http");
+        // `off`: another program owns port 80, or it is closed; no http-01 then.
+        let http = match raw.http.value.as_str() {
+            "off" => Some(None),
+            _ => self.socket_addr(&raw.http, "listen.http").map(Some),
+        };
         let admin = raw
             .admin
             .as_ref()
             .map(|admin| self.socket_addr(admin, "listen.admin"));
         // The same address twice would only fail at bind time, with a vaguer message. Point at
         // the one written in the file (a default has no position).
-        if https.is_some() && https == http {
+        if https.is_some() && http == Some(https) {
             let (at, path, other) = if raw.http.referenced == Location::UNKNOWN {
                 (&raw.https.referenced, "listen.https", "listen.http")
             } else {
@@ -148,7 +166,7 @@ impl Checker {
             self.report(at, path, format!("same address as {other}"));
         }
         if let (Some(Some(address)), Some(at)) = (admin, &raw.admin) {
-            for (other, name) in [(https, "listen.https"), (http, "listen.http")] {
+            for (other, name) in [(https, "listen.https"), (http.flatten(), "listen.http")] {
                 if other == Some(address) {
                     self.report(
                         &at.referenced,
@@ -233,6 +251,7 @@ impl Checker {
             .as_ref()
             .map(|profile| self.non_empty(profile, "acme.profile"));
         let eab = raw.eab.as_ref().map(|eab| self.eab(eab, source));
+        let challenges = self.acme_challenges(&raw.challenges);
         Some(Acme {
             email: present(email)?,
             directory: directory?,
@@ -240,6 +259,7 @@ impl Checker {
             key_type: key_type?,
             profile: present(profile)?,
             eab: present(eab)?,
+            challenges: challenges?,
         })
     }
 
@@ -440,7 +460,7 @@ impl Checker {
         let pool_max_idle = self.count(&raw.pool_max_idle, "upstream.pool_max_idle");
         let resolve_every =
             self.duration(&raw.resolve_every, "upstream.resolve_every", Zero::Refused);
-        let nameservers = self.nameservers(&raw.nameservers);
+        let nameservers = self.nameservers(&raw.nameservers, "upstream.nameservers");
         Some(UpstreamDefaults {
             connect_timeout: connect_timeout?,
             response_header_timeout: response_header_timeout?,

@@ -19,7 +19,8 @@ use crate::server::Listeners;
 #[derive(Debug)]
 pub struct PassedSockets {
     https: TcpListener,
-    http: TcpListener,
+    /// `None` when `listen.http` is off.
+    http: Option<TcpListener>,
 }
 
 /// Why the passed sockets cannot be used. Rampart does not fall back to binding: the ports
@@ -38,15 +39,16 @@ pub enum ActivationError {
     /// A passed socket is neither named `https`/`http` nor bound to a configured address.
     #[error(
         "socket {addr} passed by systemd matches neither listen.https ({https}) nor listen.http \
-         ({http}); name it with FileDescriptorName=https or =http, or fix `listen:`"
+         ({}); name it with FileDescriptorName=https or =http, or fix `listen:`",
+        http.map_or_else(|| "off".to_owned(), |http| http.to_string())
     )]
     Unmatched {
         /// The socket's address.
         addr: SocketAddr,
         /// The configured TLS address.
         https: SocketAddr,
-        /// The configured plain HTTP address.
-        http: SocketAddr,
+        /// The configured plain HTTP address, unless it is off.
+        http: Option<SocketAddr>,
     },
     /// Two passed sockets claim the same role.
     #[error("systemd passed two sockets for listen.{role}: {first} and {second}")]
@@ -124,7 +126,7 @@ impl PassedSockets {
 
     /// The plain HTTP socket's address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.local_addr().ok()
+        self.http.as_ref()?.local_addr().ok()
     }
 }
 
@@ -136,7 +138,7 @@ impl Listeners {
     pub fn from_systemd(passed: PassedSockets) -> Result<Self, ActivationError> {
         Ok(Self {
             https: register(passed.https)?,
-            http: register(passed.http)?,
+            http: passed.http.map(register).transpose()?,
             // The admin port is not passed by systemd: bind it with `Listeners::with_admin`.
             admin: None,
         })
@@ -172,13 +174,13 @@ fn assign(
         role: "https",
         addr: listen.https,
     })?;
-    let http = http.ok_or(ActivationError::Missing {
-        role: "http",
-        addr: listen.http,
-    })?;
+    let http = match (listen.http, http) {
+        (Some(addr), None) => return Err(ActivationError::Missing { role: "http", addr }),
+        (_, http) => http.map(|(_, socket)| socket),
+    };
     Ok(PassedSockets {
         https: https.1,
-        http: http.1,
+        http,
     })
 }
 
@@ -187,12 +189,13 @@ fn assign(
 fn role(listen: &Listen, name: Option<&str>, addr: SocketAddr) -> Option<Role> {
     match name {
         Some("https") => return Some(Role::Https),
-        Some("http") => return Some(Role::Http),
+        // With `http: off` a socket for port 80 is a mistake in the socket unit.
+        Some("http") => return listen.http.map(|_| Role::Http),
         _ => {}
     }
     if same_listener(addr, listen.https) {
         Some(Role::Https)
-    } else if same_listener(addr, listen.http) {
+    } else if listen.http.is_some_and(|http| same_listener(addr, http)) {
         Some(Role::Http)
     } else {
         None
@@ -225,7 +228,7 @@ mod tests {
     fn listen(https: &str, http: &str) -> Listen {
         Listen {
             https: https.parse().expect("test address"),
-            http: http.parse().expect("test address"),
+            http: Some(http.parse().expect("test address")),
             admin: None,
             admin_token: None,
             proxy_protocol: None,

@@ -44,8 +44,8 @@ const KEEPALIVE_PROBES: u32 = 3;
 pub struct Listeners {
     /// TLS listener.
     pub https: TcpListener,
-    /// Plain HTTP listener (ACME HTTP-01 and redirects).
-    pub http: TcpListener,
+    /// Plain HTTP listener (ACME HTTP-01 and redirects), unless `listen.http` is off.
+    pub http: Option<TcpListener>,
     /// Admin listener (health, readiness, metrics), when `listen.admin` is set.
     pub admin: Option<TcpListener>,
 }
@@ -58,7 +58,7 @@ impl Listeners {
     pub fn bind(listen: &Listen) -> Result<Self, ServerError> {
         Ok(Self {
             https: bind(listen.https)?,
-            http: bind(listen.http)?,
+            http: listen.http.map(bind).transpose()?,
             admin: listen.admin.map(bind).transpose()?,
         })
     }
@@ -80,7 +80,7 @@ impl Listeners {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Ok(Self {
             https: bind(any)?,
-            http: bind(any)?,
+            http: Some(bind(any)?),
             admin: None,
         })
     }
@@ -105,11 +105,9 @@ impl Listeners {
             .expect("a bound listener has an address")
     }
 
-    /// The plain HTTP listener's address.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .local_addr()
-            .expect("a bound listener has an address")
+    /// The plain HTTP listener's address, when there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 

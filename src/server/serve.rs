@@ -30,7 +30,7 @@ pub struct Server {
     tasks: TaskTracker,
     grace: Duration,
     https_addr: SocketAddr,
-    http_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     certs: CertStore,
     challenges: ChallengeStore,
@@ -110,7 +110,6 @@ impl Server {
             timeout: downstream.handshake_timeout,
         };
         listener::keep_alive(&listeners.https);
-        listener::keep_alive(&listeners.http);
         tasks.spawn(listener::accept_https(
             listener::Gate::new(listeners.https, "https", &downstream),
             acceptor,
@@ -120,13 +119,16 @@ impl Server {
             tasks.clone(),
             stop.clone(),
         ));
-        tasks.spawn(listener::accept_http(
-            listener::Gate::new(listeners.http, "http", &downstream),
-            http01,
-            servers,
-            tasks.clone(),
-            stop.clone(),
-        ));
+        if let Some(http) = listeners.http {
+            listener::keep_alive(&http);
+            tasks.spawn(listener::accept_http(
+                listener::Gate::new(http, "http", &downstream),
+                http01,
+                servers,
+                tasks.clone(),
+                stop.clone(),
+            ));
+        }
         // Last, so an admin answer means the other listeners are serving.
         if let Some(admin) = listeners.admin {
             if let Some(warning) = (admin.local_addr().ok())
@@ -139,7 +141,7 @@ impl Server {
         }
         tasks.spawn(reloader.clone().watch(hangup));
         tasks.spawn(timer_floor(stop.clone()));
-        info!(https = %https_addr, http = %http_addr, sites, "serving");
+        info!(https = %https_addr, http = ?http_addr, sites, "serving");
         Ok(Self {
             stop,
             tasks,
@@ -166,8 +168,8 @@ impl Server {
         self.https_addr
     }
 
-    /// The plain HTTP listener's address.
-    pub fn http_addr(&self) -> SocketAddr {
+    /// The plain HTTP listener's address, unless `listen.http` is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 

@@ -144,7 +144,9 @@ impl Rampart {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.server.http_addr()
+        self.server
+            .http_addr()
+            .expect("tests keep the http listener")
     }
 
     /// A TLS client trusting this instance's CA, offering h2 and http/1.1.

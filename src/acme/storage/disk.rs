@@ -208,7 +208,7 @@ mod tests {
 
     use super::*;
     use crate::acme::storage::{LastError, Renewal, RenewalReason};
-    use crate::config::SiteTls;
+    use crate::config::{Challenge, SiteTls};
     use crate::pki::HostName;
 
     fn site(name: &str) -> Site {
@@ -216,6 +216,8 @@ mod tests {
             name: name.into(),
             hosts: vec![HostName::parse(name).expect("literal host")],
             tls: SiteTls::Acme,
+            challenges: vec![Challenge::Http01],
+            dns: None,
             default: false,
             routes: Vec::new(),
             policy: Default::default(),

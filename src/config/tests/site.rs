@@ -125,21 +125,6 @@ fn upstreams_are_valid_and_unique() {
 }
 
 #[test]
-fn wildcard_hosts_cannot_use_acme() {
-    let (place, reason) = only_problem(
-        "sites:\n  - hosts: [a.test, \"*.a.test\"]\n    upstreams: [\"http://127.0.0.1:1\"]\n",
-    );
-    assert_eq!(place, at(2, 21, "sites[0].hosts[1]"));
-    assert_eq!(
-        reason,
-        "wildcard names need the DNS-01 challenge, which Rampart does not support yet; use tls: internal or cert/key files"
-    );
-    parse_ok(
-        "sites:\n  - hosts: [\"*.a.test\"]\n    tls: internal\n    upstreams: [\"http://127.0.0.1:1\"]\n",
-    );
-}
-
-#[test]
 fn bad_host_names_and_tls_words_are_reported() {
     let (place, reason) =
         only_problem("sites:\n  - hosts: [a_b.test]\n    upstreams: [\"http://127.0.0.1:1\"]\n");

@@ -146,7 +146,11 @@ impl Checker {
     }
 
     /// `upstream.nameservers:` `IP:PORT` or a bare IP (port 53).
-    pub(super) fn nameservers(&mut self, raw: &Option<List<String>>) -> Option<Vec<SocketAddr>> {
+    pub(super) fn nameservers(
+        &mut self,
+        raw: &Option<List<String>>,
+        at: &str,
+    ) -> Option<Vec<SocketAddr>> {
         let Some(list) = raw else {
             return Some(Vec::new());
         };
@@ -157,7 +161,7 @@ impl Checker {
                 .parse::<SocketAddr>()
                 .or_else(|_| text.parse().map(|ip| SocketAddr::new(ip, 53)))
                 .map_err(|_| format!("`{text}` is not an IP address or IP:PORT"));
-            let at = format!("upstream.nameservers[{index}]");
+            let at = format!("{at}[{index}]");
             match self.check(&entry.referenced, &at, parsed) {
                 Some(addr) => all.iter_mut().for_each(|a| a.push(addr)),
                 None => all = None,

@@ -12,6 +12,7 @@ use http::StatusCode;
 use serde_saphyr::{Location, Spanned};
 
 use super::Checker;
+use super::dns::Answerable;
 use super::gateway::Layer;
 use crate::config::error::{closest, position};
 use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles, Text};
@@ -39,6 +40,7 @@ impl Checker {
         &mut self,
         raw: &List<RawSite>,
         defaults: Option<&UpstreamDefaults>,
+        answerable: &Answerable<'_>,
     ) -> Option<Vec<Site>> {
         if raw.value.is_empty() {
             self.report(&raw.referenced, "sites", "at least one site is required");
@@ -50,7 +52,9 @@ impl Checker {
             .value
             .iter()
             .enumerate()
-            .map(|(index, site)| self.site(index, site, defaults, &mut hosts, &mut default))
+            .map(|(index, site)| {
+                self.site(index, site, defaults, answerable, &mut hosts, &mut default)
+            })
             .collect();
         sites.into_iter().collect()
     }
@@ -61,6 +65,7 @@ impl Checker {
         index: usize,
         raw: &Spanned<RawSite>,
         defaults: Option<&UpstreamDefaults>,
+        answerable: &Answerable<'_>,
         hosts: &mut HashMap<HostName, Claim>,
         default: &mut Option<Claim>,
     ) -> Option<Site> {
@@ -73,7 +78,16 @@ impl Checker {
             .map_or_else(|| at.clone(), |host| host.value.to_ascii_lowercase());
         let tls = self.tls(&site.tls, &at);
         let is_acme = matches!(&site.tls.value, RawTls::Mode(word) if word == "acme");
-        let host_names = self.hosts(site, &raw.referenced, (index, &name), is_acme, hosts);
+        let host_names = self.hosts(site, &raw.referenced, (index, &name), hosts);
+        let wildcard = site.hosts.as_ref().and_then(|list| {
+            list.value
+                .iter()
+                .enumerate()
+                .find(|(_, host)| host.value.starts_with("*."))
+                .map(|(index, host)| (index, &host.referenced))
+        });
+        let challenges =
+            self.site_challenges(site, &at, is_acme, &raw.referenced, wildcard, answerable);
         if site.default.value {
             match default {
                 Some(first) => self.report(
@@ -150,6 +164,8 @@ impl Checker {
             name,
             hosts: host_names?,
             tls: tls?,
+            challenges: challenges.clone()?.0,
+            dns: challenges?.1,
             default: site.default.value,
             routes: routes?,
             policy: site_policy?,
@@ -185,7 +201,6 @@ impl Checker {
         site: &RawSite,
         site_at: &Location,
         owner: (usize, &str),
-        is_acme: bool,
         claims: &mut HashMap<HostName, Claim>,
     ) -> Option<Vec<HostName>> {
         let at = format!("sites[{}].hosts", owner.0);
@@ -229,15 +244,6 @@ impl Checker {
                 self.report(&host.referenced, &path, reason);
                 all_valid = false;
                 continue;
-            }
-            if is_acme && name.is_wildcard() {
-                self.report(
-                    &host.referenced,
-                    &path,
-                    "wildcard names need the DNS-01 challenge, which Rampart does not support yet; \
-                     use tls: internal or cert/key files",
-                );
-                all_valid = false;
             }
             let line = position(&host.referenced).0;
             claims.insert(
