@@ -1,4 +1,4 @@
-//! Automatic certificates through ACME (RFC 8555) with HTTP-01 validation.
+//! Automatic certificates through ACME (RFC 8555), validated by HTTP-01 or TLS-ALPN-01.
 //!
 //! [`RenewalScheduler`] is the entry point: the server builds it from the configuration with the
 //! shared [`crate::tls::CertStore`] and [`ChallengeStore`] and runs it until shutdown. It publishes
@@ -19,7 +19,7 @@ pub mod storage;
 pub mod timing;
 
 pub use account::{AccountSlot, ca_id};
-pub use challenge::{ChallengeSource, ChallengeStore};
+pub use challenge::{ChallengeSource, ChallengeStore, tls_alpn_key};
 pub use error::{AcmeError, HostProblem, Step};
 pub use order::{Issued, OrderRequest, issue};
 pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};

@@ -10,8 +10,8 @@
 //!   certificate and scheduling state, written only by the holder of its lock;
 //! - `accounts/<ca-id>` (sealed): the ACME account, shared by every node;
 //! - `locks/<site>/<lease>`: etcd's lock keys, one per node waiting or holding;
-//! - `challenges/<token>`: HTTP-01 key authorizations, on the orderer's lock lease, so they
-//!   vanish with the lock.
+//! - `challenges/<token>`: HTTP-01 key authorizations (TLS-ALPN-01 ones under
+//!   `tls-alpn-01:<host>`), on the orderer's lock lease, so they vanish with the lock.
 //!
 //! etcd being away is not an error at start: requests fail, are logged and retried, and the
 //! node serves from its local mirror meanwhile.

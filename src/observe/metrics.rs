@@ -357,12 +357,14 @@ pub enum HandshakeResult {
     Timeout,
     /// Anything else: invalid handshake or a broken connection.
     Error,
+    /// A CA's TLS-ALPN-01 validation, answered with the challenge certificate.
+    AcmeChallenge,
 }
 
 /// Handshake counters and the duration histogram, created with the TLS acceptor.
 #[derive(Clone, Debug)]
 pub struct HandshakeMetrics {
-    results: [Counter; 5],
+    results: [Counter; 6],
     duration: Histogram,
 }
 
@@ -382,6 +384,7 @@ impl HandshakeMetrics {
             ("unknown_name", "none"),
             ("timeout", "none"),
             ("error", "none"),
+            ("acme_challenge", "none"),
         ];
         let results = pairs.map(|(result, version)| {
             f.handshakes.get_or_create_owned(&[

@@ -98,6 +98,7 @@ impl Server {
 
         let acceptor = TlsAcceptor::new(
             certs.clone(),
+            challenges.certs().clone(),
             downstream.handshake_timeout,
             &downstream.cipher_suites,
         )

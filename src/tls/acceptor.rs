@@ -1,14 +1,16 @@
 //! One TLS handshake with a deadline, refusing unknown names with `unrecognized_name`.
 //!
 //! Run by the `:443` accept loop on each connection's own task. Reads the [`CertStore`]
-//! snapshot; writes nothing shared.
+//! snapshot, and the [`ChallengeCerts`] for a CA's TLS-ALPN-01 validation (a handshake offering
+//! ALPN `acme-tls/1`, which gets the challenge certificate and nothing else); writes nothing
+//! shared.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::{ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::LazyConfigAcceptor;
@@ -16,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::observe::metrics::{HandshakeMetrics, HandshakeResult};
 use crate::pki::{crypto_provider, iana_name};
-use crate::tls::{CertStore, SniResolver};
+use crate::tls::{ACME_TLS_ALPN, CertStore, ChallengeCerts, SniResolver};
 
 /// Bounded session-ID cache for TLS 1.2 resumption (TLS 1.3 uses stateless tickets).
 const SESSION_CACHE_ENTRIES: usize = 10_240;
@@ -41,6 +43,9 @@ fn provider_with_suites(names: &[String]) -> Arc<CryptoProvider> {
 pub struct TlsAcceptor {
     config: Arc<ServerConfig>,
     store: CertStore,
+    /// For validation handshakes only: ALPN `acme-tls/1`, certificates from `challenges`.
+    challenge_config: Arc<ServerConfig>,
+    challenges: ChallengeCerts,
     handshake_timeout: Duration,
     /// Pre-created counter handles: a handshake only adds to atomics.
     metrics: HandshakeMetrics,
@@ -69,6 +74,13 @@ pub enum HandshakeError {
         /// The SNI asked for.
         sni: Option<String>,
     },
+    /// A CA's TLS-ALPN-01 validation got its challenge certificate; there is nothing to serve
+    /// on such a connection.
+    #[error("answered the ACME tls-alpn-01 validation for {sni}")]
+    AcmeChallenge {
+        /// The name validated.
+        sni: String,
+    },
     /// The peer sent something that is not a valid handshake, or the connection broke.
     #[error("TLS handshake failed")]
     Io(#[source] io::Error),
@@ -76,12 +88,13 @@ pub enum HandshakeError {
 
 impl TlsAcceptor {
     /// TLS 1.2 and 1.3 with the `cipher_suites` named (all when empty), ALPN h2 and http/1.1,
-    /// resumption by rotating tickets and a bounded cache.
+    /// resumption by rotating tickets and a bounded cache; `challenges` answers TLS-ALPN-01.
     ///
     /// # Errors
     /// When no suite is left for the protocol versions, or the ticketer cannot start.
     pub fn new(
         store: CertStore,
+        challenges: ChallengeCerts,
         handshake_timeout: Duration,
         cipher_suites: &[String],
     ) -> Result<Self, rustls::Error> {
@@ -93,9 +106,19 @@ impl TlsAcceptor {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         // Ticket keys rotate every 6 hours; old tickets stay valid for one more period.
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        // The CA's validator is not a client of the sites: every suite, no resumption.
+        let mut challenge_config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(challenges.clone()));
+        challenge_config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        challenge_config.session_storage = Arc::new(NoServerSessionStorage {});
+        challenge_config.send_tls13_tickets = 0;
         Ok(Self {
             config: Arc::new(config),
             store,
+            challenge_config: Arc::new(challenge_config),
+            challenges,
             handshake_timeout,
             metrics: HandshakeMetrics::new(),
         })
@@ -118,6 +141,7 @@ impl TlsAcceptor {
             Ok(_) => HandshakeResult::Tls13,
             Err(HandshakeError::UnknownName { .. }) => HandshakeResult::UnknownName,
             Err(HandshakeError::Timeout) => HandshakeResult::Timeout,
+            Err(HandshakeError::AcmeChallenge { .. }) => HandshakeResult::AcmeChallenge,
             Err(HandshakeError::Io(_)) => HandshakeResult::Error,
         };
         self.metrics.record(label, started.elapsed());
@@ -131,10 +155,14 @@ impl TlsAcceptor {
         let mut start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
             .await
             .map_err(HandshakeError::Io)?;
-        let sni = start
-            .client_hello()
-            .server_name()
-            .map(str::to_ascii_lowercase);
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|protocol| protocol == ACME_TLS_ALPN));
+        if validation {
+            return self.answer_challenge(start, sni).await;
+        }
         if self.store.lookup(sni.as_deref()).is_none() {
             // rustls would answer access_denied; RFC 6066 names the right alert.
             // Best effort: the connection is closed either way.
@@ -155,5 +183,33 @@ impl TlsAcceptor {
             },
         };
         Ok((stream, handshake))
+    }
+
+    /// A handshake offering `acme-tls/1` gets the pending challenge certificate for its name,
+    /// or `unrecognized_name`: never a site's certificate (RFC 8737 §3), and never the
+    /// challenge certificate without that ALPN.
+    async fn answer_challenge<IO, T>(
+        &self,
+        mut start: tokio_rustls::StartHandshake<IO>,
+        sni: Option<String>,
+    ) -> Result<T, HandshakeError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let sni = match sni {
+            Some(sni) if self.challenges.get(&sni).is_some() => sni,
+            sni => {
+                // Best effort: the connection is closed either way.
+                let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+                return Err(HandshakeError::UnknownName { sni });
+            }
+        };
+        let mut stream = start
+            .into_stream(self.challenge_config.clone())
+            .await
+            .map_err(HandshakeError::Io)?;
+        // The validator closes once it has seen the certificate; say goodbye in case it waits.
+        let _ = stream.shutdown().await;
+        Err(HandshakeError::AcmeChallenge { sni })
     }
 }

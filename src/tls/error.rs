@@ -46,4 +46,7 @@ pub enum TlsError {
         #[source]
         source: rcgen::Error,
     },
+    /// The generated tls-alpn-01 key could not be loaded for signing.
+    #[error("cannot load the challenge certificate's key: {0}")]
+    ChallengeKey(String),
 }
