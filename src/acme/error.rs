@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use crate::acme::dns::DnsError;
 use crate::tls::TlsError;
 
 /// RFC 8555 §6.7: the account URL is unknown to the CA (Pebble forgets accounts on restart).
@@ -159,13 +160,37 @@ pub enum AcmeError {
         /// When the CA said to come back (`Retry-After`), if it did.
         retry_after: Option<SystemTime>,
     },
-    /// The CA offered no http-01 challenge for a name.
-    #[error("CA offered no http-01 challenge for {host} (site {site})")]
-    NoHttp01 {
+    /// The CA offered none of the challenge types the site can answer for a name.
+    #[error("CA offers {offered} for {host}, none of the site's {usable} (site {site})")]
+    NoChallenge {
         /// Site name.
         site: String,
-        /// The name.
+        /// The name (`*.parent` for a wildcard).
         host: String,
+        /// The types the CA offered, comma-separated.
+        offered: String,
+        /// The types the site answers, comma-separated.
+        usable: String,
+    },
+    /// The tls-alpn-01 certificate could not be made.
+    #[error("site {site}: cannot make the tls-alpn-01 certificate")]
+    ChallengeCert {
+        /// Site name.
+        site: String,
+        /// Cause.
+        #[source]
+        source: TlsError,
+    },
+    /// A DNS-01 record could not be written, or did not become visible in time.
+    #[error("site {site}: DNS-01 through provider {provider} failed")]
+    Dns {
+        /// Site name.
+        site: String,
+        /// The `dns:` provider's name.
+        provider: String,
+        /// Cause (boxed: the rare error must not grow every `Result`).
+        #[source]
+        source: Box<DnsError>,
     },
     /// The order ended `invalid`; the CA's problem per name is kept.
     #[error("ACME order for site {site} is invalid: {}", HostProblems(failures))]

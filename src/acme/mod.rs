@@ -1,4 +1,4 @@
-//! Automatic certificates through ACME (RFC 8555), validated by HTTP-01 or TLS-ALPN-01.
+//! Automatic certificates through ACME (RFC 8555), validated by HTTP-01, TLS-ALPN-01 or DNS-01.
 //!
 //! [`RenewalScheduler`] is the entry point: the server builds it from the configuration with the
 //! shared [`crate::tls::CertStore`] and [`ChallengeStore`] and runs it until shutdown. It publishes
@@ -8,6 +8,7 @@
 
 mod account;
 mod challenge;
+pub mod dns;
 mod error;
 mod http;
 pub mod order;

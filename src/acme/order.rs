@@ -1,9 +1,11 @@
 //! One issuance: a certificate for all hosts of one site, from new-order to downloaded chain.
 //!
-//! Reads the account (through [`AccountSlot`]) and writes only the [`ChallengeStore`]: each http-01
-//! key authorization is served before the CA is told to validate and withdrawn once every
-//! authorization is final. Run by the scheduler's issuance tasks; returns PEM text, which the
-//! scheduler checks, stores and publishes.
+//! Reads the account (through [`AccountSlot`]) and writes the [`ChallengeStore`] and, for
+//! dns-01, the site's DNS provider: each authorization is answered with the first of the site's
+//! challenge types the CA offers, every answer is in place (a TXT record visible on the zone's
+//! servers) before the CA is told to validate, and withdrawn once every authorization is final.
+//! Run by the scheduler's issuance tasks; returns PEM text, which the scheduler checks, stores
+//! and publishes.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,12 +19,13 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
+use crate::acme::dns::{self, TxtRecord};
 use crate::acme::error::{ALREADY_REPLACED, RATE_LIMITED, Step, problem_of};
 use crate::acme::http::{Tally, current_retry_after};
 use crate::acme::retry::StepRetry;
 use crate::acme::storage::{SiteLock, Storage};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, HostProblem};
-use crate::config::{KeyType, Site};
+use crate::config::{Challenge, DnsProvider, KeyType, Site};
 use crate::pki::HostName;
 
 /// How long the CA may take to validate every name (RFC 8555 §7.5.1 leaves it open; Let's
@@ -46,8 +49,8 @@ pub struct OrderRequest<'a> {
     pub profile: Option<&'a str>,
     /// The certificate this one replaces (RFC 9773 §5), when the CA supports ARI.
     pub replaces: Option<CertificateIdentifier<'static>>,
-    /// In a cluster: the store and the site's lock under which every node's `:80` listener is
-    /// given the challenge answers, since the CA's request may reach any of them.
+    /// In a cluster: the store and the site's lock under which every node's listeners are given
+    /// the http-01 and tls-alpn-01 answers, since the CA's request may reach any of them.
     pub share: Option<(&'a dyn Storage, &'a SiteLock)>,
 }
 
@@ -81,7 +84,9 @@ impl fmt::Debug for Issued {
 /// move the order on in time, and the account errors of [`AccountSlot::account`].
 ///
 /// # Cancel safety
-/// Dropping the future withdraws the challenge tokens it served; the CA-side order is abandoned.
+/// Dropping the future withdraws the http-01 and tls-alpn-01 answers it served; the CA-side
+/// order is abandoned, and a DNS-01 TXT record already written stays (it is harmless, and the
+/// next order's record is added beside it).
 pub async fn issue(
     slot: &AccountSlot,
     request: &OrderRequest<'_>,
@@ -136,23 +141,33 @@ async fn run_order(
 
     let mut status = order.state().status;
     if status == OrderStatus::Pending {
-        let mut tokens = Tokens {
+        let mut answers = Answers {
+            site,
             store: challenges,
             share: request.share,
+            dns: request.site.dns.as_ref(),
             served: Vec::new(),
+            records: Vec::new(),
         };
-        answer_challenges(&mut order, &mut tokens, site).await?;
-        status = wait_while_pending(&mut order, site).await?;
-        if status == OrderStatus::Invalid {
-            // Collecting the verdicts also waits for every authorization to be final, so no
-            // token disappears while a vantage point may still fetch it.
-            let failures = failures(&mut order).await;
-            return Err(AcmeError::Invalid {
-                site: site.to_owned(),
-                failures,
-            });
+        let validated = async {
+            answer_challenges(&mut order, &mut answers, request).await?;
+            let status = wait_while_pending(&mut order, site).await?;
+            if status == OrderStatus::Invalid {
+                // Collecting the verdicts also waits for every authorization to be final, so
+                // no answer disappears while a vantage point may still look at it.
+                let failures = failures(&mut order).await;
+                return Err(AcmeError::Invalid {
+                    site: site.to_owned(),
+                    failures,
+                });
+            }
+            Ok(status)
         }
-        drop(tokens); // order ready: every authorization is valid, hence final
+        .await;
+        // Success or not, the TXT records go (RFC 8555 §8.4 leaves them to the client).
+        answers.clean_up_dns().await;
+        drop(answers); // every authorization is final, or the order is given up
+        status = validated?;
         info!(site, host = %names, "ACME authorizations valid");
     }
     let key_pem = match status {
@@ -227,12 +242,18 @@ async fn new_order(
     }
 }
 
-/// Serves every pending authorization's http-01 key authorization and tells the CA to look.
+/// Answers every pending authorization with the first of the site's challenge types the CA
+/// offers (only dns-01 for a wildcard), waits until the TXT records are visible, then tells
+/// the CA to look: every answer is in place before any validation starts (RFC 8555 §7.5.1).
 async fn answer_challenges(
     order: &mut Order,
-    tokens: &mut Tokens<'_>,
-    site: &str,
+    answers: &mut Answers<'_>,
+    request: &OrderRequest<'_>,
 ) -> Result<(), AcmeError> {
+    let site = request.site.name.as_str();
+    // Authorization URL → (name, type chosen); instant-acme keeps each fetched state, so the
+    // second pass below fetches nothing.
+    let mut chosen: Vec<(String, String, Challenge)> = Vec::new();
     let mut handled = HashSet::new();
     let mut retry = StepRetry::new();
     'fetch: loop {
@@ -270,33 +291,106 @@ async fn answer_challenges(
                     });
                 }
             }
-            let Some(mut challenge) = authz.challenge(ChallengeType::Http01) else {
-                return Err(AcmeError::NoHttp01 {
-                    site: site.to_owned(),
-                    host,
-                });
+            let url = authz.url().to_owned();
+            let identifier = authz.identifier();
+            let wildcard = identifier.wildcard;
+            let base = match identifier.identifier {
+                Identifier::Dns(name) => name.clone(),
+                other => format!("{other:?}"),
             };
-            // RFC 8555 §8.3: the token must be answerable before the CA is told to fetch it.
-            tokens
-                .serve(&challenge.token, challenge.key_authorization().as_str())
-                .await
-                .map_err(|source| AcmeError::Shared {
-                    site: site.to_owned(),
-                    source: Box::new(source),
-                })?;
-            let mut ready = StepRetry::new();
-            loop {
-                match challenge.set_ready().await {
-                    Ok(()) => break,
-                    Err(error) => ready
-                        .again(error)
-                        .await
-                        .map_err(|e| step_error(site, Step::Challenge, e))?,
+            let offered =
+                |kind: Challenge| authz.challenges.iter().any(|c| c.r#type == acme_type(kind));
+            let Some(kind) = request
+                .site
+                .challenges
+                .iter()
+                .copied()
+                // RFC 8555 §7.1.3: a wildcard is validated through dns-01 only.
+                .find(|kind| (!wildcard || *kind == Challenge::Dns01) && offered(*kind))
+            else {
+                return Err(no_challenge(request.site, host, &authz.challenges));
+            };
+            let challenge = authz
+                .challenge(acme_type(kind))
+                .expect("offered, checked above");
+            let key_authorization = challenge.key_authorization();
+            match kind {
+                // RFC 8555 §8.3: the token must be answerable before the CA is told to fetch it.
+                Challenge::Http01 => {
+                    answers
+                        .serve_http(&challenge.token, key_authorization.as_str())
+                        .await?
+                }
+                Challenge::TlsAlpn01 => {
+                    answers
+                        .serve_tls_alpn(&base, key_authorization.as_str())
+                        .await?
+                }
+                Challenge::Dns01 => {
+                    let record = TxtRecord {
+                        fqdn: format!("_acme-challenge.{base}"),
+                        value: key_authorization.dns_value(),
+                    };
+                    answers.present_dns(record).await?;
                 }
             }
-            info!(site, host, "ACME http-01 challenge ready");
+            chosen.push((url, host, kind));
         }
-        return Ok(());
+        break;
+    }
+    answers.wait_dns_visible().await?;
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| step_error(site, Step::Authorization, e))?;
+        let Some((_, host, kind)) = chosen.iter().find(|(url, ..)| url == authz.url()) else {
+            continue;
+        };
+        let mut challenge = authz
+            .challenge(acme_type(*kind))
+            .expect("chosen from the offer");
+        let mut ready = StepRetry::new();
+        loop {
+            match challenge.set_ready().await {
+                Ok(()) => break,
+                Err(error) => ready
+                    .again(error)
+                    .await
+                    .map_err(|e| step_error(site, Step::Challenge, e))?,
+            }
+        }
+        info!(site, host, challenge = kind.name(), "ACME challenge ready");
+    }
+    Ok(())
+}
+
+fn acme_type(kind: Challenge) -> ChallengeType {
+    match kind {
+        Challenge::Http01 => ChallengeType::Http01,
+        Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        Challenge::Dns01 => ChallengeType::Dns01,
+    }
+}
+
+fn no_challenge(site: &Site, host: String, offered: &[instant_acme::Challenge]) -> AcmeError {
+    let offered = offered
+        .iter()
+        .map(|c| match &c.r#type {
+            ChallengeType::Unknown(name) => name.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let usable = site
+        .challenges
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    AcmeError::NoChallenge {
+        site: site.name.clone(),
+        host,
+        offered,
+        usable,
     }
 }
 
@@ -498,31 +592,125 @@ fn problem_type(error: &instant_acme::Error) -> Option<&str> {
     problem_of(error).and_then(|p| p.r#type.as_deref())
 }
 
-/// Tokens served for one order; withdrawn on drop, whichever way the order ends (the shared
-/// copies go with the lock's lease when it is given back).
-struct Tokens<'a> {
+/// The answers given for one order. http-01 tokens and tls-alpn-01 certificates are withdrawn
+/// on drop, whichever way the order ends (the shared copies go with the lock's lease when it is
+/// given back); TXT records through [`Answers::clean_up_dns`], which needs to await.
+struct Answers<'a> {
+    site: &'a str,
     store: &'a ChallengeStore,
     share: Option<(&'a dyn Storage, &'a SiteLock)>,
+    dns: Option<&'a DnsProvider>,
+    /// Keys in `store`.
     served: Vec<String>,
+    /// TXT records written.
+    records: Vec<TxtRecord>,
 }
 
-impl Tokens<'_> {
-    async fn serve(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
+impl Answers<'_> {
+    async fn serve_http(&mut self, token: &str, key_authorization: &str) -> Result<(), AcmeError> {
         self.store.insert(token, key_authorization);
         self.served.push(token.to_owned());
-        if let Some((storage, lock)) = self.share {
-            storage
-                .share_challenge(lock, token, key_authorization)
-                .await?;
-        }
+        self.share(token, key_authorization).await
+    }
+
+    async fn serve_tls_alpn(
+        &mut self,
+        host: &str,
+        key_authorization: &str,
+    ) -> Result<(), AcmeError> {
+        let key = self
+            .store
+            .insert_tls_alpn(host, key_authorization)
+            .map_err(|source| AcmeError::ChallengeCert {
+                site: self.site.to_owned(),
+                source,
+            })?;
+        self.served.push(key.clone());
+        self.share(&key, key_authorization).await
+    }
+
+    async fn share(&self, key: &str, key_authorization: &str) -> Result<(), AcmeError> {
+        let Some((storage, lock)) = self.share else {
+            return Ok(());
+        };
+        storage
+            .share_challenge(lock, key, key_authorization)
+            .await
+            .map_err(|source| AcmeError::Shared {
+                site: self.site.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    async fn present_dns(&mut self, record: TxtRecord) -> Result<(), AcmeError> {
+        let provider = self.provider()?;
+        dns::present(provider, &record)
+            .await
+            .map_err(|source| self.dns_error(provider, source))?;
+        info!(
+            site = self.site,
+            name = record.fqdn,
+            provider = provider.name,
+            "DNS-01 record written"
+        );
+        self.records.push(record);
         Ok(())
+    }
+
+    async fn wait_dns_visible(&self) -> Result<(), AcmeError> {
+        let Some(provider) = self.dns.filter(|_| !self.records.is_empty()) else {
+            return Ok(());
+        };
+        dns::wait_visible(provider, &self.records)
+            .await
+            .map_err(|source| self.dns_error(provider, source))
+    }
+
+    /// Removes every TXT record written; a failure is logged (the record is harmless).
+    async fn clean_up_dns(&mut self) {
+        let Some(provider) = self.dns else {
+            return;
+        };
+        for record in self.records.drain(..) {
+            match dns::clean_up(provider, &record).await {
+                Ok(()) => info!(
+                    site = self.site,
+                    name = record.fqdn,
+                    "DNS-01 record removed"
+                ),
+                Err(error) => warn!(
+                    site = self.site,
+                    name = record.fqdn,
+                    error = %crate::observe::Chain(&error),
+                    "cannot remove the DNS-01 record"
+                ),
+            }
+        }
+    }
+
+    fn provider(&self) -> Result<&DnsProvider, AcmeError> {
+        // Validation gives every site with dns-01 a provider.
+        self.dns.ok_or_else(|| AcmeError::NoChallenge {
+            site: self.site.to_owned(),
+            host: String::new(),
+            offered: "dns-01".to_owned(),
+            usable: "no DNS provider".to_owned(),
+        })
+    }
+
+    fn dns_error(&self, provider: &DnsProvider, source: dns::DnsError) -> AcmeError {
+        AcmeError::Dns {
+            site: self.site.to_owned(),
+            provider: provider.name.clone(),
+            source: Box::new(source),
+        }
     }
 }
 
-impl Drop for Tokens<'_> {
+impl Drop for Answers<'_> {
     fn drop(&mut self) {
-        for token in &self.served {
-            self.store.remove(token);
+        for key in &self.served {
+            self.store.remove(key);
         }
     }
 }

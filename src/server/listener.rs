@@ -85,6 +85,13 @@ impl Listeners {
         })
     }
 
+    /// Closes the plain HTTP listener (as `listen.http: off` leaves it unbound).
+    #[must_use]
+    pub fn without_http(mut self) -> Self {
+        self.http = None;
+        self
+    }
+
     /// As [`Listeners::loopback`], plus an admin listener on an ephemeral loopback port.
     ///
     /// # Errors
