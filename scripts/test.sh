@@ -15,8 +15,9 @@
 set -euo pipefail
 
 # Everything the tests need from Debian beside the build's (BUILD_PACKAGES in scripts/lib/setup.sh).
-# systemd: systemd-socket-activate for tests/systemd.rs; etcd-server: the cluster tests' store.
-PACKAGES="git pebble curl openssl build-essential nghttp2-client procps iproute2 systemd etcd-server"
+# systemd: systemd-socket-activate for tests/systemd.rs; etcd-server: the cluster tests' store;
+# knot, knot-dnsutils: the DNS-01 tests' authoritative server (knotd) and kdig, knsupdate.
+PACKAGES="git pebble curl openssl build-essential nghttp2-client procps iproute2 systemd etcd-server knot knot-dnsutils"
 
 die() { printf 'scripts/test.sh: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -46,6 +46,8 @@ pub struct PebbleOptions {
     pub validity_secs: u64,
     /// Require external account binding with this key ID and base64url HMAC key.
     pub eab: Option<(String, String)>,
+    /// Where Pebble resolves names and TXT records (`-dnsserver`); challtestsrv's DNS when None.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl PebbleOptions {
@@ -57,6 +59,7 @@ impl PebbleOptions {
             nonce_reject: 0,
             validity_secs: 600,
             eab: None,
+            dns_server: None,
         }
     }
 }
@@ -234,12 +237,16 @@ impl Pebble {
     fn spawn_pebble(&mut self) -> Result<(), String> {
         let pebble_bin = binary("PEBBLE", "pebble");
         let log = self.dir.path().join("pebble.log");
+        let dns_server = match self.options.dns_server {
+            Some(addr) => addr.to_string(),
+            None => format!("127.0.0.1:{}", self.dns_port),
+        };
         let mut child = Command::new(&pebble_bin)
             .args([
                 "-config",
                 "pebble.json",
                 "-dnsserver",
-                &format!("127.0.0.1:{}", self.dns_port),
+                &dns_server,
                 "-strict=false",
             ])
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -394,7 +401,7 @@ pub fn free_tcp_port() -> u16 {
 }
 
 /// A port free for both UDP and TCP (DNS listens on both).
-fn free_dns_port() -> u16 {
+pub fn free_dns_port() -> u16 {
     for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp 127.0.0.1:0");
         let port = udp.local_addr().expect("udp address").port();
