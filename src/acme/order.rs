@@ -20,9 +20,11 @@ use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
 use crate::acme::dns::{self, TxtRecord};
-use crate::acme::error::{ALREADY_REPLACED, RATE_LIMITED, Step, problem_of};
+use crate::acme::error::{
+    ACCOUNT_DOES_NOT_EXIST, ALREADY_REPLACED, RATE_LIMITED, Step, problem_of,
+};
 use crate::acme::http::{Tally, current_retry_after};
-use crate::acme::retry::StepRetry;
+use crate::acme::retry::{StepRetry, is_transient};
 use crate::acme::storage::{SiteLock, Storage};
 use crate::acme::{AccountSlot, AcmeError, ChallengeStore, HostProblem};
 use crate::config::{Challenge, DnsProvider, KeyType, Site};
@@ -204,7 +206,8 @@ async fn run_order(
     Ok((chain_pem, key_pem))
 }
 
-/// RFC 8555 §7.4 newOrder, with `replaces` dropped if the CA says it was already replaced.
+/// RFC 8555 §7.4 newOrder; when the CA refuses an order carrying `replaces`, the order is
+/// placed once more without it (see [`may_refuse_replaces`]).
 async fn new_order(
     account: &Account,
     request: &OrderRequest<'_>,
@@ -228,8 +231,13 @@ async fn new_order(
         }
         match account.new_order(&new).await {
             Ok(order) => return Ok(order),
-            Err(error) if replaces.is_some() && problem_type(&error) == Some(ALREADY_REPLACED) => {
-                // RFC 9773 §5: another order already replaces it; a plain order is still allowed.
+            Err(error) if replaces.is_some() && may_refuse_replaces(&error) => {
+                warn!(
+                    site = %request.site.name,
+                    problem_type = problem_type(&error).unwrap_or("none"),
+                    error = %error,
+                    "the CA refused the order as a replacement; ordering once without `replaces`"
+                );
                 replaces = None;
             }
             Err(error) => {
@@ -585,6 +593,22 @@ fn stalled(site: &str, step: Step, bound: Duration) -> AcmeError {
         site: site.to_owned(),
         step,
         seconds: bound.as_secs(),
+    }
+}
+
+/// Whether an order may have been refused for its `replaces` field: `alreadyReplaced` (409), or
+/// any other final client error but a rate limit or a vanished account, since CAs disagree on
+/// how to say it (Boulder answers `malformed`, `unauthorized` or 404 depending on what is wrong
+/// with the certificate named). RFC 9773 §5 still allows a plain order; it only loses the
+/// replacement's rate-limit exemption.
+fn may_refuse_replaces(error: &instant_acme::Error) -> bool {
+    let instant_acme::Error::Api(problem) = error else {
+        return false;
+    };
+    match problem.r#type.as_deref() {
+        Some(ALREADY_REPLACED) => true,
+        Some(RATE_LIMITED | ACCOUNT_DOES_NOT_EXIST) => false,
+        _ => !is_transient(error) && problem.status.is_none_or(|s| (400..500).contains(&s)),
     }
 }
 
