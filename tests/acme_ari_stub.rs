@@ -9,13 +9,14 @@ mod etcd;
 
 use std::convert::Infallible;
 use std::error::Error;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::prelude::BASE64_URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -28,13 +29,89 @@ use tokio_util::sync::CancellationToken;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
-/// An HTTPS stub CA recording every path it is asked for.
+/// An HTTPS stub CA recording every path it is asked for. It serves a directory, nonces, a
+/// renewal window the test may move, and refuses every order: one carrying `replaces` with the
+/// problem the test chose, one without as `unauthorized` (it issues nothing).
 struct StubCa {
     base: String,
     ca_pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    state: Arc<StubState>,
     paths: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What the stub answers, and what it was sent.
+struct StubState {
+    root: String,
+    window: Mutex<(SystemTime, SystemTime)>,
+    retry_after: AtomicU64,
+    /// Status and problem type for an order carrying `replaces`.
+    replaces_refusal: Mutex<(u16, &'static str)>,
+    /// The payload of every newOrder request, in order.
+    orders: Mutex<Vec<serde_json::Value>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    nonces: AtomicU64,
+}
+
+impl StubState {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        self.paths.lock().expect("path list").push(path.clone());
+        let root = &self.root;
+        let nonce = format!("n{}", self.nonces.fetch_add(1, Ordering::Relaxed));
+        let builder = Response::builder().header("replay-nonce", nonce);
+        let response = if path == "/dir" {
+            let directory = serde_json::json!({
+                "newNonce": format!("{root}/nonce"),
+                "newAccount": format!("{root}/account"),
+                "newOrder": format!("{root}/order"),
+                "renewalInfo": format!("{root}/ari"),
+            });
+            builder.body(Full::new(Bytes::from(directory.to_string())))
+        } else if path == "/nonce" {
+            builder.body(Full::new(Bytes::new()))
+        } else if path.starts_with("/ari/") {
+            let (start, end) = *self.window.lock().expect("window");
+            let window = serde_json::json!({"suggestedWindow": {
+                "start": humantime::format_rfc3339_seconds(start).to_string(),
+                "end": humantime::format_rfc3339_seconds(end).to_string(),
+            }});
+            builder
+                .header("retry-after", self.retry_after.load(Ordering::Relaxed))
+                .body(Full::new(Bytes::from(window.to_string())))
+        } else if path == "/order" {
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .unwrap_or_default();
+            let payload = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|jws| BASE64_URL_SAFE_NO_PAD.decode(jws["payload"].as_str()?).ok())
+                .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+                .unwrap_or_default();
+            let (status, kind) = if payload.get("replaces").is_some() {
+                *self.replaces_refusal.lock().expect("refusal")
+            } else {
+                (403, "unauthorized")
+            };
+            self.orders.lock().expect("orders").push(payload);
+            let problem = serde_json::json!({
+                "type": format!("urn:ietf:params:acme:error:{kind}"),
+                "detail": "the stub issues nothing",
+                "status": status,
+            });
+            builder
+                .status(status)
+                .header("content-type", "application/problem+json")
+                .body(Full::new(Bytes::from(problem.to_string())))
+        } else {
+            builder.status(404).body(Full::new(Bytes::new()))
+        };
+        response.expect("valid response")
+    }
 }
 
 impl StubCa {
@@ -64,50 +141,29 @@ impl StubCa {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let (recorded, root) = (paths.clone(), base.clone());
-        let window_json = serde_json::json!({"suggestedWindow": {
-            "start": humantime::format_rfc3339_seconds(window.0).to_string(),
-            "end": humantime::format_rfc3339_seconds(window.1).to_string(),
-        }})
-        .to_string();
+        let state = Arc::new(StubState {
+            root: base.clone(),
+            window: Mutex::new(window),
+            retry_after: AtomicU64::new(3600),
+            replaces_refusal: Mutex::new((409, "alreadyReplaced")),
+            orders: Mutex::new(Vec::new()),
+            paths: paths.clone(),
+            nonces: AtomicU64::new(0),
+        });
+        let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (acceptor, recorded, root, window_json) = (
-                    acceptor.clone(),
-                    recorded.clone(),
-                    root.clone(),
-                    window_json.clone(),
-                );
+                let (acceptor, state) = (acceptor.clone(), shared.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let path = request.uri().path().to_owned();
-                        recorded.lock().expect("path list").push(path.clone());
-                        let response = if path == "/dir" {
-                            let directory = serde_json::json!({
-                                "newNonce": format!("{root}/nonce"),
-                                "newAccount": format!("{root}/account"),
-                                "newOrder": format!("{root}/order"),
-                                "renewalInfo": format!("{root}/ari"),
-                            });
-                            Response::new(Full::new(Bytes::from(directory.to_string())))
-                        } else if path.starts_with("/ari/") {
-                            Response::builder()
-                                .header("retry-after", "3600")
-                                .body(Full::new(Bytes::from(window_json.clone())))
-                                .expect("valid response")
-                        } else {
-                            Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::new()))
-                                .expect("valid response")
-                        };
-                        async move { Ok::<_, Infallible>(response) }
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(state.answer(request).await) }
                     });
                     // A client hanging up early is not this test's concern.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -120,6 +176,7 @@ impl StubCa {
             base,
             ca_pem: ca_cert.pem(),
             issuer,
+            state,
             paths,
             task,
         })
@@ -361,5 +418,162 @@ async fn in_a_cluster_one_node_polls_the_renewal_window_for_all() -> TestResult 
         "one renewal-information poll for three nodes: {paths:?}"
     );
     assert!(!paths.iter().any(|p| p.starts_with("/order")), "{paths:?}");
+    Ok(())
+}
+
+/// Storage holding an account at `stub` and a stored certificate for [`site`] (its meta.json
+/// is `meta`): what a running Rampart has before a renewal.
+async fn seeded(
+    stub: &StubCa,
+    meta: &serde_json::Value,
+) -> Result<(tempfile::TempDir, Acme, Site, DiskStorage), Box<dyn Error>> {
+    let storage = tempfile::tempdir()?;
+    let acme = stub.acme(storage.path())?;
+    let account_file = account_path(storage.path(), &acme.directory);
+    std::fs::create_dir_all(account_file.parent().ok_or("no parent")?)?;
+    std::fs::write(&account_file, stub.account()?.to_string())?;
+    let site = site()?;
+    let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
+    let files = DiskStorage::new(storage.path());
+    files
+        .save_certificate(
+            &site.name,
+            chain.as_bytes(),
+            key.as_bytes(),
+            meta.to_string().as_bytes(),
+            &rampart::acme::storage::SiteLock::local(),
+        )
+        .await?;
+    Ok((storage, acme, site, files))
+}
+
+/// Production tuning, but renewal information may be polled again after a second.
+fn quick_recheck() -> rampart::acme::Tuning {
+    rampart::acme::Tuning {
+        ari_recheck_min: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+impl StubCa {
+    /// The newOrder payloads so far.
+    fn orders(&self) -> Vec<serde_json::Value> {
+        self.state.orders.lock().expect("orders").clone()
+    }
+
+    /// Waits (bounded) until `count` orders arrived; then how long that took.
+    async fn await_orders(&self, count: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        while self.orders().len() < count {
+            assert!(
+                started.elapsed() < within,
+                "{} of {count} orders within {within:?}; stub saw {:?}",
+                self.orders().len(),
+                self.paths.lock().map(|p| p.clone())
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        started.elapsed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_moved_into_the_past_renews_at_once_even_in_backoff() -> TestResult {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let stub = StubCa::start((now + 10 * day, now + 11 * day)).await?;
+    stub.state.retry_after.store(1, Ordering::Relaxed);
+    // Three failures so far: the next order is an hour away.
+    let in_backoff = serde_json::json!({
+        "consecutive_failures": 3,
+        "next_attempt": humantime::format_rfc3339_seconds(now + Duration::from_secs(3600)).to_string(),
+    });
+    let (storage, acme, site, files) = seeded(&stub, &in_backoff).await?;
+    let stop = CancellationToken::new();
+    let scheduler = RenewalScheduler::new(
+        acme,
+        storage.path(),
+        std::slice::from_ref(&site),
+        CertStore::default(),
+        ChallengeStore::default(),
+    )
+    .with_tuning(quick_recheck());
+    let task = tokio::spawn(scheduler.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files.load_meta(&site.name)?.ari.is_none() {
+        assert!(Instant::now() < deadline, "no renewal window stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Polled again and again (Retry-After: 1), but the window is ahead: no order.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stub.orders(), Vec::<serde_json::Value>::new());
+
+    // The CA revokes the certificate, or an incident: the window moves into the past.
+    *stub.state.window.lock().map_err(|_| "poisoned")? = (now - 2 * day, now - day);
+    let waited = stub.await_orders(1, Duration::from_secs(15)).await;
+    stop.cancel();
+    task.await?;
+    let replaces = stub.orders()[0]["replaces"]
+        .as_str()
+        .ok_or("the renewal names the certificate it replaces")?
+        .to_owned();
+    assert!(replaces.ends_with(".Chss"), "{replaces}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "renewal began after {waited:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_replaces_is_retried_once_without_it() -> TestResult {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    // (status, problem type, orders expected): the two ways CAs say "not that one", and a rate
+    // limit, which dropping `replaces` would only make worse.
+    for (status, kind, expected) in [
+        (409, "alreadyReplaced", 2),
+        (400, "malformed", 2),
+        (429, "rateLimited", 1),
+    ] {
+        // Revoked, as the CA says through ARI: due now.
+        let stub = StubCa::start((now - 2 * day, now - day)).await?;
+        *stub.state.replaces_refusal.lock().map_err(|_| "poisoned")? = (status, kind);
+        let (storage, acme, site, files) = seeded(&stub, &serde_json::json!({})).await?;
+        let stop = CancellationToken::new();
+        let scheduler = RenewalScheduler::new(
+            acme,
+            storage.path(),
+            std::slice::from_ref(&site),
+            CertStore::default(),
+            ChallengeStore::default(),
+        )
+        .with_tuning(quick_recheck());
+        let task = tokio::spawn(scheduler.run(stop.clone()));
+        stub.await_orders(expected, Duration::from_secs(15)).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let meta = loop {
+            let meta = files.load_meta(&site.name)?;
+            if meta.last_error.is_some() {
+                break meta;
+            }
+            assert!(Instant::now() < deadline, "{kind}: no failure recorded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        stop.cancel();
+        task.await?;
+        let orders = stub.orders();
+        assert_eq!(orders.len(), expected, "{kind}: {orders:?}");
+        assert!(orders[0].get("replaces").is_some(), "{kind}: {orders:?}");
+        if expected == 2 {
+            assert!(orders[1].get("replaces").is_none(), "{kind}: {orders:?}");
+        }
+        let recorded = meta
+            .last_error
+            .and_then(|e| e.problem_type)
+            .unwrap_or_default();
+        let last = if expected == 2 { "unauthorized" } else { kind };
+        assert_eq!(recorded, format!("urn:ietf:params:acme:error:{last}"));
+    }
     Ok(())
 }

@@ -94,6 +94,7 @@ impl Bench {
                 max: Duration::from_secs(4),
             },
             max_sleep: Duration::from_secs(2),
+            ari_recheck_min: Duration::from_secs(1),
         };
         RenewalScheduler::new(
             self.acme(),

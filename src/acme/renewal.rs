@@ -33,8 +33,6 @@ use crate::tls::{CertStore, LeafFacts, TlsError};
 pub(super) const ARI_UNKNOWN: u8 = 0;
 const ARI_YES: u8 = 1;
 const ARI_NO: u8 = 2;
-/// Shortest re-check of renewal information: a CA answering `Retry-After: 0` must not make us spin.
-const ARI_RECHECK_MIN: Duration = Duration::from_secs(60);
 /// Longest re-check: a window the CA moves forward (an incident, a mass revocation) is noticed
 /// within half a day even if the CA asks for less frequent checks.
 const ARI_RECHECK_MAX: Duration = Duration::from_secs(12 * 3600);
@@ -597,11 +595,26 @@ async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
             );
             let serial = cert.facts.serial.clone();
             // Keep the earlier pick while the window is unchanged (see AriState::chosen).
-            let chosen = match state.current_ari() {
-                Some(old) if old.window_start == start && old.window_end == end => old.chosen,
-                _ => timing::ari_renewal_at(start, end, now, rand::random()),
+            let unchanged = state
+                .current_ari()
+                .filter(|old| old.window_start == start && old.window_end == end);
+            let chosen = match unchanged {
+                Some(old) => old.chosen,
+                None => timing::ari_renewal_at(start, end, now, rand::random()),
             };
-            let next_check = now + retry_after.clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX);
+            if unchanged.is_none() && end <= now {
+                // A window moved into the past: the CA revoked the certificate or wants it gone
+                // after an incident (RFC 9773 §4.2). That news earns one attempt now, even
+                // inside a failure backoff; failing again backs off from where it was.
+                let backoff = state.meta.next_attempt.take();
+                warn!(
+                    site,
+                    waived_backoff = backoff.is_some(),
+                    "the CA asks to replace this certificate now (revoked, or an incident); renewing at once"
+                );
+            }
+            let recheck_min = shared.tuning.ari_recheck_min;
+            let next_check = now + retry_after.clamp(recheck_min, ARI_RECHECK_MAX.max(recheck_min));
             info!(site, window_start = %humantime::format_rfc3339_seconds(start), window_end = %humantime::format_rfc3339_seconds(end), renew_at = %humantime::format_rfc3339_seconds(chosen), "ACME renewal window");
             state.meta.ari = Some(AriState {
                 serial,

@@ -67,6 +67,9 @@ pub struct Tuning {
     pub backoff: Backoff,
     /// Longest sleep between checks.
     pub max_sleep: Duration,
+    /// Shortest pause between two renewal-information polls of one certificate, whatever the
+    /// CA's `Retry-After` (a CA answering 0 must not make us spin).
+    pub ari_recheck_min: Duration,
 }
 
 impl Default for Tuning {
@@ -75,6 +78,7 @@ impl Default for Tuning {
             concurrency: 4,
             backoff: Backoff::default(),
             max_sleep: Duration::from_secs(3600),
+            ari_recheck_min: Duration::from_secs(60),
         }
     }
 }
