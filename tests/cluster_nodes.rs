@@ -330,7 +330,7 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
     until(
         Duration::from_secs(20),
         "a's challenge is ready",
-        async || logged(&a_run, "ACME http-01 challenge ready", site) == 1,
+        async || logged(&a_run, "ACME challenge ready", site) == 1,
     )
     .await;
     // `rampart certs` names the node holding the lock.
