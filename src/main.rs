@@ -183,6 +183,12 @@ fn render(site: &rampart::acme::SiteStatus) -> String {
             time(site.last_attempt),
             time(site.next_attempt),
         );
+        if let Some(ca) = &site.ca {
+            let _ = writeln!(out, "  CA:           {ca}");
+        }
+        if let Some(ca) = &site.trying_ca {
+            let _ = writeln!(out, "  trying CA:    {ca}");
+        }
         if let Some(node) = &site.issued_by {
             let _ = writeln!(out, "  issued by:    {node}");
         }

@@ -213,6 +213,8 @@ impl StubCa {
             profile: None,
             eab: None,
             challenges: vec![Challenge::Http01],
+            fallbacks: Vec::new(),
+            fallback_after: 3,
         })
     }
 

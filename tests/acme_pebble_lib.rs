@@ -71,6 +71,8 @@ impl Bench {
             profile: None,
             eab: None,
             challenges: vec![Challenge::Http01],
+            fallbacks: Vec::new(),
+            fallback_after: 3,
         }
     }
 
@@ -653,5 +655,82 @@ async fn twenty_sites_are_obtained_concurrently() -> TestResult {
     eprintln!("20 sites served after {:?}", started.elapsed());
     stop.cancel();
     task.await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_failing_at_one_ca_is_issued_by_the_next() -> TestResult {
+    let bench = Bench::start(|_| {}).await;
+    // Answers, but only with errors: it requires external account binding, which we lack.
+    let mut strict = PebbleOptions::new(pebble::free_tcp_port());
+    strict.eab = Some(("kid-1".into(), "c2VjcmV0LWtleS1mb3ItdGVzdHM".into()));
+    let strict = Pebble::start(strict).await;
+    let unreachable = format!("https://127.0.0.1:{}/dir", pebble::free_tcp_port());
+    let mut acme = bench.acme();
+    let last = rampart::config::AcmeCa {
+        directory: acme.directory.clone(),
+        ca_bundle: acme.ca_bundle.clone(),
+        profile: None,
+        eab: None,
+    };
+    acme.directory = unreachable.parse()?;
+    acme.ca_bundle = None;
+    acme.fallbacks = vec![
+        rampart::config::AcmeCa {
+            directory: strict.directory_url().parse()?,
+            ca_bundle: Some(strict.ca_bundle()),
+            profile: None,
+            eab: None,
+        },
+        last.clone(),
+    ];
+    acme.fallback_after = 1;
+    let sites = [site(&["fallback.rampart.test"])];
+    let certs = CertStore::default();
+    let stop = CancellationToken::new();
+    let scheduler = RenewalScheduler::new(
+        acme,
+        bench.storage.path(),
+        &sites,
+        certs.clone(),
+        bench.challenges.clone(),
+    )
+    .with_tuning(Tuning {
+        backoff: Backoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(2),
+        },
+        ..Tuning::default()
+    });
+    let task = tokio::spawn(scheduler.run(stop.clone()));
+    eventually(
+        Duration::from_secs(60),
+        "a certificate from the third CA",
+        || certs.covers(&sites[0]),
+    )
+    .await;
+    stop.cancel();
+    task.await?;
+    // The second CA was asked (and refused the account) before the third issued.
+    assert!(
+        strict.log().contains("POST /sign-me-up"),
+        "{}",
+        strict.log()
+    );
+
+    let meta = DiskStorage::new(bench.storage.path()).load_meta("fallback.rampart.test")?;
+    assert_eq!(
+        meta.ca.as_deref(),
+        Some(last.directory.to_string().as_str())
+    );
+    assert_eq!((meta.trying_ca, meta.ca_failures), (None, 0));
+    let served = certs
+        .lookup(Some("fallback.rampart.test"))
+        .ok_or("served")?;
+    assert!(
+        !LeafFacts::parse(served.end_entity_cert()?)?
+            .serial
+            .is_empty()
+    );
     Ok(())
 }

@@ -382,6 +382,11 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
         "read from the cluster store, not a's files"
     );
     assert!(report[0]["lock_holder"].is_null(), "{report}");
+    assert_eq!(
+        report[0]["ca"],
+        pebble.directory_url(),
+        "which CA issued it: {report}"
+    );
     Ok(())
 }
 

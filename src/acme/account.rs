@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::acme::http::AcmeHttp;
 use crate::acme::retry::StepRetry;
 use crate::acme::{AcmeError, Item, Storage};
-use crate::config::Acme;
+use crate::config::{Acme, AcmeCa};
 
 /// Lazily loaded account shared by every issuance for one CA.
 pub struct AccountSlot {
@@ -30,22 +30,35 @@ pub struct AccountSlot {
 }
 
 impl AccountSlot {
-    /// Prepares the slot for `acme.directory`; no I/O towards the CA happens until
-    /// [`AccountSlot::account`].
+    /// Prepares the slot for `acme.directory` (the first CA); no I/O towards the CA happens
+    /// until [`AccountSlot::account`].
     ///
     /// # Errors
     /// `CaBundle`/`CaBundleEmpty` when `acme.ca_bundle` is unusable.
     pub fn new(acme: &Acme, storage: Arc<dyn Storage>) -> Result<Self, AcmeError> {
+        let first = acme.cas().swap_remove(0);
+        Self::for_ca(&first, acme.email.as_deref(), storage)
+    }
+
+    /// Prepares the slot for one CA of `acme.directories`.
+    ///
+    /// # Errors
+    /// `CaBundle`/`CaBundleEmpty` when its `ca_bundle` is unusable.
+    pub fn for_ca(
+        ca: &AcmeCa,
+        email: Option<&str>,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Self, AcmeError> {
         Ok(Self {
-            directory: acme.directory.to_string(),
-            ca: ca_id(&acme.directory),
+            directory: ca.directory.to_string(),
+            ca: ca_id(&ca.directory),
             storage,
-            contact: acme.email.as_ref().map(|email| format!("mailto:{email}")),
-            eab: acme
+            contact: email.map(|email| format!("mailto:{email}")),
+            eab: ca
                 .eab
                 .as_ref()
                 .map(|eab| ExternalAccountKey::new(eab.key_id.clone(), &eab.hmac_key)),
-            http: AcmeHttp::new(acme.ca_bundle.as_deref())?,
+            http: AcmeHttp::new(ca.ca_bundle.as_deref())?,
             current: Mutex::new(None),
         })
     }

@@ -16,7 +16,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use tracing::{error, info, warn};
 
-use crate::acme::error::Step;
+use crate::acme::error::{RATE_LIMITED, Step};
 use crate::acme::order::{Issued, OrderRequest, issue};
 use crate::acme::storage::{
     AriState, DiskStorage, LastError, Meta, Renewal, RenewalReason, SiteLock, Storage, StoredCert,
@@ -44,9 +44,23 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// node obtains meanwhile arrives through the store's change stream.
 const LOCK_RETRY: Duration = Duration::from_secs(10);
 
+/// One CA of `acme.directories`.
+pub(super) struct Ca {
+    pub(super) slot: AccountSlot,
+    /// Its directory URL: how meta.json and `rampart certs` name it.
+    pub(super) directory: String,
+    /// The ACME profile to ask it for.
+    pub(super) profile: Option<String>,
+    /// Its ARI support, learnt from the first renewal-info call.
+    pub(super) ari: AtomicU8,
+}
+
 /// Handles every issuance task uses.
 pub(super) struct Shared {
-    pub(super) slot: AccountSlot,
+    /// The CAs in order of preference; never empty.
+    pub(super) cas: Vec<Ca>,
+    /// Failed orders in a row at one CA before a site tries the next.
+    pub(super) fallback_after: u32,
     /// Where certificates and state are written.
     pub(super) storage: Arc<dyn Storage>,
     /// With a shared storage: the local copy of what it holds, read at start.
@@ -57,8 +71,32 @@ pub(super) struct Shared {
     pub(super) tuning: Tuning,
     pub(super) provider: Arc<CryptoProvider>,
     pub(super) key_type: KeyType,
-    pub(super) profile: Option<String>,
-    pub(super) ari: AtomicU8,
+}
+
+impl Shared {
+    /// The CA that issued the certificate `meta` describes: the first one for a certificate
+    /// stored before CAs were recorded; `None` when that CA is no longer configured.
+    fn issuer(&self, meta: &Meta) -> Option<&Ca> {
+        match &meta.ca {
+            None => self.cas.first(),
+            Some(directory) => self.cas.iter().find(|ca| &ca.directory == directory),
+        }
+    }
+
+    /// The position of the CA a site orders from now.
+    fn trying(&self, meta: &Meta) -> usize {
+        meta.trying_ca
+            .as_ref()
+            .and_then(|directory| self.cas.iter().position(|ca| &ca.directory == directory))
+            .unwrap_or(0)
+    }
+
+    /// The ARI support of the CA that issued `state`'s certificate (`ARI_NO` when unknown to
+    /// the configuration: renewal by lifetime).
+    pub(super) fn ari_of(&self, state: &SiteState) -> u8 {
+        self.issuer(&state.meta)
+            .map_or(ARI_NO, |ca| ca.ari.load(Ordering::Relaxed))
+    }
 }
 
 /// What the scheduler holds for one site between tasks.
@@ -69,7 +107,7 @@ pub(super) struct SiteState {
     /// When to fetch renewal information next (in memory: a restart checks again).
     ari_check_at: SystemTime,
     /// Issued but not yet stored (the write failed); retried before any new order.
-    unsaved: Option<Issued>,
+    unsaved: Option<(Issued, String)>,
     /// No task before this: the lock was busy or the store unreachable (in memory).
     wait_until: Option<SystemTime>,
 }
@@ -231,14 +269,11 @@ async fn locked(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
         refresh(shared, state).await;
     }
     let now = SystemTime::now();
-    if let Some(issued) = state.unsaved.take() {
+    if let Some((issued, ca)) = state.unsaved.take() {
         // Storing what was already issued comes before anything else: no new order for it.
-        install(shared, state, issued, now, lock).await;
+        install(shared, state, issued, &ca, now, lock).await;
     } else {
-        if shared.ari.load(Ordering::Relaxed) != ARI_NO
-            && state.served.is_some()
-            && state.ari_check_at <= now
-        {
+        if shared.ari_of(state) != ARI_NO && state.served.is_some() && state.ari_check_at <= now {
             check_ari(shared, state, now).await;
         }
         if state.order_due(now).0 <= now {
@@ -401,7 +436,10 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
         rand::random(),
     ));
     save_meta(shared, state, lock).await;
-    let replaces = if shared.ari.load(Ordering::Relaxed) == ARI_YES {
+    let ca = &shared.cas[shared.trying(&state.meta)];
+    // RFC 9773 §5: only the CA that issued a certificate knows it, so only it is told.
+    let issuer = shared.issuer(&state.meta).map(|issuer| &issuer.directory);
+    let replaces = if issuer == Some(&ca.directory) && ca.ari.load(Ordering::Relaxed) == ARI_YES {
         state
             .served
             .as_ref()
@@ -411,11 +449,11 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
         None
     };
     let renewing = state.served.is_some();
-    info!(site, renewing, "ordering certificate");
+    info!(site, renewing, ca = %ca.directory, "ordering certificate");
     let request = OrderRequest {
         site: &state.site,
         key_type: shared.key_type,
-        profile: shared.profile.as_deref(),
+        profile: ca.profile.as_deref(),
         replaces,
         share: shared
             .storage
@@ -423,7 +461,7 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
             .then_some((shared.storage.as_ref(), lock)),
     };
     let clock = tokio::time::Instant::now();
-    match issue(&shared.slot, &request, &shared.challenges).await {
+    match issue(&ca.slot, &request, &shared.challenges).await {
         Ok(issued) => {
             metrics::acme_order(true, None);
             info!(
@@ -432,7 +470,8 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
                 latency_ms = clock.elapsed().as_millis() as u64,
                 "certificate obtained"
             );
-            install(shared, state, issued, SystemTime::now(), lock).await;
+            let directory = ca.directory.clone();
+            install(shared, state, issued, &directory, SystemTime::now(), lock).await;
         }
         Err(error) => {
             metrics::acme_order(false, error.problem_type());
@@ -448,6 +487,7 @@ async fn install(
     shared: &Shared,
     state: &mut SiteState,
     issued: Issued,
+    ca: &str,
     now: SystemTime,
     lock: &SiteLock,
 ) {
@@ -494,6 +534,7 @@ async fn install(
         last_attempt: state.meta.last_attempt,
         last_success: Some(now),
         issued_by: shared.storage.node().map(str::to_owned),
+        ca: Some(ca.to_owned()),
         ..Meta::default()
     };
     let saved = shared
@@ -524,7 +565,7 @@ async fn install(
         error!(site = %site.name, error = %Chain(error), keep_serving_previous = old_valid, "cannot store the new certificate; retrying the write");
         state.meta.next_attempt = Some(now + shared.tuning.backoff.first);
         if old_valid {
-            state.unsaved = Some(issued);
+            state.unsaved = Some((issued, ca.to_owned()));
             return;
         }
     }
@@ -538,7 +579,7 @@ async fn install(
                 }
                 state.meta = succeeded;
             } else {
-                state.unsaved = Some(issued);
+                state.unsaved = Some((issued, ca.to_owned()));
             }
             // A new certificate gets its own renewal window.
             state.ari_check_at = now;
@@ -555,12 +596,16 @@ async fn install(
     }
 }
 
-/// Fetches the CA's renewal window (RFC 9773) and picks a time inside it.
+/// Fetches the renewal window (RFC 9773) from the CA that issued the certificate and picks a
+/// time inside it.
 async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
     let site = state.site.name.clone();
     let Some(cert) = &state.served else { return };
+    let Some(issuer) = shared.issuer(&state.meta) else {
+        return;
+    };
     let fetched = async {
-        let account = shared.slot.account().await?;
+        let account = issuer.slot.account().await?;
         let id = CertificateIdentifier::try_from(&cert.leaf)
             .map_err(|_| AcmeError::CertId { site: site.clone() })?;
         let mut retry = crate::acme::retry::StepRetry::new();
@@ -581,14 +626,14 @@ async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
     };
     match fetched.await {
         Ok(None) => {
-            shared.ari.store(ARI_NO, Ordering::Relaxed);
+            issuer.ari.store(ARI_NO, Ordering::Relaxed);
             info!(
                 site,
                 "CA offers no renewal information; renewing by certificate lifetime"
             );
         }
         Ok(Some((info, retry_after))) => {
-            shared.ari.store(ARI_YES, Ordering::Relaxed);
+            issuer.ari.store(ARI_YES, Ordering::Relaxed);
             let (start, end) = (
                 SystemTime::from(info.suggested_window.start),
                 SystemTime::from(info.suggested_window.end),
@@ -635,13 +680,15 @@ async fn check_ari(shared: &Shared, state: &mut SiteState, now: SystemTime) {
 
 /// Counts a failure, schedules the next attempt and records the error for operators.
 fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now: SystemTime) {
+    let moved = fall_back(shared, state, error);
     let meta = &mut state.meta;
     meta.ordering = None;
     meta.consecutive_failures = meta.consecutive_failures.saturating_add(1);
     let next = timing::next_attempt_after_failure(
         now,
         meta.consecutive_failures,
-        error.retry_after(),
+        // The CA that rate-limited is not the one asked next.
+        if moved { None } else { error.retry_after() },
         shared.tuning.backoff,
         rand::random(),
     );
@@ -664,6 +711,34 @@ fn record_failure(shared: &Shared, state: &mut SiteState, error: &AcmeError, now
         next_attempt = %humantime::format_rfc3339_seconds(next),
         "certificate order failed"
     );
+}
+
+/// Counts a failure against the CA tried, and moves the site to the next CA (after the last,
+/// the first again) once it failed `fallback_after` times in a row or rate-limited the site.
+/// Whether it moved.
+fn fall_back(shared: &Shared, state: &mut SiteState, error: &AcmeError) -> bool {
+    let meta = &mut state.meta;
+    if shared.cas.len() < 2 {
+        return false;
+    }
+    meta.ca_failures = meta.ca_failures.saturating_add(1);
+    let rate_limited = error.problem_type() == Some(RATE_LIMITED);
+    if meta.ca_failures < shared.fallback_after && !rate_limited {
+        return false;
+    }
+    let from = shared.trying(meta);
+    let to = (from + 1) % shared.cas.len();
+    warn!(
+        site = %state.site.name,
+        from = %shared.cas[from].directory,
+        to = %shared.cas[to].directory,
+        failures = meta.ca_failures,
+        rate_limited,
+        "the CA keeps failing this site; trying the next one"
+    );
+    meta.trying_ca = (to > 0).then(|| shared.cas[to].directory.clone());
+    meta.ca_failures = 0;
+    true
 }
 
 async fn save_meta(shared: &Shared, state: &SiteState, lock: &SiteLock) {

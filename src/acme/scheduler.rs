@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::acme::renewal::{
-    ARI_UNKNOWN, ServedCert, Shared, SiteState, attempt, catch_up, load_state,
+    ARI_UNKNOWN, Ca, ServedCert, Shared, SiteState, attempt, catch_up, load_state,
 };
 use crate::acme::storage::{Change, DiskStorage, Storage};
 use crate::acme::timing::{self, Backoff};
@@ -191,16 +191,28 @@ impl RenewalScheduler {
         if self.sites.is_empty() {
             return;
         }
-        let slot = match AccountSlot::new(&self.acme, self.storage.clone()) {
-            Ok(slot) => slot,
-            Err(error) => {
-                error!(error = %Chain(&error), "ACME disabled: no certificate can be obtained");
-                stop.cancelled().await;
-                return;
+        let mut cas = Vec::new();
+        for ca in self.acme.cas() {
+            match AccountSlot::for_ca(&ca, self.acme.email.as_deref(), self.storage.clone()) {
+                Ok(slot) => cas.push(Ca {
+                    slot,
+                    directory: ca.directory.to_string(),
+                    profile: ca.profile,
+                    ari: AtomicU8::new(ARI_UNKNOWN),
+                }),
+                Err(error) => {
+                    error!(ca = %ca.directory, error = %Chain(&error), "this CA is not used");
+                }
             }
-        };
+        }
+        if cas.is_empty() {
+            error!("ACME disabled: no certificate can be obtained");
+            stop.cancelled().await;
+            return;
+        }
         let shared = Arc::new(Shared {
-            slot,
+            cas,
+            fallback_after: self.acme.fallback_after,
             storage: self.storage,
             mirror: self.mirror,
             certs: self.certs,
@@ -209,8 +221,6 @@ impl RenewalScheduler {
             tuning: self.tuning,
             provider: self.provider,
             key_type: self.acme.key_type,
-            profile: self.acme.profile,
-            ari: AtomicU8::new(ARI_UNKNOWN),
         });
         let mut tasks = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -235,7 +245,6 @@ impl RenewalScheduler {
         let mut is_stale = vec![false; states.len()];
         loop {
             let now = SystemTime::now();
-            let ari = shared.ari.load(Ordering::Relaxed);
             let limit = shared.tuning.concurrency.max(1);
             while running.len() < limit
                 && let Some(index) = stale.pop_front()
@@ -252,7 +261,7 @@ impl RenewalScheduler {
             for index in (0..count).map(|i| (i + start) % count) {
                 let slot = &mut states[index];
                 let Some(state) = slot else { continue };
-                let due = state.next_action(now, ari);
+                let due = state.next_action(now, shared.ari_of(state));
                 if due > now {
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 } else if running.len() < limit {

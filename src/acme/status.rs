@@ -45,6 +45,10 @@ pub struct SiteStatus {
     pub last_error: Option<LastError>,
     /// In a cluster: the node that obtained the current certificate.
     pub issued_by: Option<String>,
+    /// The directory URL of the CA that issued the current certificate.
+    pub ca: Option<String>,
+    /// While orders fail: the CA tried now, when it is not the first of `acme.directories`.
+    pub trying_ca: Option<String>,
     /// In a cluster: the node holding the site's issuance lock now, if any.
     pub lock_holder: Option<String>,
 }
@@ -100,6 +104,8 @@ async fn site_status(site: &Site, storage: &dyn Storage, provider: &CryptoProvid
         next_attempt: None,
         last_error: None,
         issued_by: None,
+        ca: None,
+        trying_ca: None,
         lock_holder: None,
     };
     match &site.tls {
@@ -123,6 +129,8 @@ async fn site_status(site: &Site, storage: &dyn Storage, provider: &CryptoProvid
             match storage.load_meta(&site.name).await {
                 Ok(meta) => {
                     status.issued_by = meta.issued_by;
+                    status.ca = meta.ca;
+                    status.trying_ca = meta.trying_ca;
                     status.renewal_due = meta.renewal.as_ref().map(|r| r.at);
                     status.renewal_reason = meta.renewal.as_ref().map(|r| r.reason);
                     status.last_attempt = meta.last_attempt;

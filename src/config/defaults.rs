@@ -35,6 +35,8 @@ pub(super) const LOG_LEVEL: &str = "info";
 // acme:
 pub(super) const ACME_DIRECTORY: &str = "letsencrypt";
 pub(super) const ACME_KEY_TYPE: &str = "ecdsa-p256";
+/// `acme.fallback_after:` failed orders in a row at one CA before a site tries the next.
+pub(super) const ACME_FALLBACK_AFTER: u32 = 3;
 /// `acme.challenges:` DNS-01 only where a site names a `dns:` provider.
 pub(super) const ACME_CHALLENGES: [Challenge; 2] = [Challenge::Http01, Challenge::TlsAlpn01];
 

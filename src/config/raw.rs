@@ -141,17 +141,39 @@ pub(super) struct RawLog {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAcme {
     pub(super) email: Option<Text>,
-    pub(super) directory: Text,
+    /// `letsencrypt` when neither this nor `directories` is given.
+    pub(super) directory: Option<Text>,
     pub(super) ca_bundle: Option<Text>,
     pub(super) key_type: Text,
     pub(super) profile: Option<Text>,
     pub(super) eab: Option<RawEab>,
     pub(super) challenges: Option<List<String>>,
+    /// Several CAs, tried in order; instead of `directory` and its settings.
+    pub(super) directories: Option<List<RawAcmeCa>>,
+    pub(super) fallback_after: Option<Spanned<i64>>,
+}
+
+/// One entry of `acme.directories:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcmeCa {
+    pub(super) directory: Text,
+    #[serde(default)]
+    pub(super) ca_bundle: Option<Text>,
+    #[serde(default)]
+    pub(super) profile: Option<Text>,
+    #[serde(default)]
+    pub(super) eab: Option<RawEab>,
+}
+
+/// The directory used when none is configured.
+pub(super) fn default_directory() -> Text {
+    text(defaults::ACME_DIRECTORY)
 }
 
 /// `acme.eab:` `key_id` and one of `hmac_key`, `hmac_key_file` are required when the section is
 /// present.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEab {
     pub(super) key_id: Text,
@@ -364,12 +386,14 @@ impl Default for RawAcme {
     fn default() -> Self {
         Self {
             email: None,
-            directory: text(defaults::ACME_DIRECTORY),
+            directory: None,
             ca_bundle: None,
             key_type: text(defaults::ACME_KEY_TYPE),
             profile: None,
             eab: None,
             challenges: None,
+            directories: None,
+            fallback_after: None,
         }
     }
 }

@@ -637,6 +637,54 @@ fn acme_settings_are_checked() {
 }
 
 #[test]
+fn several_cas_are_tried_in_order() {
+    let config = parse_ok(&format!(
+        "acme:\n  directories:\n    - directory: https://one.test/dir\n      profile: short\n    \
+         - directory: letsencrypt\n  fallback_after: 2\n{SITE}"
+    ));
+    assert_eq!(config.acme.directory, "https://one.test/dir");
+    assert_eq!(config.acme.profile.as_deref(), Some("short"));
+    assert_eq!(config.acme.fallback_after, 2);
+    let cas = config.acme.cas();
+    assert_eq!(cas.len(), 2);
+    assert_eq!(
+        cas[1].directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(cas[1].profile, None);
+    // One CA: three failures in a row before the next is tried, once there is a next.
+    let single = parse_ok(SITE);
+    assert_eq!(single.acme.fallback_after, 3);
+    assert!(single.acme.fallbacks.is_empty());
+
+    let problems = problems(&format!(
+        "acme:\n  directory: https://one.test/dir\n  profile: p\n  directories:\n    \
+         - directory: https://one.test/dir\n    - directory: https://one.test/dir\n{SITE}"
+    ))
+    .to_string();
+    assert!(
+        problems
+            .contains("acme.directory: with `acme.directories`, give `directory` in each entry"),
+        "{problems}"
+    );
+    assert!(problems.contains("acme.profile: with"), "{problems}");
+    assert!(
+        problems.contains("acme.directories[1].directory: https://one.test/dir is listed twice"),
+        "{problems}"
+    );
+    let (place, _) = only_problem(&format!(
+        "acme:\n  directories:\n    - directory: https://one.test/dir\n    \
+         - {{ directory: https://two.test/dir, ca_bundle: none.pem }}\n{SITE}"
+    ));
+    assert_eq!(place, at(4, 53, "acme.directories[1].ca_bundle"));
+    let (place, reason) = only_problem(&format!("acme:\n  directories: []\n{SITE}"));
+    assert_eq!(place, at(2, 16, "acme.directories"));
+    assert_eq!(reason, "list at least one CA");
+    let (place, _) = only_problem(&format!("acme:\n  fallback_after: 0\n{SITE}"));
+    assert_eq!(place, at(2, 19, "acme.fallback_after"));
+}
+
+#[test]
 fn cipher_suites_are_iana_names_including_a_tls13_one() {
     let (place, reason) = only_problem(&format!(
         "downstream:\n  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA265]\n{SITE}"

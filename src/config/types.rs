@@ -154,6 +154,38 @@ pub struct Acme {
     pub eab: Option<Eab>,
     /// `acme.challenges:` the challenge types sites use, in order of preference.
     pub challenges: Vec<Challenge>,
+    /// The CAs after the first (`acme.directories`), tried in order when it keeps failing.
+    pub fallbacks: Vec<AcmeCa>,
+    /// Failed orders in a row at one CA before a site moves to the next.
+    pub fallback_after: u32,
+}
+
+impl Acme {
+    /// Every CA, the first (`directory`, `ca_bundle`, `profile`, `eab`) then the fallbacks.
+    pub fn cas(&self) -> Vec<AcmeCa> {
+        let first = AcmeCa {
+            directory: self.directory.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+            profile: self.profile.clone(),
+            eab: self.eab.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.fallbacks.iter().cloned())
+            .collect()
+    }
+}
+
+/// One CA of `acme.directories`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeCa {
+    /// Directory URL (the `letsencrypt` shorthands are expanded).
+    pub directory: Uri,
+    /// Extra PEM roots trusted when talking to it.
+    pub ca_bundle: Option<PathBuf>,
+    /// ACME profile to request there, if any.
+    pub profile: Option<String>,
+    /// External account binding, when it requires one.
+    pub eab: Option<Eab>,
 }
 
 /// An ACME challenge type (RFC 8555 §8.3, §8.4; RFC 8737).

@@ -22,10 +22,11 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::config::error::{Problem, closest};
 use crate::config::raw::{
-    List, RawAcme, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream, Text,
+    List, RawAcme, RawAcmeCa, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream,
+    Text, default_directory,
 };
 use crate::config::{
-    Acme, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Secret, Underscores,
+    Acme, AcmeCa, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Secret, Underscores,
     UpstreamDefaults, defaults, humane,
 };
 
@@ -231,12 +232,23 @@ impl Checker {
             let checked = check_email(&email.value).map(|()| email.value.clone());
             self.check(&email.referenced, "acme.email", checked)
         });
-        let directory = self.check(
-            &raw.directory.referenced,
-            "acme.directory",
-            directory_url(&raw.directory.value),
-        );
-        let ca_bundle = raw.ca_bundle.as_ref().map(|bundle| self.ca_bundle(bundle));
+        let cas = match &raw.directories {
+            None => {
+                let directory = raw.directory.clone().unwrap_or_else(default_directory);
+                let entry = RawAcmeCa {
+                    directory,
+                    ca_bundle: raw.ca_bundle.clone(),
+                    profile: raw.profile.clone(),
+                    eab: raw.eab.clone(),
+                };
+                self.acme_ca(&entry, "acme", source).map(|ca| vec![ca])
+            }
+            Some(list) => self.acme_directories(raw, list, source),
+        };
+        let fallback_after = match &raw.fallback_after {
+            None => Some(defaults::ACME_FALLBACK_AFTER),
+            Some(count) => self.count::<u32>(count, "acme.fallback_after"),
+        };
         let key_type = self.choice(
             &raw.key_type,
             "acme.key_type",
@@ -246,26 +258,91 @@ impl Checker {
                 ("rsa2048", KeyType::Rsa2048),
             ],
         );
-        let profile = raw
-            .profile
-            .as_ref()
-            .map(|profile| self.non_empty(profile, "acme.profile"));
-        let eab = raw.eab.as_ref().map(|eab| self.eab(eab, source));
         let challenges = self.acme_challenges(&raw.challenges);
+        let mut cas = cas?.into_iter();
+        let first = cas.next()?;
         Some(Acme {
             email: present(email)?,
-            directory: directory?,
-            ca_bundle: present(ca_bundle)?,
+            directory: first.directory,
+            ca_bundle: first.ca_bundle,
             key_type: key_type?,
-            profile: present(profile)?,
-            eab: present(eab)?,
+            profile: first.profile,
+            eab: first.eab,
             challenges: challenges?,
+            fallbacks: cas.collect(),
+            fallback_after: fallback_after?,
         })
     }
 
-    /// A PEM bundle with at least one certificate.
-    fn ca_bundle(&mut self, raw: &Text) -> Option<PathBuf> {
-        self.pem_certificates(raw, "acme.ca_bundle")
+    /// `acme.directories`: at least one CA, each once, with the per-CA settings in the entries.
+    fn acme_directories(
+        &mut self,
+        raw: &RawAcme,
+        list: &List<RawAcmeCa>,
+        source: &Path,
+    ) -> Option<Vec<AcmeCa>> {
+        let misplaced = [
+            ("directory", raw.directory.as_ref().map(|t| t.referenced)),
+            ("ca_bundle", raw.ca_bundle.as_ref().map(|t| t.referenced)),
+            ("profile", raw.profile.as_ref().map(|t| t.referenced)),
+            ("eab", raw.eab.as_ref().map(|e| e.key_id.referenced)),
+        ];
+        let mut fine = true;
+        for (key, location) in misplaced {
+            if let Some(location) = location {
+                self.report(
+                    &location,
+                    format!("acme.{key}"),
+                    format!("with `acme.directories`, give `{key}` in each entry"),
+                );
+                fine = false;
+            }
+        }
+        if list.value.is_empty() {
+            self.report(&list.referenced, "acme.directories", "list at least one CA");
+            return None;
+        }
+        let mut cas: Vec<AcmeCa> = Vec::with_capacity(list.value.len());
+        for (index, entry) in list.value.iter().enumerate() {
+            let at = format!("acme.directories[{index}]");
+            match self.acme_ca(&entry.value, &at, source) {
+                Some(ca) if cas.iter().any(|seen| seen.directory == ca.directory) => {
+                    self.report(
+                        &entry.value.directory.referenced,
+                        format!("{at}.directory"),
+                        format!("{} is listed twice", ca.directory),
+                    );
+                    fine = false;
+                }
+                Some(ca) => cas.push(ca),
+                None => fine = false,
+            }
+        }
+        fine.then_some(cas)
+    }
+
+    /// One CA: `at` is `acme` (the single-CA form) or `acme.directories[N]`.
+    fn acme_ca(&mut self, raw: &RawAcmeCa, at: &str, source: &Path) -> Option<AcmeCa> {
+        let directory = self.check(
+            &raw.directory.referenced,
+            &format!("{at}.directory"),
+            directory_url(&raw.directory.value),
+        );
+        let ca_bundle = raw
+            .ca_bundle
+            .as_ref()
+            .map(|bundle| self.pem_certificates(bundle, &format!("{at}.ca_bundle")));
+        let profile = raw
+            .profile
+            .as_ref()
+            .map(|profile| self.non_empty(profile, &format!("{at}.profile")));
+        let eab = raw.eab.as_ref().map(|eab| self.eab(eab, at, source));
+        Some(AcmeCa {
+            directory: directory?,
+            ca_bundle: present(ca_bundle)?,
+            profile: present(profile)?,
+            eab: present(eab)?,
+        })
     }
 
     /// A readable PEM file with at least one certificate (a CA bundle, a certificate chain).
@@ -289,28 +366,28 @@ impl Checker {
 
     /// `acme.eab`: the key id and the HMAC key, written inline (then the configuration file
     /// must not be readable by other users) or in `hmac_key_file` (which must not be either).
-    fn eab(&mut self, raw: &RawEab, source: &Path) -> Option<Eab> {
-        let key_id = self.non_empty(&raw.key_id, "acme.eab.key_id");
+    fn eab(&mut self, raw: &RawEab, parent: &str, source: &Path) -> Option<Eab> {
+        let key_id = self.non_empty(&raw.key_id, &format!("{parent}.eab.key_id"));
         let (text, at, location) = match (&raw.hmac_key, &raw.hmac_key_file) {
             (Some(inline), None) => {
-                let at = "acme.eab.hmac_key";
+                let at = format!("{parent}.eab.hmac_key");
                 let private = private_file(source).map_err(|reason| {
                     format!(
                         "the HMAC key is a credential and {reason}; move it to hmac_key_file \
                          or make the configuration file private"
                     )
                 });
-                self.check(&inline.referenced, at, private)?;
+                self.check(&inline.referenced, &at, private)?;
                 (inline.value.clone(), at, inline.referenced)
             }
             (None, Some(file)) => {
-                let at = "acme.eab.hmac_key_file";
-                (self.secret_file(file, at)?, at, file.referenced)
+                let at = format!("{parent}.eab.hmac_key_file");
+                (self.secret_file(file, &at)?, at, file.referenced)
             }
             (Some(_), Some(file)) => {
                 self.report(
                     &file.referenced,
-                    "acme.eab.hmac_key_file",
+                    format!("{parent}.eab.hmac_key_file"),
                     "give the HMAC key once: hmac_key or hmac_key_file, not both",
                 );
                 return None;
@@ -318,7 +395,7 @@ impl Checker {
             (None, None) => {
                 self.report(
                     &raw.key_id.referenced,
-                    "acme.eab",
+                    format!("{parent}.eab"),
                     "missing key `hmac_key` (or `hmac_key_file`)",
                 );
                 return None;
@@ -333,7 +410,7 @@ impl Checker {
                     .to_string(),
             ),
         };
-        let hmac_key = self.check(&location, at, hmac_key);
+        let hmac_key = self.check(&location, &at, hmac_key);
         Some(Eab {
             key_id: key_id?,
             hmac_key: hmac_key?,

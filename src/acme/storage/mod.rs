@@ -218,6 +218,13 @@ pub struct Meta {
     /// The node whose order is in flight: set before ordering, cleared when the order ends.
     /// A lock holder that finds another node's mark knows that node stopped mid-order.
     pub ordering: Option<String>,
+    /// The directory URL of the CA that issued the current certificate: the one whose renewal
+    /// information is asked and whose certificate a new order `replaces`.
+    pub ca: Option<String>,
+    /// While orders fail: the directory URL of the CA tried now, when not the first.
+    pub trying_ca: Option<String>,
+    /// Failed orders in a row at the CA tried now.
+    pub ca_failures: u32,
 }
 
 /// A failure as recorded for operators.
