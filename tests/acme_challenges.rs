@@ -357,3 +357,54 @@ async fn a_refused_tsig_key_is_reported_with_the_servers_code() -> TestResult {
     assert_eq!(knot.txt(&record.fqdn), Vec::<String>::new());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_never_shows_fails_the_order_and_is_still_cleaned_up() -> TestResult {
+    let env = Env::new();
+    let knot = knot::Knot::start(&["w.test"]);
+    let pebble = pebble_asking(&knot).await;
+    let calls = env.path("calls.log");
+    // Says it wrote the record, writes nothing.
+    let script = env.write(
+        "dns.sh",
+        &format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", calls.display()),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let dns = format!(
+        "dns:\n  hook:\n    provider: exec\n    command: {}\n    nameservers: [\"{}\"]\n    \
+         propagation_timeout: 2s\n",
+        script.display(),
+        knot.addr()
+    );
+    let sites = "  - hosts: [f.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
+                 routes: [{ path: /, respond: { body: \"f\\n\" } }]\n";
+    let config = acme_config(&env, &pebble, &dns, sites);
+    let server = start(&config, Listeners::loopback()?).await;
+    let files = rampart::acme::DiskStorage::new(&env.storage());
+    let started = Instant::now();
+    let error = loop {
+        if let Some(error) = files.load_meta("f.w.test")?.last_error {
+            break error;
+        }
+        assert!(started.elapsed() < ISSUANCE, "the order did not fail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        error.message.contains("was not visible on"),
+        "{}",
+        error.message
+    );
+    assert!(server.certs().lookup(Some("f.w.test")).is_none());
+    let calls = std::fs::read_to_string(&calls)?;
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 2, "{calls}");
+    let value = lines[0]
+        .strip_prefix("present _acme-challenge.f.w.test. ")
+        .ok_or(calls.clone())?;
+    assert_eq!(
+        lines[1],
+        format!("cleanup _acme-challenge.f.w.test. {value}")
+    );
+    assert!(server.shutdown().await);
+    Ok(())
+}

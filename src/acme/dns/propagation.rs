@@ -91,7 +91,8 @@ pub(super) async fn wait(
         if missing.is_empty() {
             return Ok(());
         }
-        if Instant::now() + POLL > deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let servers = missing.iter().map(ToString::to_string).collect::<Vec<_>>();
             return Err(DnsError::NotVisible {
                 fqdn: record.fqdn.clone(),
@@ -99,7 +100,8 @@ pub(super) async fn wait(
                 seconds: timeout.as_secs(),
             });
         }
-        tokio::time::sleep(POLL).await;
+        // The last look is at the deadline itself.
+        tokio::time::sleep(POLL.min(deadline - now)).await;
     }
 }
 
