@@ -256,25 +256,7 @@ async fn renewal_window_from_the_ca_sets_the_renewal_time() -> TestResult {
     let day = Duration::from_secs(24 * 3600);
     let window = (now + 10 * day, now + 11 * day);
     let stub = StubCa::start(window).await?;
-    let storage = tempfile::tempdir()?;
-    let acme = stub.acme(storage.path())?;
-    let credentials = stub.account()?;
-    let account_file = account_path(storage.path(), &acme.directory);
-    std::fs::create_dir_all(account_file.parent().ok_or("no parent")?)?;
-    std::fs::write(&account_file, credentials.to_string())?;
-
-    let site = site()?;
-    let (_leaf, key, chain) = stub.leaf("ari.rampart.test")?;
-    let files = DiskStorage::new(storage.path());
-    files
-        .save_certificate(
-            &site.name,
-            chain.as_bytes(),
-            key.as_bytes(),
-            b"{}",
-            &rampart::acme::storage::SiteLock::local(),
-        )
-        .await?;
+    let (storage, acme, site, files) = seeded(&stub, &serde_json::json!({})).await?;
 
     let certs = CertStore::default();
     let stop = CancellationToken::new();
@@ -449,12 +431,28 @@ async fn seeded(
     Ok((storage, acme, site, files))
 }
 
-/// Production tuning, but renewal information may be polled again after a second.
-fn quick_recheck() -> rampart::acme::Tuning {
-    rampart::acme::Tuning {
+/// A scheduler for `site` with production tuning, except that renewal information may be
+/// polled again after a second; stopped through the token.
+fn run_scheduler(
+    acme: Acme,
+    storage: &std::path::Path,
+    site: &Site,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let tuning = rampart::acme::Tuning {
         ari_recheck_min: Duration::from_secs(1),
         ..Default::default()
-    }
+    };
+    let scheduler = RenewalScheduler::new(
+        acme,
+        storage,
+        std::slice::from_ref(site),
+        CertStore::default(),
+        ChallengeStore::default(),
+    )
+    .with_tuning(tuning);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(stop.clone()));
+    (stop, task)
 }
 
 impl StubCa {
@@ -491,16 +489,7 @@ async fn a_window_moved_into_the_past_renews_at_once_even_in_backoff() -> TestRe
         "next_attempt": humantime::format_rfc3339_seconds(now + Duration::from_secs(3600)).to_string(),
     });
     let (storage, acme, site, files) = seeded(&stub, &in_backoff).await?;
-    let stop = CancellationToken::new();
-    let scheduler = RenewalScheduler::new(
-        acme,
-        storage.path(),
-        std::slice::from_ref(&site),
-        CertStore::default(),
-        ChallengeStore::default(),
-    )
-    .with_tuning(quick_recheck());
-    let task = tokio::spawn(scheduler.run(stop.clone()));
+    let (stop, task) = run_scheduler(acme, storage.path(), &site);
     let deadline = Instant::now() + Duration::from_secs(20);
     while files.load_meta(&site.name)?.ari.is_none() {
         assert!(Instant::now() < deadline, "no renewal window stored");
@@ -542,16 +531,7 @@ async fn a_refused_replaces_is_retried_once_without_it() -> TestResult {
         let stub = StubCa::start((now - 2 * day, now - day)).await?;
         *stub.state.replaces_refusal.lock().map_err(|_| "poisoned")? = (status, kind);
         let (storage, acme, site, files) = seeded(&stub, &serde_json::json!({})).await?;
-        let stop = CancellationToken::new();
-        let scheduler = RenewalScheduler::new(
-            acme,
-            storage.path(),
-            std::slice::from_ref(&site),
-            CertStore::default(),
-            ChallengeStore::default(),
-        )
-        .with_tuning(quick_recheck());
-        let task = tokio::spawn(scheduler.run(stop.clone()));
+        let (stop, task) = run_scheduler(acme, storage.path(), &site);
         stub.await_orders(expected, Duration::from_secs(15)).await;
         let deadline = Instant::now() + Duration::from_secs(15);
         let meta = loop {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rampart::tls::LeafFacts;
 use rampart::{Listeners, Server};
-use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
@@ -30,14 +29,6 @@ type TestResult = Result<(), Box<dyn Error>>;
 const ISSUANCE: Duration = Duration::from_secs(60);
 /// id-pe-acmeIdentifier (RFC 8737 §6.1).
 const ACME_IDENTIFIER: &str = "1.3.6.1.5.5.7.1.31";
-
-fn pebble_roots(pebble: &Pebble) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(pebble.root().clone())
-        .expect("Pebble's root parses");
-    roots
-}
 
 async fn start(config: &std::path::Path, listeners: Listeners) -> Server {
     let config = rampart::config::load(config).unwrap_or_else(|e| panic!("valid config: {e}"));
@@ -179,7 +170,7 @@ async fn tls_alpn01_issues_with_no_port_80_listener() -> TestResult {
     let server = start(&config, listeners).await;
     assert_eq!(server.http_addr(), None, "no :80 listener");
     served(&server, &["t.test"], &pebble).await;
-    let roots = pebble_roots(&pebble);
+    let roots = pebble.roots();
     let tls = TlsClient::new(roots)
         .connect(server.https_addr(), Some("t.test"))
         .await?;
@@ -215,6 +206,20 @@ async fn pebble_asking(knot: &knot::Knot) -> Pebble {
     Pebble::start(options).await
 }
 
+/// `dns:` with one exec provider `hook`, running a script of `body` (after the shebang), whose
+/// records are looked for at `knot` for at most `propagation`.
+fn exec_provider(env: &Env, knot: &knot::Knot, body: &str, propagation: &str) -> String {
+    let script = env.write("dns.sh", &format!("#!/bin/sh\n{body}"));
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("make dns.sh executable");
+    format!(
+        "dns:\n  hook:\n    provider: exec\n    command: {}\n    nameservers: [\"{}\"]\n    \
+         propagation_timeout: {propagation}\n",
+        script.display(),
+        knot.addr()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns01_through_rfc2136_issues_a_wildcard_served_for_one_label() -> TestResult {
     let env = Env::new();
@@ -235,7 +240,7 @@ async fn dns01_through_rfc2136_issues_a_wildcard_served_for_one_label() -> TestR
     let server = start(&config, Listeners::loopback()?).await;
     served(&server, &["x.w.test", "w.test"], &pebble).await;
 
-    let roots = pebble_roots(&pebble);
+    let roots = pebble.roots();
     let tls = TlsClient::new(roots.clone())
         .connect(server.https_addr(), Some("x.w.test"))
         .await?;
@@ -261,32 +266,23 @@ async fn dns01_through_the_exec_provider_runs_present_then_cleanup() -> TestResu
     let pebble = pebble_asking(&knot).await;
     let calls = env.path("calls.log");
     // What an operator's script does: drive their DNS (here knsupdate to Knot), exit 0 when done.
-    let script = env.write(
-        "dns.sh",
-        &format!(
-            "#!/bin/sh\nset -e\necho \"$1 $2 $3\" >> {calls}\ncase \"$1\" in\n  \
-             present) op=\"add $2 60\" ;;\n  cleanup) op=\"delete $2\" ;;\n  *) exit 2 ;;\nesac\n\
-             printf 'server 127.0.0.1 {port}\\nzone w.test.\\nkey hmac-sha256:{key}:{secret}\\n\
-             update %s TXT \"%s\"\\nsend\\n' \"$op\" \"$3\" | knsupdate\n",
-            calls = calls.display(),
-            port = knot.port(),
-            key = knot.key_name(),
-            secret = knot.secret(),
-        ),
+    let body = format!(
+        "set -e\necho \"$1 $2 $3\" >> {calls}\ncase \"$1\" in\n  \
+         present) op=\"add $2 60\" ;;\n  cleanup) op=\"delete $2\" ;;\n  *) exit 2 ;;\nesac\n\
+         printf 'server 127.0.0.1 {port}\\nzone w.test.\\nkey hmac-sha256:{key}:{secret}\\n\
+         update %s TXT \"%s\"\\nsend\\n' \"$op\" \"$3\" | knsupdate\n",
+        calls = calls.display(),
+        port = knot.port(),
+        key = knot.key_name(),
+        secret = knot.secret(),
     );
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let dns = format!(
-        "dns:\n  hook:\n    provider: exec\n    command: {}\n    nameservers: [\"{}\"]\n    \
-         propagation_timeout: 20s\n",
-        script.display(),
-        knot.addr()
-    );
+    let dns = exec_provider(&env, &knot, &body, "20s");
     let sites = "  - hosts: [e.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
                  routes: [{ path: /, respond: { body: \"e\\n\" } }]\n";
     let config = acme_config(&env, &pebble, &dns, sites);
     let server = start(&config, Listeners::loopback()?).await;
     served(&server, &["e.w.test"], &pebble).await;
-    TlsClient::new(pebble_roots(&pebble))
+    TlsClient::new(pebble.roots())
         .connect(server.https_addr(), Some("e.w.test"))
         .await?;
 
@@ -365,16 +361,11 @@ async fn a_record_that_never_shows_fails_the_order_and_is_still_cleaned_up() -> 
     let pebble = pebble_asking(&knot).await;
     let calls = env.path("calls.log");
     // Says it wrote the record, writes nothing.
-    let script = env.write(
-        "dns.sh",
-        &format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", calls.display()),
-    );
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let dns = format!(
-        "dns:\n  hook:\n    provider: exec\n    command: {}\n    nameservers: [\"{}\"]\n    \
-         propagation_timeout: 2s\n",
-        script.display(),
-        knot.addr()
+    let dns = exec_provider(
+        &env,
+        &knot,
+        &format!("echo \"$1 $2 $3\" >> {}\n", calls.display()),
+        "2s",
     );
     let sites = "  - hosts: [f.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
                  routes: [{ path: /, respond: { body: \"f\\n\" } }]\n";

@@ -31,14 +31,6 @@ fn write_config(env: &Env, pebble: &Pebble, sites: &str) -> std::path::PathBuf {
     ))
 }
 
-fn pebble_roots(pebble: &Pebble) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(pebble.root().clone())
-        .expect("Pebble's root parses");
-    roots
-}
-
 async fn start(config: &std::path::Path, listeners: Listeners) -> Server {
     let config = rampart::config::load(config).unwrap_or_else(|e| panic!("valid config: {e}"));
     Server::start(config, listeners)
@@ -93,7 +85,7 @@ async fn sites_get_certificates_over_http01_and_a_restart_reuses_them_without_th
     let server = start(&config, listeners).await;
     served(&server, &["a.test", "www.a.test", "b.test"], ISSUANCE).await;
 
-    let roots = pebble_roots(&pebble);
+    let roots = pebble.roots();
     let mut serials = Vec::new();
     for (name, body) in [("a.test", "a\n"), ("www.a.test", "a\n"), ("b.test", "b\n")] {
         serials.push(serial(&server, &roots, name).await);
@@ -172,7 +164,7 @@ async fn short_lived_certificate_is_renewed_and_open_connections_keep_working() 
     );
     let server = start(&config, listeners).await;
     served(&server, &["r.test"], ISSUANCE).await;
-    let roots = pebble_roots(&pebble);
+    let roots = pebble.roots();
 
     let first = serial(&server, &roots, "r.test").await;
     let tls = TlsClient::new(roots.clone())

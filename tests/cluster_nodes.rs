@@ -142,12 +142,6 @@ fn shared_config(env: &Env, etcd: &Etcd, pebble: &Pebble, sites: &[&str]) -> Str
     )
 }
 
-fn pebble_roots(pebble: &Pebble) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots.add(pebble.root().clone()).expect("Pebble's root");
-    roots
-}
-
 /// Waits until every one of `nodes` serves `site` with one certificate; returns its serial.
 async fn same_serial(
     nodes: &[&Node],
@@ -254,7 +248,7 @@ async fn three_nodes_share_one_order_per_site_and_answer_each_others_challenges(
     client.lease_revoke(lease).await?;
 
     // Every node serves every site, with one certificate per site.
-    let roots = pebble_roots(pebble);
+    let roots = pebble.roots();
     let all: Vec<&Node> = nodes.iter().collect();
     for site in SITES {
         same_serial(&all, &roots, site, ISSUANCE).await;
@@ -341,7 +335,7 @@ async fn a_node_killed_mid_issuance_leaves_the_order_to_another() -> TestResult 
     pebble.set_a(site, &["127.0.0.3"]).await;
 
     let b_run = b.start().await;
-    let roots = pebble_roots(pebble);
+    let roots = pebble.roots();
     let deadline = Instant::now() + ISSUANCE;
     while serial(&b, &roots, site).await.is_none() {
         assert!(
@@ -414,7 +408,7 @@ async fn without_etcd_nodes_serve_what_they_have_and_renew_when_it_is_back() -> 
     let (etcd, pebble) = (&mut bed.etcd, &bed.pebble);
     let a_run = a.start().await;
     let mut b_run = b.start().await;
-    let roots = pebble_roots(pebble);
+    let roots = pebble.roots();
     let first = same_serial(&[&a, &b], &roots, site, ISSUANCE).await;
     let issued = Instant::now();
 
@@ -493,7 +487,7 @@ async fn a_certificate_stored_by_another_node_is_served_within_two_seconds() -> 
     let [a, b] = <[Node; 2]>::try_from(bed.nodes(2, &[site_name])).map_err(|_| "two nodes")?;
     let _a_run = a.start().await;
     let _b_run = b.start().await;
-    let roots = pebble_roots(pebble);
+    let roots = pebble.roots();
     let first = same_serial(&[&a, &b], &roots, site_name, ISSUANCE).await;
 
     let mut lags = Vec::new();

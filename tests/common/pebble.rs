@@ -193,6 +193,13 @@ impl Pebble {
         &self.root
     }
 
+    /// A root store holding only [`Pebble::root`], for TLS clients of what it issued.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.root.clone()).expect("Pebble's root parses");
+        roots
+    }
+
     /// Makes challtestsrv answer `host` with `addresses` (e.g. 127.0.0.2, where nothing
     /// listens, to make its validation fail), besides any address it had.
     pub async fn add_a(&self, host: &str, addresses: &[&str]) {
