@@ -399,3 +399,39 @@ async fn a_record_that_never_shows_fails_the_order_and_is_still_cleaned_up() -> 
     assert!(server.shutdown().await);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_mid_order_removes_the_records_written() -> TestResult {
+    let env = Env::new();
+    let knot = knot::Knot::start(&["w.test"]);
+    let pebble = pebble_asking(&knot).await;
+    let calls = env.path("calls.log");
+    // Writes nothing: the order waits for the record until Rampart stops.
+    let dns = exec_provider(
+        &env,
+        &knot,
+        &format!("echo \"$1 $2 $3\" >> {}\n", calls.display()),
+        "60s",
+    );
+    let sites = "  - hosts: [s.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
+                 routes: [{ path: /, respond: { body: \"s\\n\" } }]\n";
+    let config = acme_config(&env, &pebble, &dns, sites);
+    let server = start(&config, Listeners::loopback()?).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&calls).is_ok_and(|calls| calls.starts_with("present ")) {
+        assert!(started.elapsed() < ISSUANCE, "no record presented");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.shutdown().await, "stopped within the grace period");
+    let calls = std::fs::read_to_string(&calls)?;
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 2, "{calls}");
+    let value = lines[0]
+        .strip_prefix("present _acme-challenge.s.w.test. ")
+        .ok_or(calls.clone())?;
+    assert_eq!(
+        lines[1],
+        format!("cleanup _acme-challenge.s.w.test. {value}")
+    );
+    Ok(())
+}

@@ -165,6 +165,7 @@ fn request(site: &Site) -> OrderRequest<'_> {
         profile: None,
         replaces: None,
         share: None,
+        stop: None,
     }
 }
 

@@ -521,6 +521,7 @@ async fn a_certificate_stored_by_another_node_is_served_within_two_seconds() -> 
         profile: None,
         replaces: None,
         share: Some((storage.as_ref(), &lock)),
+        stop: None,
     };
     let issued = rampart::acme::issue(&slot, &request, &Default::default()).await?;
     let meta = rampart::acme::Meta {

@@ -200,6 +200,12 @@ pub enum AcmeError {
         /// One entry per failed name (or one without a name for an order-level problem).
         failures: Vec<HostProblem>,
     },
+    /// The order was given up because Rampart is stopping.
+    #[error("site {site}: order given up at shutdown")]
+    Stopped {
+        /// Site name.
+        site: String,
+    },
     /// The CA did not move the order forward in time.
     #[error("ACME {step} for site {site} did not finish within {seconds} s")]
     Stalled {

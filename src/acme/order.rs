@@ -17,6 +17,7 @@ use instant_acme::{
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::acme::dns::{self, TxtRecord};
@@ -54,6 +55,9 @@ pub struct OrderRequest<'a> {
     /// In a cluster: the store and the site's lock under which every node's listeners are given
     /// the http-01 and tls-alpn-01 answers, since the CA's request may reach any of them.
     pub share: Option<(&'a dyn Storage, &'a SiteLock)>,
+    /// Cancelled when Rampart stops: validation is given up and its DNS-01 records removed
+    /// before [`issue`] returns `Stopped`.
+    pub stop: Option<&'a CancellationToken>,
 }
 
 /// A freshly issued certificate and its private key, as PEM.
@@ -87,15 +91,15 @@ impl fmt::Debug for Issued {
 ///
 /// # Cancel safety
 /// Dropping the future withdraws the http-01 and tls-alpn-01 answers it served; the CA-side
-/// order is abandoned, and a DNS-01 TXT record already written stays (it is harmless, and the
-/// next order's record is added beside it).
+/// order is abandoned, and a DNS-01 TXT record already written stays (harmless: the next
+/// order's record is added beside it). Cancel `request.stop` instead to have them removed.
 pub async fn issue(
     slot: &AccountSlot,
     request: &OrderRequest<'_>,
     challenges: &ChallengeStore,
 ) -> Result<Issued, AcmeError> {
     let (result, tally) = Tally::scope(async {
-        let account = slot.account().await?;
+        let account = unless_stopped(request, slot.account()).await?;
         match run_order(&account, request, challenges).await {
             Err(error) if error.is_account_gone() => {
                 let account = slot.reregister(&account).await?;
@@ -138,7 +142,7 @@ async fn run_order(
         }
         offered
     });
-    let mut order = new_order(account, request, profile).await?;
+    let mut order = unless_stopped(request, new_order(account, request, profile)).await?;
     info!(site, host = %names, order = order.url(), "ACME order placed");
 
     let mut status = order.state().status;
@@ -164,8 +168,8 @@ async fn run_order(
                 });
             }
             Ok(status)
-        }
-        .await;
+        };
+        let validated = unless_stopped(request, validated).await;
         // Success or not, the TXT records go (RFC 8555 §8.4 leaves them to the client).
         answers.clean_up_dns().await;
         drop(answers); // every authorization is final, or the order is given up
@@ -175,7 +179,7 @@ async fn run_order(
     let key_pem = match status {
         OrderStatus::Ready => {
             let (csr, key_pem) = csr(request)?;
-            finalize(&mut order, &csr, site).await?;
+            unless_stopped(request, finalize(&mut order, &csr, site)).await?;
             info!(site, host = %names, "ACME order finalized");
             key_pem
         }
@@ -201,9 +205,23 @@ async fn run_order(
             });
         }
     };
-    let chain_pem = download(&mut order, site).await?;
+    let chain_pem = unless_stopped(request, download(&mut order, site)).await?;
     info!(site, host = %names, "ACME certificate downloaded");
     Ok((chain_pem, key_pem))
+}
+
+/// `work`, or `Stopped` as soon as `request.stop` is cancelled (dropping `work`).
+async fn unless_stopped<T>(
+    request: &OrderRequest<'_>,
+    work: impl Future<Output = Result<T, AcmeError>>,
+) -> Result<T, AcmeError> {
+    let Some(stop) = request.stop else {
+        return work.await;
+    };
+    tokio::select! {
+        done = work => done,
+        () = stop.cancelled() => Err(AcmeError::Stopped { site: request.site.name.clone() }),
+    }
 }
 
 /// RFC 8555 §7.4 newOrder; when the CA refuses an order carrying `replaces`, the order is

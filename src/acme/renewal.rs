@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use instant_acme::CertificateIdentifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::acme::error::{RATE_LIMITED, Step};
@@ -71,6 +72,8 @@ pub(super) struct Shared {
     pub(super) tuning: Tuning,
     pub(super) provider: Arc<CryptoProvider>,
     pub(super) key_type: KeyType,
+    /// Cancelled when the scheduler stops: orders give up and remove their DNS-01 records.
+    pub(super) stop: CancellationToken,
 }
 
 impl Shared {
@@ -459,6 +462,7 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
             .storage
             .is_shared()
             .then_some((shared.storage.as_ref(), lock)),
+        stop: Some(&shared.stop),
     };
     let clock = tokio::time::Instant::now();
     match issue(&ca.slot, &request, &shared.challenges).await {
@@ -472,6 +476,12 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
             );
             let directory = ca.directory.clone();
             install(shared, state, issued, &directory, SystemTime::now(), lock).await;
+        }
+        Err(AcmeError::Stopped { .. }) => {
+            // Not the CA's failure. The guard set above stays: a restart waits one backoff
+            // step before ordering again, as after a crash.
+            info!(site, "order given up at shutdown");
+            state.meta.ordering = None;
         }
         Err(error) => {
             metrics::acme_order(false, error.problem_type());

@@ -58,6 +58,11 @@ impl SelfCheck for NoSelfCheck {
     }
 }
 
+/// How long orders in flight may take to give up when Rampart stops: they stop at once but
+/// for removing their DNS-01 records (or a task waiting for a cluster lock or the CA's
+/// renewal information, which is dropped after this).
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
 /// Knobs of the scheduler; the defaults are the production values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -221,6 +226,7 @@ impl RenewalScheduler {
             tuning: self.tuning,
             provider: self.provider,
             key_type: self.acme.key_type,
+            stop: stop.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -314,7 +320,18 @@ impl RenewalScheduler {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        // Dropping the orders withdraws their tokens; nothing half-written is left (atomic files).
+        // Orders in flight saw `stop` too: they give up and remove their DNS-01 records. Those
+        // still running after STOP_WAIT are dropped, which withdraws their tokens; nothing
+        // half-written is left (atomic files).
+        let drained = tokio::time::timeout(STOP_WAIT, async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            info!(
+                orders = tasks.len(),
+                "ACME orders still running at shutdown are dropped"
+            );
+        }
         tasks.shutdown().await;
     }
 }
