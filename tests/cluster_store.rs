@@ -333,7 +333,11 @@ async fn challenge_answers_reach_every_node_and_go_with_the_lock() -> TestResult
     let (b_cluster, _) = node(&etcd, "b", [1; 32]).await;
     let answers = ChallengeStore::default();
     let stop = CancellationToken::new();
-    let watching = tokio::spawn(b_cluster.watch_challenges(answers.clone(), stop.clone()));
+    let watching = tokio::spawn(
+        b_cluster
+            .clone()
+            .watch_challenges(answers.clone(), stop.clone()),
+    );
 
     let held = lock(&a, "c.test").await;
     a.share_challenge(&held, "tok-1", "tok-1.thumb").await?;
@@ -343,9 +347,26 @@ async fn challenge_answers_reach_every_node_and_go_with_the_lock() -> TestResult
     eventually(Duration::from_secs(2), || answers.get("tok-1").is_some()).await;
     assert_eq!(answers.find("nope").await, None);
     assert_eq!(answers.find("../certs").await, None);
+    // A tls-alpn-01 answer travels the same way, and becomes a certificate on the other node.
+    let key = rampart::acme::tls_alpn_key("c.test");
+    a.share_challenge(&held, &key, "alpn.thumb").await?;
+    assert!(answers.certs().find("c.test").await.is_some());
+    // A node whose watch has not brought it (none here) reads it from etcd at the handshake.
+    let unwatched = ChallengeStore::default();
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    b_cluster.watch_challenges(unwatched.clone(), stopped).await;
+    assert!(unwatched.certs().get("c.test").is_none());
+    assert!(unwatched.certs().find("c.test").await.is_some());
+    assert!(answers.certs().find("other.test").await.is_none());
+    assert_eq!(answers.find(&key).await, None, "never an http-01 answer");
 
     a.unlock(held).await;
     eventually(Duration::from_secs(2), || answers.get("tok-1").is_none()).await;
+    eventually(Duration::from_secs(2), || {
+        answers.certs().get("c.test").is_none()
+    })
+    .await;
     assert_eq!(
         answers.find("tok-1").await,
         None,

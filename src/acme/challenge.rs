@@ -11,15 +11,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use futures_util::future::BoxFuture;
 use tracing::warn;
 
-use crate::tls::{ChallengeCerts, TlsError};
+use crate::tls::{ChallengeCerts, MissingAnswers, TlsError};
 
 /// How a tls-alpn-01 answer's key starts.
-const TLS_ALPN_PREFIX: &str = "tls-alpn-01:";
+pub const TLS_ALPN_PREFIX: &str = "tls-alpn-01:";
 
 /// Where answers shared by other nodes can be looked up directly.
 pub trait ChallengeSource: Send + Sync + fmt::Debug {
@@ -127,9 +127,13 @@ impl ChallengeStore {
         own.or_else(|| lock(&self.0.shared).get(key).cloned())
     }
 
-    /// Makes misses ask `source` (the cluster store) before answering "no such token".
+    /// Makes misses ask `source` (the cluster store) before answering "no such token", for
+    /// http-01 tokens and tls-alpn-01 handshakes alike.
     pub fn set_remote(&self, source: Arc<dyn ChallengeSource>) {
         *lock(&self.0.remote) = Some(source);
+        // Weak: the certificates are part of the store they would otherwise keep alive.
+        let fetch = FetchTlsAlpn(Arc::downgrade(&self.0));
+        self.0.certs.set_missing(Arc::new(fetch));
     }
 
     /// The key authorization for the http-01 `token`, if this node knows it now.
@@ -143,11 +147,37 @@ impl ChallengeStore {
     /// The key authorization for `token`: known here, or else from the remote source (a token
     /// shared a moment ago, before the watch brought it).
     pub async fn find(&self, token: &str) -> Option<String> {
+        if token.contains(':') {
+            return None; // a tls-alpn-01 key, not a token
+        }
         if let Some(found) = self.get(token) {
             return Some(found);
         }
         let remote = lock(&self.0.remote).clone()?;
         remote.find(token).await
+    }
+}
+
+/// Fetches a tls-alpn-01 answer from the remote source into the shared answers, which makes
+/// its certificate (the cluster's watch removes it with the others when the order ends).
+#[derive(Debug)]
+struct FetchTlsAlpn(Weak<Inner>);
+
+impl MissingAnswers for FetchTlsAlpn {
+    fn fetch<'a>(&'a self, host: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(inner) = self.0.upgrade() else {
+                return;
+            };
+            let store = ChallengeStore(inner);
+            let key = tls_alpn_key(host);
+            let Some(remote) = lock(&store.0.remote).clone() else {
+                return;
+            };
+            if let Some(answer) = remote.find(&key).await {
+                store.insert_shared(&key, &answer);
+            }
+        })
     }
 }
 
@@ -197,7 +227,13 @@ mod tests {
 
     impl ChallengeSource for Fixed {
         fn find<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
-            Box::pin(async move { (token == "far").then(|| "far.thumb".to_owned()) })
+            Box::pin(async move {
+                match token {
+                    "far" => Some("far.thumb".to_owned()),
+                    "tls-alpn-01:far.test" => Some("alpn.thumb".to_owned()),
+                    _ => None,
+                }
+            })
         }
     }
 
@@ -215,5 +251,43 @@ mod tests {
         );
         store.forget_shared("s");
         assert_eq!(store.get("s"), None);
+    }
+
+    #[test]
+    fn a_tls_alpn_miss_fetches_the_answer_another_node_shared() {
+        let store = ChallengeStore::default();
+        assert!(
+            store
+                .certs()
+                .find("far.test")
+                .now_or_never()
+                .flatten()
+                .is_none()
+        );
+        store.set_remote(Arc::new(Fixed));
+        assert!(store.certs().get("far.test").is_none());
+        assert!(
+            store
+                .certs()
+                .find("FAR.test")
+                .now_or_never()
+                .flatten()
+                .is_some()
+        );
+        // Kept as a shared answer: served from now on, gone when the cluster forgets it.
+        assert!(store.certs().get("far.test").is_some());
+        assert!(
+            store
+                .certs()
+                .find("near.test")
+                .now_or_never()
+                .flatten()
+                .is_none()
+        );
+        // Never an http-01 answer, even from the remote source.
+        let key = tls_alpn_key("far.test");
+        assert_eq!(store.find(&key).now_or_never().flatten(), None);
+        store.forget_shared(&key);
+        assert!(store.certs().get("far.test").is_none());
     }
 }

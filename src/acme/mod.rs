@@ -20,7 +20,7 @@ pub mod storage;
 pub mod timing;
 
 pub use account::{AccountSlot, ca_id};
-pub use challenge::{ChallengeSource, ChallengeStore, tls_alpn_key};
+pub use challenge::{ChallengeSource, ChallengeStore, TLS_ALPN_PREFIX, tls_alpn_key};
 pub use error::{AcmeError, HostProblem, Step};
 pub use order::{Issued, OrderRequest, issue};
 pub use scheduler::{NoSelfCheck, RenewalScheduler, SelfCheck, Tuning};

@@ -28,12 +28,23 @@ impl Remote {
 impl ChallengeSource for Remote {
     fn find<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<String>> {
         Box::pin(async move {
-            // A token is base64url: nothing in it can leave the prefix.
-            if token.is_empty()
-                || !token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            // A token is base64url, a tls-alpn-01 key `tls-alpn-01:` and a lower-case host
+            // name: nothing in either can leave the prefix.
+            let valid = match token.strip_prefix(crate::acme::TLS_ALPN_PREFIX) {
+                Some(host) => {
+                    !host.is_empty()
+                        && host.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        })
+                }
+                None => {
+                    !token.is_empty()
+                        && token
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }
+            };
+            if !valid {
                 return None;
             }
             let key = self.cluster.key(&format!("challenges/{token}"));

@@ -197,7 +197,7 @@ impl TlsAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let sni = match sni {
-            Some(sni) if self.challenges.get(&sni).is_some() => sni,
+            Some(sni) if self.challenges.find(&sni).await.is_some() => sni,
             sni => {
                 // Best effort: the connection is closed either way.
                 let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;

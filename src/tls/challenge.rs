@@ -4,10 +4,12 @@
 //! another node shared); read by the acceptor for handshakes that offer ALPN `acme-tls/1`, and
 //! only for those: [`crate::tls::CertStore::lookup`] never sees these certificates.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest;
+use futures_util::future::BoxFuture;
 use rcgen::{CertificateParams, CustomExtension, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -21,7 +23,18 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Host → its challenge certificate, swapped as a whole map: handshakes never wait.
 #[derive(Clone, Debug, Default)]
-pub struct ChallengeCerts(Arc<ArcSwap<imbl::HashMap<String, Arc<CertifiedKey>>>>);
+pub struct ChallengeCerts {
+    map: Arc<ArcSwap<imbl::HashMap<String, Arc<CertifiedKey>>>>,
+    /// Asked on a miss, in a cluster; the lock is taken on that path only.
+    missing: Arc<Mutex<Option<Arc<dyn MissingAnswers>>>>,
+}
+
+/// Where a tls-alpn-01 answer this node was not given yet can be fetched: in a cluster, the
+/// CA's validation may reach this node before the answer another node shared does.
+pub trait MissingAnswers: Send + Sync + fmt::Debug {
+    /// Fetches the answer for `host` and, when found, has its certificate inserted.
+    fn fetch<'a>(&'a self, host: &'a str) -> BoxFuture<'a, ()>;
+}
 
 impl ChallengeCerts {
     /// Serves, for handshakes to `host` offering `acme-tls/1`, a self-signed certificate for
@@ -33,23 +46,43 @@ impl ChallengeCerts {
     pub fn insert(&self, host: &str, key_authorization: &str) -> Result<(), TlsError> {
         let host = host.to_ascii_lowercase();
         let cert = Arc::new(challenge_cert(&host, key_authorization)?);
-        self.0.rcu(|map| map.update(host.clone(), cert.clone()));
+        self.map.rcu(|map| map.update(host.clone(), cert.clone()));
         Ok(())
     }
 
     /// Stops serving `host`'s challenge certificate.
     pub fn remove(&self, host: &str) {
         let host = host.to_ascii_lowercase();
-        self.0.rcu(|map| map.without(&host));
+        self.map.rcu(|map| map.without(&host));
     }
 
     /// The challenge certificate for `sni`, if one is pending. No I/O, no lock.
     pub fn get(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
-        let map = self.0.load();
+        let map = self.map.load();
         if sni.bytes().any(|b| b.is_ascii_uppercase()) {
             return map.get(&sni.to_ascii_lowercase()).cloned();
         }
         map.get(sni).cloned()
+    }
+
+    /// [`ChallengeCerts::get`], or on a miss what [`ChallengeCerts::set_missing`]'s source
+    /// fetches.
+    pub async fn find(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(found) = self.get(sni) {
+            return Some(found);
+        }
+        let source = self
+            .missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        source.fetch(sni).await;
+        self.get(sni)
+    }
+
+    /// Makes misses ask `source` (in a cluster, the shared store).
+    pub fn set_missing(&self, source: Arc<dyn MissingAnswers>) {
+        *self.missing.lock().unwrap_or_else(PoisonError::into_inner) = Some(source);
     }
 }
 
