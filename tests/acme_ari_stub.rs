@@ -203,7 +203,8 @@ impl StubCa {
 impl StubCa {
     /// `acme:` for this CA, its root written into `dir` as the CA bundle.
     fn acme(&self, dir: &std::path::Path) -> Result<Acme, Box<dyn Error>> {
-        let bundle = dir.join("stub-ca.pem");
+        let port = self.base.rsplit(':').next().unwrap_or_default();
+        let bundle = dir.join(format!("stub-ca-{port}.pem"));
         std::fs::write(&bundle, &self.ca_pem)?;
         Ok(Acme {
             email: None,
@@ -437,9 +438,14 @@ fn run_scheduler(
     acme: Acme,
     storage: &std::path::Path,
     site: &Site,
+    backoff: Duration,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let tuning = rampart::acme::Tuning {
         ari_recheck_min: Duration::from_secs(1),
+        backoff: rampart::acme::timing::Backoff {
+            first: backoff,
+            max: backoff * 4,
+        },
         ..Default::default()
     };
     let scheduler = RenewalScheduler::new(
@@ -489,7 +495,7 @@ async fn a_window_moved_into_the_past_renews_at_once_even_in_backoff() -> TestRe
         "next_attempt": humantime::format_rfc3339_seconds(now + Duration::from_secs(3600)).to_string(),
     });
     let (storage, acme, site, files) = seeded(&stub, &in_backoff).await?;
-    let (stop, task) = run_scheduler(acme, storage.path(), &site);
+    let (stop, task) = run_scheduler(acme, storage.path(), &site, Duration::from_secs(60));
     let deadline = Instant::now() + Duration::from_secs(20);
     while files.load_meta(&site.name)?.ari.is_none() {
         assert!(Instant::now() < deadline, "no renewal window stored");
@@ -531,7 +537,7 @@ async fn a_refused_replaces_is_retried_once_without_it() -> TestResult {
         let stub = StubCa::start((now - 2 * day, now - day)).await?;
         *stub.state.replaces_refusal.lock().map_err(|_| "poisoned")? = (status, kind);
         let (storage, acme, site, files) = seeded(&stub, &serde_json::json!({})).await?;
-        let (stop, task) = run_scheduler(acme, storage.path(), &site);
+        let (stop, task) = run_scheduler(acme, storage.path(), &site, Duration::from_secs(60));
         stub.await_orders(expected, Duration::from_secs(15)).await;
         let deadline = Instant::now() + Duration::from_secs(15);
         let meta = loop {
@@ -557,5 +563,47 @@ async fn a_refused_replaces_is_retried_once_without_it() -> TestResult {
         let last = if expected == 2 { "unauthorized" } else { kind };
         assert_eq!(recorded, format!("urn:ietf:params:acme:error:{last}"));
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_information_and_replaces_go_only_to_the_issuing_ca() -> TestResult {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let first = StubCa::start((now + 10 * day, now + 11 * day)).await?;
+    // The second CA issued the certificate, and wants it replaced now.
+    let issuer = StubCa::start((now - 2 * day, now - day)).await?;
+    let issued_by = serde_json::json!({"ca": format!("{}/dir", issuer.base)});
+    let (storage, at_issuer, site, _) = seeded(&issuer, &issued_by).await?;
+    let mut acme = first.acme(storage.path())?;
+    let account_file = account_path(storage.path(), &acme.directory);
+    std::fs::create_dir_all(account_file.parent().ok_or("no parent")?)?;
+    std::fs::write(&account_file, first.account()?.to_string())?;
+    acme.fallbacks = at_issuer.cas();
+    acme.fallback_after = 1;
+    let (stop, task) = run_scheduler(acme, storage.path(), &site, Duration::from_millis(200));
+    // The renewal starts at the first CA, which does not know the certificate...
+    first.await_orders(1, Duration::from_secs(15)).await;
+    // ...which refuses, so the site moves on to the issuer, which is told what it replaces.
+    issuer.await_orders(1, Duration::from_secs(15)).await;
+    stop.cancel();
+    task.await?;
+    assert!(
+        first
+            .orders()
+            .iter()
+            .all(|order| order.get("replaces").is_none()),
+        "{:?}",
+        first.orders()
+    );
+    assert!(issuer.orders()[0].get("replaces").is_some());
+    let asked = |stub: &StubCa| {
+        stub.paths
+            .lock()
+            .map(|paths| paths.iter().filter(|p| p.starts_with("/ari/")).count())
+            .unwrap_or_default()
+    };
+    assert_eq!(asked(&first), 0, "renewal information only from the issuer");
+    assert!(asked(&issuer) >= 1);
     Ok(())
 }
