@@ -439,7 +439,12 @@ async fn readyz_names_acme_sites_until_their_certificates_exist() -> TestResult 
     );
     let due = value(&scrape, "rampart_acme_renewal_due_timestamp_seconds", &site);
     assert!(now < due && due < not_after, "{now} < {due} < {not_after}");
-    let success = [("result", "success"), ("problem_type", "none")];
+    let directory = pebble.directory_url();
+    let success = [
+        ("ca", directory.as_str()),
+        ("result", "success"),
+        ("problem_type", "none"),
+    ];
     assert!(value(&scrape, "rampart_acme_orders_total", &success) >= 1.0);
     assert!(server.shutdown().await);
     Ok(())

@@ -467,7 +467,7 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
     let clock = tokio::time::Instant::now();
     match issue(&ca.slot, &request, &shared.challenges).await {
         Ok(issued) => {
-            metrics::acme_order(true, None);
+            metrics::acme_order(&ca.directory, true, None);
             info!(
                 site,
                 requests = issued.requests,
@@ -484,7 +484,7 @@ async fn order(shared: &Shared, state: &mut SiteState, lock: &SiteLock) {
             state.meta.ordering = None;
         }
         Err(error) => {
-            metrics::acme_order(false, error.problem_type());
+            metrics::acme_order(&ca.directory, false, error.problem_type());
             record_failure(shared, state, &error, SystemTime::now());
         }
     }

@@ -65,7 +65,7 @@ struct Families {
     handshake_duration: Histogram,
     certificate_not_after: Family<Labels<1>, Gauge>,
     renewal_due: Family<Labels<1>, Gauge>,
-    acme_orders: Family<Labels<2>, Counter>,
+    acme_orders: Family<Labels<3>, Counter>,
     reloads: Family<Labels<1>, Counter>,
     rate_limited: Family<Labels<2>, Counter>,
     concurrency_limited: Family<Labels<2>, Counter>,
@@ -171,7 +171,7 @@ fn families() -> &'static Families {
         );
         r.register(
             "rampart_acme_orders",
-            "Certificate orders, by result and the CA's problem type",
+            "Certificate orders, by CA (its directory URL), result and the CA's problem type",
             f.acme_orders.clone(),
         );
         r.register(
@@ -469,13 +469,14 @@ pub fn renewal_due(site: &str, at: Option<SystemTime>) {
     }
 }
 
-/// Counts one finished certificate order; `problem_type` is the CA's URN for a failure it
-/// explained (`None` becomes `none`).
-pub fn acme_order(success: bool, problem_type: Option<&str>) {
+/// Counts one finished certificate order at the CA whose directory is `ca`; `problem_type` is
+/// the CA's URN for a failure it explained (`None` becomes `none`).
+pub fn acme_order(ca: &str, success: bool, problem_type: Option<&str>) {
     let result = if success { "success" } else { "failure" };
     families()
         .acme_orders
         .get_or_create(&[
+            ("ca", ca.to_owned()),
             ("result", result.to_owned()),
             ("problem_type", problem_type.unwrap_or("none").to_owned()),
         ])
