@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
 use rustls::crypto::CryptoProvider;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -106,6 +107,8 @@ pub struct RenewalScheduler {
     /// What [`RenewalScheduler::publish_stored`] read, so `run` starts from it instead of
     /// reading and publishing every certificate a second time.
     loaded: Option<Vec<SiteState>>,
+    /// Sites added while running (on-demand names), when there can be any.
+    added: Option<mpsc::UnboundedReceiver<Arc<Site>>>,
 }
 
 impl RenewalScheduler {
@@ -137,7 +140,15 @@ impl RenewalScheduler {
             tuning: Tuning::default(),
             provider,
             loaded: None,
+            added: None,
         }
+    }
+
+    /// Also keeps the sites received on `added` served (on-demand names, one host each).
+    #[must_use]
+    pub fn with_added_sites(mut self, added: mpsc::UnboundedReceiver<Arc<Site>>) -> Self {
+        self.added = Some(added);
+        self
     }
 
     /// Runs `check` after every publish.
@@ -193,7 +204,8 @@ impl RenewalScheduler {
             None => self.load_all(),
         };
         let mut states: Vec<Option<SiteState>> = loaded.into_iter().map(Some).collect();
-        if self.sites.is_empty() {
+        let mut added = self.added.take();
+        if self.sites.is_empty() && added.is_none() {
             return;
         }
         let mut cas = Vec::new();
@@ -232,7 +244,7 @@ impl RenewalScheduler {
         let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
         // Certificates other nodes store: served as they arrive, not at the next renewal check.
         let mut changes = shared.storage.changes();
-        let index_of: HashMap<String, usize> = self
+        let mut index_of: HashMap<String, usize> = self
             .sites
             .iter()
             .enumerate()
@@ -300,6 +312,15 @@ impl RenewalScheduler {
                     };
                     if let Some(index) = running.remove(&id) {
                         states[index] = Some(state);
+                    }
+                }
+                Some(site) = async { added.as_mut()?.recv().await } => {
+                    if !index_of.contains_key(&site.name) {
+                        let state = load_state(&self.local, &site, &shared.certs, &shared.provider);
+                        index_of.insert(site.name.clone(), states.len());
+                        self.sites.push(site);
+                        states.push(Some(state));
+                        is_stale.push(false);
                     }
                 }
                 Some(change) = async { changes.as_mut()?.next().await } => match change {

@@ -109,6 +109,11 @@ async fn site_status(site: &Site, storage: &dyn Storage, provider: &CryptoProvid
         lock_holder: None,
     };
     match &site.tls {
+        SiteTls::OnDemand => {
+            status.source = "on_demand";
+            status.missing =
+                Some("one certificate per name, ordered at its first handshake".into());
+        }
         SiteTls::Internal => {
             status.source = "internal";
             status.missing = Some("issued in memory by the internal CA at start".into());

@@ -40,6 +40,13 @@ pub(super) const ACME_FALLBACK_AFTER: u32 = 3;
 /// `acme.challenges:` DNS-01 only where a site names a `dns:` provider.
 pub(super) const ACME_CHALLENGES: [Challenge; 2] = [Challenge::Http01, Challenge::TlsAlpn01];
 
+// on_demand:
+pub(super) const ON_DEMAND_RATE: &str = "10/m";
+pub(super) const ON_DEMAND_BURST: u32 = 20;
+pub(super) const ON_DEMAND_MAX_CERTIFICATES: u32 = 1000;
+pub(super) const ON_DEMAND_TIMEOUT: &str = "15s";
+pub(super) const ON_DEMAND_REFUSAL_TTL: &str = "10m";
+
 // dns.NAME:
 pub(super) const DNS_PROPAGATION_TIMEOUT: &str = "2m";
 

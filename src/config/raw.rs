@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
     pub(super) headers_with_underscores: Text,
     pub(super) cluster: Option<Spanned<RawCluster>>,
     pub(super) dns: Option<Spanned<BTreeMap<String, Spanned<RawDns>>>>,
+    pub(super) on_demand: Option<Spanned<RawOnDemand>>,
     pub(super) sites: List<RawSite>,
 }
 
@@ -164,6 +165,11 @@ pub(super) struct RawAcmeCa {
     pub(super) profile: Option<Text>,
     #[serde(default)]
     pub(super) eab: Option<RawEab>,
+}
+
+/// A default value given as text, for validation to parse like the file's own.
+pub(super) fn default_text(value: &str) -> Text {
+    text(value)
 }
 
 /// The directory used when none is configured.
@@ -312,15 +318,41 @@ pub(super) enum RawTls {
     /// A word, checked by validation.
     Mode(String),
     /// Operator-supplied PEM files.
-    Files(RawTlsFiles),
+    Files(Box<RawTlsFiles>),
 }
 
-/// `tls: {cert: FILE, key: FILE}`
+/// `tls: {cert: FILE, key: FILE}`, or `tls: {acme: on_demand}`; validation says which key is
+/// missing or out of place.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTlsFiles {
-    pub(super) cert: Text,
-    pub(super) key: Text,
+    #[serde(default)]
+    pub(super) cert: Option<Text>,
+    #[serde(default)]
+    pub(super) key: Option<Text>,
+    #[serde(default)]
+    pub(super) acme: Option<Text>,
+}
+
+/// `on_demand:` certificates obtained at the first handshake for a name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOnDemand {
+    pub(super) ask: Text,
+    #[serde(default)]
+    pub(super) rate: Option<Text>,
+    #[serde(default)]
+    pub(super) burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) max_certificates: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) timeout: Option<Text>,
+    #[serde(default)]
+    pub(super) refusal_ttl: Option<Text>,
+    #[serde(default)]
+    pub(super) check_dns: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) nameservers: Option<List<String>>,
 }
 
 /// `respond: {status, body}`
@@ -355,6 +387,7 @@ impl Default for RawConfig {
             headers_with_underscores: text(defaults::HEADERS_WITH_UNDERSCORES),
             cluster: None,
             dns: None,
+            on_demand: None,
             // Validation insists on at least one site.
             sites: unplaced(Vec::new()),
         }
@@ -467,7 +500,7 @@ impl<'de> Deserialize<'de> for RawTls {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
                 RawTlsFiles::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawTls::Files)
+                    .map(|files| RawTls::Files(Box::new(files)))
             }
         }
 

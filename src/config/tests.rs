@@ -16,6 +16,7 @@ mod challenges;
 mod cluster;
 mod example;
 mod gateway;
+mod on_demand;
 mod site;
 
 /// Where the test configurations pretend to live.
@@ -434,7 +435,10 @@ fn unknown_keys_are_named_with_a_suggestion() {
         "sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem, key: a.key, chain: b.pem }\n",
     );
     assert_eq!(place, at(3, 37, "sites[0].tls.chain"));
-    assert_eq!(reason, "unknown key `chain`; expected one of: cert, key");
+    assert_eq!(
+        reason,
+        "unknown key `chain`; expected one of: cert, key, acme"
+    );
 
     let (place, reason) = only_problem(&format!("{SITE}    tls: {{ cert: a.pem, key: a.key }}\n"));
     assert_eq!(place, at(5, 5, "sites[0].tls"));
@@ -466,7 +470,9 @@ fn structural_errors_carry_position_and_path() {
     assert_eq!(place, at(3, 3, "listen.https"));
     assert_eq!(reason, "key `https` appears twice");
 
-    let (place, reason) = only_problem("sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem }\n");
+    let (place, reason) = only_problem(
+        "sites:\n  - hosts: [a.test]\n    tls: { cert: a.pem }\n    upstreams: [\"http://127.0.0.1:1\"]\n",
+    );
     assert_eq!((place.0, place.2.as_str()), (3, "sites[0].tls"));
     assert_eq!(reason, "missing key `key`");
     let (place, reason) = only_problem(&format!("acme:\n  eab:\n    key_id: k\n{SITE}"));

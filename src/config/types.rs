@@ -43,6 +43,32 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// `cluster:` shared certificates, locks and challenge answers; `None`: this node alone.
     pub cluster: Option<Cluster>,
+    /// `on_demand:` the limits of `tls: {acme: on_demand}` sites; set when one exists.
+    pub on_demand: Option<OnDemand>,
+}
+
+/// `on_demand:` certificates ordered at the first handshake for a name no site lists, when
+/// the operator's `ask` endpoint allows it, within global limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnDemand {
+    /// Asked `GET ask?domain=NAME` before any order; only a 200 allows it.
+    pub ask: http::Uri,
+    /// Orders allowed per `per`, all names together.
+    pub rate: u32,
+    /// The period of `rate`.
+    pub per: Duration,
+    /// Orders allowed at once above the rate.
+    pub burst: u32,
+    /// Most on-demand certificates held.
+    pub max_certificates: usize,
+    /// How long a handshake waits for its certificate.
+    pub timeout: Duration,
+    /// How long a refused name is refused again without asking.
+    pub refusal_ttl: Duration,
+    /// Refuse names that do not resolve to an address of this host.
+    pub check_dns: bool,
+    /// The servers asked for that check; the system resolver when empty.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `cluster:` nodes sharing certificates, ACME locks and challenge answers through etcd.
@@ -402,6 +428,8 @@ pub struct Site {
 pub enum SiteTls {
     /// Obtained and renewed through ACME.
     Acme,
+    /// `{acme: on_demand}`: one ACME certificate per name, ordered at its first handshake.
+    OnDemand,
     /// Issued by the local CA under `storage`.
     Internal,
     /// PEM files given by the operator (already checked: readable, parsable, key matches).

@@ -22,12 +22,12 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::config::error::{Problem, closest};
 use crate::config::raw::{
-    List, RawAcme, RawAcmeCa, RawConfig, RawDownstream, RawEab, RawListen, RawLog, RawUpstream,
-    Text, default_directory,
+    self, List, RawAcme, RawAcmeCa, RawConfig, RawDownstream, RawEab, RawListen, RawLog,
+    RawUpstream, Text, default_directory,
 };
 use crate::config::{
-    Acme, AcmeCa, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, Secret, Underscores,
-    UpstreamDefaults, defaults, humane,
+    Acme, AcmeCa, Config, Downstream, Eab, KeyType, Listen, Log, LogFormat, OnDemand, Secret, Site,
+    SiteTls, Underscores, UpstreamDefaults, defaults, humane,
 };
 
 mod cluster;
@@ -128,6 +128,7 @@ impl Checker {
             .cluster
             .as_ref()
             .map(|cluster| self.cluster(&cluster.value));
+        let on_demand = self.on_demand(raw, sites.as_deref());
         Some(Config {
             source: source.to_path_buf(),
             listen: listen?,
@@ -141,6 +142,7 @@ impl Checker {
             trusted_proxies: trusted_proxies?,
             headers_with_underscores: headers_with_underscores?,
             cluster: present(cluster)?,
+            on_demand: on_demand?,
         })
         .filter(|_| providers.is_some())
     }
@@ -272,6 +274,99 @@ impl Checker {
             fallbacks: cas.collect(),
             fallback_after: fallback_after?,
         })
+    }
+
+    /// `on_demand:`, required by and only with `tls: {acme: on_demand}` sites.
+    fn on_demand(&mut self, raw: &RawConfig, sites: Option<&[Site]>) -> Option<Option<OnDemand>> {
+        let wanted = sites.is_some_and(|sites| sites.iter().any(|s| s.tls == SiteTls::OnDemand));
+        let Some(section) = &raw.on_demand else {
+            if wanted {
+                self.report(
+                    &raw.sites.referenced,
+                    "on_demand",
+                    "a site has tls: {acme: on_demand}: give the top-level `on_demand:` with at \
+                     least `ask:`, the URL that allows each name",
+                );
+                return None;
+            }
+            return Some(None);
+        };
+        let raw = &section.value;
+        let ask = {
+            let parsed = raw
+                .ask
+                .value
+                .parse::<Uri>()
+                .map_err(|e| e.to_string())
+                .and_then(|uri| match (uri.scheme_str(), uri.host()) {
+                    (Some("https"), Some(host)) if !host.is_empty() => Ok(uri),
+                    // The answer allows orders: only this host may give it in clear.
+                    (Some("http"), Some(host)) if is_loopback_host(host) => Ok(uri),
+                    (Some("http"), Some(_)) => Err("plain http:// only to this host \
+                        (localhost, 127.0.0.1, [::1]); use https:// for another"
+                        .to_owned()),
+                    _ => Err(
+                        "expected the http:// or https:// URL of the endpoint allowing names"
+                            .to_owned(),
+                    ),
+                });
+            self.check(&raw.ask.referenced, "on_demand.ask", parsed)
+        };
+        let rate_text = raw
+            .rate
+            .clone()
+            .unwrap_or_else(|| raw::default_text(defaults::ON_DEMAND_RATE));
+        let rate = self.check(
+            &rate_text.referenced,
+            "on_demand.rate",
+            gateway::parse_rate(&rate_text.value),
+        );
+        let burst = match &raw.burst {
+            None => Some(defaults::ON_DEMAND_BURST),
+            Some(count) => self.count::<u32>(count, "on_demand.burst"),
+        };
+        let max_certificates = match &raw.max_certificates {
+            None => Some(defaults::ON_DEMAND_MAX_CERTIFICATES as usize),
+            Some(count) => self.count::<usize>(count, "on_demand.max_certificates"),
+        };
+        let mut duration = |text: &Option<Text>, at: &str, default: &str| {
+            let text = text.clone().unwrap_or_else(|| raw::default_text(default));
+            self.duration(&text, at, Zero::Refused)
+        };
+        let timeout = duration(
+            &raw.timeout,
+            "on_demand.timeout",
+            defaults::ON_DEMAND_TIMEOUT,
+        );
+        let refusal_ttl = duration(
+            &raw.refusal_ttl,
+            "on_demand.refusal_ttl",
+            defaults::ON_DEMAND_REFUSAL_TTL,
+        );
+        let nameservers = self.nameservers(&raw.nameservers, "on_demand.nameservers");
+        if !wanted {
+            // With sites that failed to build, there is no telling.
+            if sites.is_some() {
+                self.report(
+                    &section.referenced,
+                    "on_demand",
+                    "no site has tls: {acme: on_demand}",
+                );
+            }
+            return None;
+        }
+        let (rate, per) = rate?;
+        Some(Some(OnDemand {
+            ask: ask?,
+            rate,
+            per,
+            burst: burst?,
+            max_certificates: max_certificates?,
+            timeout: timeout?,
+            refusal_ttl: refusal_ttl?,
+            check_dns: raw.check_dns.as_ref().is_none_or(|check| check.value),
+            nameservers: nameservers?,
+        }))
     }
 
     /// `acme.directories`: at least one CA, each once, with the per-CA settings in the entries.
@@ -756,4 +851,14 @@ fn directory_url(text: &str) -> Result<Uri, String> {
             None => Err(HINT.to_string()),
         },
     }
+}
+
+/// `localhost` or a loopback address, bracketed or not.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

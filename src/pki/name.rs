@@ -7,6 +7,16 @@ use std::fmt;
 pub struct HostName(String);
 
 impl HostName {
+    /// `*`: every name, the host pattern of an on-demand site (never a certificate's name).
+    pub fn any() -> Self {
+        Self("*".to_owned())
+    }
+
+    /// Whether this is [`HostName::any`].
+    pub fn is_any(&self) -> bool {
+        self.0 == "*"
+    }
+
     /// Checks and lower-cases a host name: LDH labels of 1–63 bytes, 253 bytes at most,
     /// a wildcard only as the whole first label, no trailing dot, no IP address.
     ///

@@ -42,6 +42,8 @@ pub struct RouteTable {
     by_host: HashMap<HostName, usize>,
     /// `*.parent` hosts by their parent, so a lookup builds no key.
     by_wildcard_parent: HashMap<Box<str>, usize>,
+    /// The on-demand site whose host is `*`: every name no other site lists.
+    any: Option<usize>,
     default: Option<usize>,
     /// The pool settings the table's pools were built with.
     upstream: Option<UpstreamDefaults>,
@@ -229,6 +231,10 @@ impl RouteTable {
         // Metric handles are looked up here, once per snapshot, never per request.
         for (index, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
+                if host.is_any() {
+                    table.any = Some(index);
+                    continue;
+                }
                 match host.as_str().strip_prefix("*.") {
                     Some(parent) => table.by_wildcard_parent.insert(parent.into(), index),
                     None => table.by_host.insert(host.clone(), index),
@@ -269,7 +275,8 @@ impl RouteTable {
     }
 
     /// The site serving `name` (an SNI or a request host, lower-case, no port): exact, then the
-    /// `*.parent` wildcard, then the default site. `None` means "absent", which is the default.
+    /// `*.parent` wildcard, then a `*` site, then the default site. `None` means "absent", which
+    /// is the default.
     pub fn site_for(&self, name: Option<&str>) -> Option<usize> {
         let Some(name) = name else {
             return self.default;
@@ -283,6 +290,7 @@ impl RouteTable {
                 self.by_wildcard_parent.get(parent)
             })
             .copied()
+            .or(self.any)
             .or(self.default)
     }
 
@@ -317,6 +325,7 @@ impl Default for RouteTable {
             sites: Vec::new(),
             by_host: HashMap::new(),
             by_wildcard_parent: HashMap::new(),
+            any: None,
             default: None,
             upstream: None,
             trusted_proxies: Vec::new(),

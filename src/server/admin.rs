@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::acme;
-use crate::config::Secret;
+use crate::config::{Secret, SiteTls};
 use crate::observe::metrics;
 use crate::server::reload::Reloader;
 use crate::tls::CertStore;
@@ -142,7 +142,8 @@ impl Admin {
         }
     }
 
-    /// 200 when every site's hosts have a certificate, else 503 naming the sites waiting.
+    /// 200 when every site's hosts have a certificate, else 503 naming the sites waiting. An
+    /// on-demand site has none until a client asks for a name, and never holds this up.
     fn readiness(&self) -> Response<Full<Bytes>> {
         let Some(config) = self.reloader.config() else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
@@ -150,7 +151,7 @@ impl Admin {
         let waiting: Vec<&str> = config
             .sites
             .iter()
-            .filter(|site| !self.certs.covers(site))
+            .filter(|site| site.tls != SiteTls::OnDemand && !self.certs.covers(site))
             .map(|site| site.name.as_str())
             .collect();
         if waiting.is_empty() {

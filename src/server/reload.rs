@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::acme::{ChallengeStore, RenewalScheduler, Storage};
+use crate::acme::{ChallengeStore, OnDemandService, RenewalScheduler, Storage};
 use crate::config::{self, Config, Site, SiteTls};
 use crate::observe::{Chain, metrics};
 use crate::proxy::{Proxy, RouteTable};
@@ -45,6 +45,8 @@ pub(crate) struct Reloader {
     stop: CancellationToken,
     /// `cluster:`'s store, set up at start: the ACME scheduler issues through it.
     shared: Option<Arc<dyn Storage>>,
+    /// Certificates for names no site lists; its admitted names outlive schedulers.
+    on_demand: OnDemandService,
     current: Mutex<Option<Applied>>,
 }
 
@@ -67,6 +69,7 @@ impl Reloader {
     ) -> Self {
         Self {
             provider,
+            on_demand: OnDemandService::new(certs.clone()),
             certs,
             challenges,
             proxy,
@@ -76,6 +79,11 @@ impl Reloader {
             shared: None,
             current: Mutex::new(None),
         }
+    }
+
+    /// The on-demand service, for the acceptor.
+    pub(crate) fn on_demand(&self) -> OnDemandService {
+        self.on_demand.clone()
     }
 
     /// Issues certificates through `storage`, shared with the other nodes of a cluster.
@@ -178,7 +186,7 @@ impl Reloader {
                 SiteTls::Internal if !unchanged => internal_ca
                     .as_ref()
                     .map(|ca| ca.issue(site, SystemTime::now())),
-                SiteTls::Internal | SiteTls::Acme => None,
+                SiteTls::Internal | SiteTls::Acme | SiteTls::OnDemand => None,
             };
             if let Some(prepared) = prepared {
                 let cert = prepared.map_err(|source| ServerError::Certificate {
@@ -190,10 +198,12 @@ impl Reloader {
         }
 
         // Swap: certificates first, so a new route never lacks its certificate, then routes.
+        self.on_demand.configure(&config);
         let hosts: HashSet<_> = config
             .sites
             .iter()
             .flat_map(|s| s.hosts.iter().cloned())
+            .chain(self.on_demand.names())
             .collect();
         self.certs
             .retain(&hosts, config.sites.iter().any(|s| s.default));
@@ -357,7 +367,9 @@ impl Reloader {
             let same = previous.config.acme == config.acme
                 && previous.config.storage == config.storage
                 && sites_with(config, &SiteTls::Acme)
-                    .eq(sites_with(&previous.config, &SiteTls::Acme));
+                    .eq(sites_with(&previous.config, &SiteTls::Acme))
+                && sites_with(config, &SiteTls::OnDemand)
+                    .eq(sites_with(&previous.config, &SiteTls::OnDemand));
             if same {
                 return previous.acme.clone();
             }
@@ -366,7 +378,8 @@ impl Reloader {
             }
         }
         let sites: Vec<Site> = sites_with(config, &SiteTls::Acme).cloned().collect();
-        if sites.is_empty() {
+        let on_demand = sites_with(config, &SiteTls::OnDemand).next().is_some();
+        if sites.is_empty() && !on_demand {
             return None;
         }
         let self_check = Arc::new(ListenerCheck::new(self.provider.clone(), self.https_addr));
@@ -380,6 +393,11 @@ impl Reloader {
         .with_self_check(self_check);
         if let Some(shared) = &self.shared {
             scheduler = scheduler.with_shared_storage(shared.clone());
+        }
+        if on_demand {
+            let (orders, added) = tokio::sync::mpsc::unbounded_channel();
+            scheduler = scheduler.with_added_sites(added);
+            self.on_demand.attach(orders);
         }
         // Stored certificates are served before any CA request (and, at start, before the
         // listeners answer).

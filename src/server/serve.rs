@@ -102,7 +102,8 @@ impl Server {
             downstream.handshake_timeout,
             &downstream.cipher_suites,
         )
-        .map_err(ServerError::TlsConfig)?;
+        .map_err(ServerError::TlsConfig)?
+        .with_on_demand(Arc::new(reloader.on_demand()));
         let servers = HttpServers::new(&downstream);
         // The bound port, not the configured one: they differ when the config says port 0.
         let http01 = Http01::new(challenges.clone(), https_addr.port());

@@ -18,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::observe::metrics::{HandshakeMetrics, HandshakeResult};
 use crate::pki::{crypto_provider, iana_name};
-use crate::tls::{ACME_TLS_ALPN, CertStore, ChallengeCerts, SniResolver};
+use crate::tls::{ACME_TLS_ALPN, CertStore, ChallengeCerts, OnDemandCerts, SniResolver};
 
 /// Bounded session-ID cache for TLS 1.2 resumption (TLS 1.3 uses stateless tickets).
 const SESSION_CACHE_ENTRIES: usize = 10_240;
@@ -46,6 +46,8 @@ pub struct TlsAcceptor {
     /// For validation handshakes only: ALPN `acme-tls/1`, certificates from `challenges`.
     challenge_config: Arc<ServerConfig>,
     challenges: ChallengeCerts,
+    /// Certificates for names no site lists, obtained at their first handshake.
+    on_demand: Option<Arc<dyn OnDemandCerts>>,
     handshake_timeout: Duration,
     /// Pre-created counter handles: a handshake only adds to atomics.
     metrics: HandshakeMetrics,
@@ -119,9 +121,17 @@ impl TlsAcceptor {
             store,
             challenge_config: Arc::new(challenge_config),
             challenges,
+            on_demand: None,
             handshake_timeout,
             metrics: HandshakeMetrics::new(),
         })
+    }
+
+    /// Has handshakes for names an on-demand site covers wait for their certificate.
+    #[must_use]
+    pub fn with_on_demand(mut self, on_demand: Arc<dyn OnDemandCerts>) -> Self {
+        self.on_demand = Some(on_demand);
+        self
     }
 
     /// Runs the handshake on `io`, refusing names with no certificate.
@@ -133,7 +143,12 @@ impl TlsAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.handshake_timeout, self.handshake(io))
+        // The wait for an on-demand certificate comes on top of the client's own time.
+        let allowance = self
+            .on_demand
+            .as_ref()
+            .map_or(Duration::ZERO, |o| o.timeout());
+        let result = tokio::time::timeout(self.handshake_timeout + allowance, self.handshake(io))
             .await
             .unwrap_or(Err(HandshakeError::Timeout));
         let label = match &result {
@@ -163,11 +178,23 @@ impl TlsAcceptor {
         if validation {
             return self.answer_challenge(start, sni).await;
         }
-        if self.store.lookup(sni.as_deref()).is_none() {
-            // rustls would answer access_denied; RFC 6066 names the right alert.
-            // Best effort: the connection is closed either way.
-            let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
-            return Err(HandshakeError::UnknownName { sni });
+        // The common case, a name with its certificate, costs one lookup.
+        let named = sni
+            .as_deref()
+            .and_then(|name| self.store.lookup_named(name));
+        if named.is_none() {
+            if let (Some(on_demand), Some(name)) = (&self.on_demand, sni.as_deref())
+                && on_demand.covers(name)
+            {
+                // Only this connection waits; the outcome shows in the lookup below.
+                let _ = tokio::time::timeout(on_demand.timeout(), on_demand.obtain(name)).await;
+            }
+            if self.store.lookup(sni.as_deref()).is_none() {
+                // rustls would answer access_denied; RFC 6066 names the right alert.
+                // Best effort: the connection is closed either way.
+                let _ = start.io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+                return Err(HandshakeError::UnknownName { sni });
+            }
         }
         let stream = start
             .into_stream(self.config.clone())

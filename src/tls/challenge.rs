@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest;
@@ -27,6 +28,17 @@ pub struct ChallengeCerts {
     map: Arc<ArcSwap<imbl::HashMap<String, Arc<CertifiedKey>>>>,
     /// Asked on a miss, in a cluster; the lock is taken on that path only.
     missing: Arc<Mutex<Option<Arc<dyn MissingAnswers>>>>,
+}
+
+/// Where certificates for names no site lists come from (the ACME layer's on-demand service):
+/// asked by the acceptor before it picks a certificate.
+pub trait OnDemandCerts: Send + Sync + fmt::Debug {
+    /// Whether an on-demand site covers `name`; no I/O.
+    fn covers(&self, name: &str) -> bool;
+    /// How long a handshake may wait for [`OnDemandCerts::obtain`].
+    fn timeout(&self) -> Duration;
+    /// Returns once `name` has a certificate in the store, or when it will get none now.
+    fn obtain<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()>;
 }
 
 /// Where a tls-alpn-01 answer this node was not given yet can be fetched: in a cluster, the

@@ -17,7 +17,7 @@ mod selfcheck;
 mod store;
 
 pub use acceptor::{Handshake, TlsAcceptor};
-pub use challenge::{ACME_TLS_ALPN, ChallengeCerts, MissingAnswers};
+pub use challenge::{ACME_TLS_ALPN, ChallengeCerts, MissingAnswers, OnDemandCerts};
 pub use error::TlsError;
 pub use internal::InternalCa;
 pub use resolver::SniResolver;

@@ -88,6 +88,15 @@ impl CertStore {
         let Some(sni) = sni else {
             return map.default.clone();
         };
+        Self::named(&map, sni).or(map.default.as_ref()).cloned()
+    }
+
+    /// The certificate named for `sni` (exact, then `*.parent`), never the default site's.
+    pub fn lookup_named(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        Self::named(&self.0.load(), sni).cloned()
+    }
+
+    fn named<'m>(map: &'m CertMap, sni: &str) -> Option<&'m Arc<CertifiedKey>> {
         // Names are stored lower-case; clients may send any case (RFC 6066 §3).
         let lower;
         let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -96,14 +105,10 @@ impl CertStore {
         } else {
             sni
         };
-        map.hosts
-            .get(sni)
-            .or_else(|| {
-                let (_, parent) = sni.split_once('.')?;
-                map.hosts.get(format!("*.{parent}").as_str())
-            })
-            .or(map.default.as_ref())
-            .cloned()
+        map.hosts.get(sni).or_else(|| {
+            let (_, parent) = sni.split_once('.')?;
+            map.hosts.get(format!("*.{parent}").as_str())
+        })
     }
 
     /// Whether every host of `site` has a certificate.

@@ -851,7 +851,7 @@ impl Checker {
 }
 
 /// `100/s`, `20/m`, `1000/h`: requests per unit.
-fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+pub(super) fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
     const HINT: &str = "expected a rate such as 100/s, 20/m or 1000/h";
     let (count, unit) = text.split_once('/').ok_or_else(|| HINT.to_string())?;
     let count: u32 = count

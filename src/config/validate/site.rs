@@ -15,7 +15,7 @@ use super::Checker;
 use super::dns::Answerable;
 use super::gateway::Layer;
 use crate::config::error::{closest, position};
-use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, RawTlsFiles, Text};
+use crate::config::raw::{List, RawRespond, RawRoute, RawSite, RawTls, Text};
 use crate::config::{
     HeaderRules, PathMatch, Rewrite, Route, RouteAction, RoutePolicy, Site, SitePolicy, SiteTls,
     UpstreamDefaults,
@@ -77,9 +77,11 @@ impl Checker {
             .and_then(|list| list.value.first())
             .map_or_else(|| at.clone(), |host| host.value.to_ascii_lowercase());
         let tls = self.tls(&site.tls, &at);
-        let is_acme = matches!(&site.tls.value, RawTls::Mode(word) if word == "acme");
-        let host_names = self.hosts(site, &raw.referenced, (index, &name), hosts);
-        let wildcard = site.hosts.as_ref().and_then(|list| {
+        let on_demand = matches!(&site.tls.value, RawTls::Files(map) if map.acme.is_some());
+        let is_acme = on_demand || matches!(&site.tls.value, RawTls::Mode(word) if word == "acme");
+        let host_names = self.hosts(site, &raw.referenced, (index, &name), hosts, on_demand);
+        // An on-demand site's `*.parent` is a pattern: each name gets its own certificate.
+        let wildcard = site.hosts.as_ref().filter(|_| !on_demand).and_then(|list| {
             list.value
                 .iter()
                 .enumerate()
@@ -202,6 +204,7 @@ impl Checker {
         site_at: &Location,
         owner: (usize, &str),
         claims: &mut HashMap<HostName, Claim>,
+        on_demand: bool,
     ) -> Option<Vec<HostName>> {
         let at = format!("sites[{}].hosts", owner.0);
         let Some(list) = &site.hosts else {
@@ -224,8 +227,12 @@ impl Checker {
         let mut all_valid = true;
         for (index, host) in list.value.iter().enumerate() {
             let path = format!("{at}[{index}]");
-            let Some(name) = self.check(&host.referenced, &path, HostName::parse(&host.value))
-            else {
+            let parsed = match host.value.as_str() {
+                "*" if on_demand => Ok(HostName::any()),
+                "*" => Err("`*` (every name) is for sites with tls: {acme: on_demand}".to_owned()),
+                _ => HostName::parse(&host.value),
+            };
+            let Some(name) = self.check(&host.referenced, &path, parsed) else {
                 all_valid = false;
                 continue;
             };
@@ -276,24 +283,53 @@ impl Checker {
                     None
                 }
             },
-            RawTls::Files(files) => self.tls_files(files, &format!("{site}.tls")),
+            RawTls::Files(map) => {
+                let at = format!("{site}.tls");
+                match (&map.acme, &map.cert, &map.key) {
+                    (Some(acme), None, None) if acme.value == "on_demand" => {
+                        Some(SiteTls::OnDemand)
+                    }
+                    (Some(acme), None, None) => {
+                        let reason = format!(
+                            "`{}` is not an ACME mode: the map form is {{acme: on_demand}}",
+                            acme.value
+                        );
+                        self.report(&acme.referenced, format!("{at}.acme"), reason);
+                        None
+                    }
+                    (Some(acme), ..) => {
+                        self.report(
+                            &acme.referenced,
+                            format!("{at}.acme"),
+                            "give {acme: on_demand} or {cert: FILE, key: FILE}, not both",
+                        );
+                        None
+                    }
+                    (None, Some(cert), Some(key)) => self.tls_files(cert, key, &at),
+                    (None, cert, _) => {
+                        let missing = if cert.is_none() { "cert" } else { "key" };
+                        self.report(&raw.referenced, at, format!("missing key `{missing}`"));
+                        None
+                    }
+                }
+            }
         }
     }
 
     /// Operator-supplied certificate and key: readable, parsable and a matching pair.
-    fn tls_files(&mut self, raw: &RawTlsFiles, at: &str) -> Option<SiteTls> {
+    fn tls_files(&mut self, raw_cert: &Text, raw_key: &Text, at: &str) -> Option<SiteTls> {
         let (cert_at, key_at) = (format!("{at}.cert"), format!("{at}.key"));
-        let cert = self.path(&raw.cert, &cert_at);
-        let key = self.path(&raw.key, &key_at);
+        let cert = self.path(raw_cert, &cert_at);
+        let key = self.path(raw_key, &key_at);
         let cert_pem = cert.as_ref().and_then(|cert| {
             let read = fs::read(cert)
                 .map_err(|e| format!("cannot read certificate file {}: {e}", cert.display()));
-            self.check(&raw.cert.referenced, &cert_at, read)
+            self.check(&raw_cert.referenced, &cert_at, read)
         });
         let key_pem = key.as_ref().and_then(|key| {
             let read =
                 fs::read(key).map_err(|e| format!("cannot read key file {}: {e}", key.display()));
-            self.check(&raw.key.referenced, &key_at, read)
+            self.check(&raw_key.referenced, &key_at, read)
         });
         let (cert, key, cert_pem, key_pem) = (cert?, key?, cert_pem?, key_pem?);
         let provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -302,7 +338,7 @@ impl Checker {
         };
         let (location, path, reason) = match &error {
             PemError::KeyMismatch(rustls::Error::InconsistentKeys(_)) => (
-                &raw.key.referenced,
+                &raw_key.referenced,
                 key_at,
                 format!(
                     "private key {} does not match certificate {}",
@@ -312,7 +348,7 @@ impl Checker {
             ),
             // Any other refusal is about the key itself, such as an unsupported algorithm.
             PemError::KeyMismatch(cause) => (
-                &raw.key.referenced,
+                &raw_key.referenced,
                 key_at,
                 format!(
                     "private key {} cannot be used with certificate {}: {cause}",
@@ -324,12 +360,12 @@ impl Checker {
                 what: "private key",
                 ..
             } => (
-                &raw.key.referenced,
+                &raw_key.referenced,
                 key_at,
                 format!("{}: {}", key.display(), with_causes(&error)),
             ),
             _ => (
-                &raw.cert.referenced,
+                &raw_cert.referenced,
                 cert_at,
                 format!("{}: {}", cert.display(), with_causes(&error)),
             ),
