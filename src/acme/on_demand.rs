@@ -21,8 +21,6 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, GOOGLE, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use http::{StatusCode, Uri};
 use http_body_util::Empty;
 use tokio::sync::{OnceCell, mpsc};
@@ -31,11 +29,14 @@ use tracing::{info, warn};
 
 use crate::config::{Config, OnDemand, Site, SiteTls};
 use crate::pki::HostName;
+use crate::proxy::upstream::resolve::resolver;
 use crate::tls::client::{HttpsClient, PlainHttp, https_client};
 use crate::tls::{CertStore, OnDemandCerts};
 
 /// How long the ask endpoint may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a DNS answer is reused for the "resolves to this host" check.
+const DNS_CACHE: Duration = Duration::from_secs(60);
 /// How often a waiting handshake looks for its certificate.
 const POLL: Duration = Duration::from_millis(50);
 /// Refused names remembered at most; past it the expired ones go, then all (the order rate
@@ -132,7 +133,9 @@ impl OnDemandService {
                 settings: settings.clone(),
                 patterns,
                 limiter: RateLimiter::direct(quota),
-                resolver: settings.check_dns.then(|| resolver(&settings.nameservers)),
+                resolver: settings
+                    .check_dns
+                    .then(|| resolver(&settings.nameservers, DNS_CACHE)),
                 client: https_client(None, ASK_TIMEOUT, PlainHttp::Allowed)
                     .expect("no bundle to read"),
             }
@@ -156,23 +159,28 @@ impl OnDemandService {
             .collect()
     }
 
-    /// The on-demand site whose pattern covers `name`, if `name` is a name a CA could issue for.
-    fn covering(state: &State, name: &str) -> Option<Arc<Site>> {
+    /// `name` checked, and the on-demand site whose pattern covers it, if `name` is a name a CA
+    /// could issue for.
+    fn covering(state: &State, name: &str) -> Option<(HostName, Arc<Site>)> {
         // The CA's identifier rules, as far as they can be checked here: a DNS name of at least
         // two labels, not an IP address, no wildcard.
         let host = HostName::parse(name).ok()?;
         if host.as_str().starts_with("*.") || !host.as_str().contains('.') {
             return None;
         }
-        state.patterns.iter().find_map(|(pattern, site)| {
-            let covered = pattern.is_any()
-                || pattern
-                    .as_str()
-                    .strip_prefix("*.")
-                    .zip(host.as_str().split_once('.'))
-                    .is_some_and(|(parent, (_, rest))| parent == rest);
-            covered.then(|| site.clone())
-        })
+        state
+            .patterns
+            .iter()
+            .find_map(|(pattern, site)| {
+                let covered = pattern.is_any()
+                    || pattern
+                        .as_str()
+                        .strip_prefix("*.")
+                        .zip(host.as_str().split_once('.'))
+                        .is_some_and(|(parent, (_, rest))| parent == rest);
+                covered.then(|| site.clone())
+            })
+            .map(|site| (host, site))
     }
 
     async fn obtain_name(&self, sni: &str) {
@@ -184,7 +192,7 @@ impl OnDemandService {
         let Some(state) = current.as_ref() else {
             return;
         };
-        let Some(site) = Self::covering(state, &name) else {
+        let Some((host, site)) = Self::covering(state, &name) else {
             return;
         };
         let flight = lock(&self.0.flights)
@@ -193,7 +201,7 @@ impl OnDemandService {
             .clone();
         let admitted = *flight
             .get_or_init(|| async {
-                match self.admit(state, &name, &site).await {
+                match self.admit(state, &host, &site).await {
                     Ok(()) => true,
                     Err(refusal) => {
                         self.log(&name, refusal);
@@ -212,8 +220,9 @@ impl OnDemandService {
         }
     }
 
-    async fn admit(&self, state: &State, name: &str, site: &Site) -> Result<(), Refusal> {
+    async fn admit(&self, state: &State, host: &HostName, site: &Site) -> Result<(), Refusal> {
         let settings = &state.settings;
+        let name = host.as_str();
         if lock(&self.0.known).contains_key(name) {
             return Ok(()); // ordered already; its certificate is on its way (or failing)
         }
@@ -245,7 +254,7 @@ impl OnDemandService {
         }
         let admitted = Arc::new(Site {
             name: name.to_owned(),
-            hosts: vec![HostName::parse(name).map_err(|_| Refusal::Remembered)?],
+            hosts: vec![host.clone()],
             tls: SiteTls::Acme,
             challenges: site.challenges.clone(),
             dns: site.dns.clone(),
@@ -348,31 +357,6 @@ async fn resolves_here(resolver: &TokioResolver, name: &str) -> bool {
 
 fn is_local(ip: IpAddr) -> bool {
     UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
-}
-
-fn resolver(nameservers: &[SocketAddr]) -> TokioResolver {
-    let provider = TokioRuntimeProvider::default();
-    let builder = if nameservers.is_empty() {
-        TokioResolver::builder(provider.clone()).unwrap_or_else(|error| {
-            warn!(%error, "cannot read the system DNS configuration; using defaults");
-            TokioResolver::builder_with_config(ResolverConfig::udp_and_tcp(&GOOGLE), provider)
-        })
-    } else {
-        let servers = nameservers
-            .iter()
-            .map(|addr| {
-                let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
-                udp.port = addr.port();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-        TokioResolver::builder_with_config(config, provider)
-    };
-    builder
-        .build()
-        .expect("a resolver without DNS-over-TLS features builds without failing")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

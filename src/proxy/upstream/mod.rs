@@ -16,7 +16,7 @@ mod lease;
 mod origin;
 mod origins;
 mod pool;
-mod resolve;
+pub(crate) mod resolve;
 pub(crate) mod retry;
 
 pub use balance::UpstreamPool;

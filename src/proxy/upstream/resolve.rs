@@ -137,8 +137,9 @@ impl std::fmt::Debug for Addresses {
 }
 
 /// A resolver asking `nameservers` (UDP, then TCP for truncated answers) or, when empty, the
-/// servers of /etc/resolv.conf.
-fn resolver(nameservers: &[SocketAddr], resolve_every: Duration) -> TokioResolver {
+/// servers of /etc/resolv.conf, keeping answers at most `resolve_every`. Also used by the
+/// on-demand TLS check that a name resolves to this host.
+pub(crate) fn resolver(nameservers: &[SocketAddr], resolve_every: Duration) -> TokioResolver {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if nameservers.is_empty() {
         TokioResolver::builder(provider.clone()).unwrap_or_else(|error| {
