@@ -220,6 +220,32 @@ fn exec_provider(env: &Env, knot: &knot::Knot, body: &str, propagation: &str) ->
     )
 }
 
+/// A hook body that only records its calls in `calls`: it claims to write, writes nothing.
+fn recording_only(calls: &std::path::Path) -> String {
+    format!("echo \"$1 $2 $3\" >> {}\n", calls.display())
+}
+
+/// A site for `host` proving it through the `hook` provider only.
+fn hook_site(host: &str) -> String {
+    format!(
+        "  - hosts: [{host}]\n    dns: hook\n    challenges: [dns-01]\n    \
+         routes: [{{ path: /, respond: {{ body: \"{host}\\n\" }} }}]\n"
+    )
+}
+
+/// Checks that the hook was called exactly twice for `host`: `present` then `cleanup` of the
+/// same value (lego's convention: the name ends with a dot); returns the value.
+fn presented_then_cleaned(calls: &std::path::Path, host: &str) -> Result<String, Box<dyn Error>> {
+    let calls = std::fs::read_to_string(calls)?;
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 2, "{calls}");
+    let value = lines[0]
+        .strip_prefix(&format!("present _acme-challenge.{host}. "))
+        .ok_or(format!("lego's convention, trailing dot: {calls}"))?;
+    assert_eq!(lines[1], format!("cleanup _acme-challenge.{host}. {value}"));
+    Ok(value.to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns01_through_rfc2136_issues_a_wildcard_served_for_one_label() -> TestResult {
     let env = Env::new();
@@ -277,26 +303,15 @@ async fn dns01_through_the_exec_provider_runs_present_then_cleanup() -> TestResu
         secret = knot.secret(),
     );
     let dns = exec_provider(&env, &knot, &body, "20s");
-    let sites = "  - hosts: [e.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
-                 routes: [{ path: /, respond: { body: \"e\\n\" } }]\n";
-    let config = acme_config(&env, &pebble, &dns, sites);
+    let config = acme_config(&env, &pebble, &dns, &hook_site("e.w.test"));
     let server = start(&config, Listeners::loopback()?).await;
     served(&server, &["e.w.test"], &pebble).await;
     TlsClient::new(pebble.roots())
         .connect(server.https_addr(), Some("e.w.test"))
         .await?;
 
-    let calls = std::fs::read_to_string(&calls)?;
-    let lines: Vec<&str> = calls.lines().collect();
-    assert_eq!(lines.len(), 2, "{calls}");
-    let value = lines[0]
-        .strip_prefix("present _acme-challenge.e.w.test. ")
-        .ok_or(format!("lego's convention, trailing dot: {calls}"))?;
+    let value = presented_then_cleaned(&calls, "e.w.test")?;
     assert_eq!(value.len(), 43, "a base64url SHA-256: {value}");
-    assert_eq!(
-        lines[1],
-        format!("cleanup _acme-challenge.e.w.test. {value}")
-    );
     assert_eq!(knot.txt("_acme-challenge.e.w.test"), Vec::<String>::new());
     assert!(server.shutdown().await);
     Ok(())
@@ -360,16 +375,8 @@ async fn a_record_that_never_shows_fails_the_order_and_is_still_cleaned_up() -> 
     let knot = knot::Knot::start(&["w.test"]);
     let pebble = pebble_asking(&knot).await;
     let calls = env.path("calls.log");
-    // Says it wrote the record, writes nothing.
-    let dns = exec_provider(
-        &env,
-        &knot,
-        &format!("echo \"$1 $2 $3\" >> {}\n", calls.display()),
-        "2s",
-    );
-    let sites = "  - hosts: [f.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
-                 routes: [{ path: /, respond: { body: \"f\\n\" } }]\n";
-    let config = acme_config(&env, &pebble, &dns, sites);
+    let dns = exec_provider(&env, &knot, &recording_only(&calls), "2s");
+    let config = acme_config(&env, &pebble, &dns, &hook_site("f.w.test"));
     let server = start(&config, Listeners::loopback()?).await;
     let files = rampart::acme::DiskStorage::new(&env.storage());
     let started = Instant::now();
@@ -386,16 +393,7 @@ async fn a_record_that_never_shows_fails_the_order_and_is_still_cleaned_up() -> 
         error.message
     );
     assert!(server.certs().lookup(Some("f.w.test")).is_none());
-    let calls = std::fs::read_to_string(&calls)?;
-    let lines: Vec<&str> = calls.lines().collect();
-    assert_eq!(lines.len(), 2, "{calls}");
-    let value = lines[0]
-        .strip_prefix("present _acme-challenge.f.w.test. ")
-        .ok_or(calls.clone())?;
-    assert_eq!(
-        lines[1],
-        format!("cleanup _acme-challenge.f.w.test. {value}")
-    );
+    presented_then_cleaned(&calls, "f.w.test")?;
     assert!(server.shutdown().await);
     Ok(())
 }
@@ -406,16 +404,9 @@ async fn stopping_mid_order_removes_the_records_written() -> TestResult {
     let knot = knot::Knot::start(&["w.test"]);
     let pebble = pebble_asking(&knot).await;
     let calls = env.path("calls.log");
-    // Writes nothing: the order waits for the record until Rampart stops.
-    let dns = exec_provider(
-        &env,
-        &knot,
-        &format!("echo \"$1 $2 $3\" >> {}\n", calls.display()),
-        "60s",
-    );
-    let sites = "  - hosts: [s.w.test]\n    dns: hook\n    challenges: [dns-01]\n    \
-                 routes: [{ path: /, respond: { body: \"s\\n\" } }]\n";
-    let config = acme_config(&env, &pebble, &dns, sites);
+    // The order waits for a record that never comes, until Rampart stops.
+    let dns = exec_provider(&env, &knot, &recording_only(&calls), "60s");
+    let config = acme_config(&env, &pebble, &dns, &hook_site("s.w.test"));
     let server = start(&config, Listeners::loopback()?).await;
     let started = Instant::now();
     while !std::fs::read_to_string(&calls).is_ok_and(|calls| calls.starts_with("present ")) {
@@ -423,15 +414,6 @@ async fn stopping_mid_order_removes_the_records_written() -> TestResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.shutdown().await, "stopped within the grace period");
-    let calls = std::fs::read_to_string(&calls)?;
-    let lines: Vec<&str> = calls.lines().collect();
-    assert_eq!(lines.len(), 2, "{calls}");
-    let value = lines[0]
-        .strip_prefix("present _acme-challenge.s.w.test. ")
-        .ok_or(calls.clone())?;
-    assert_eq!(
-        lines[1],
-        format!("cleanup _acme-challenge.s.w.test. {value}")
-    );
+    presented_then_cleaned(&calls, "s.w.test")?;
     Ok(())
 }
